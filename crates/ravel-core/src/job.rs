@@ -1,0 +1,322 @@
+//! Jobs, attempts and the one state machine every mode shares.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Job ids are small integers, unique for the life of a store (never reused).
+pub type JobId = i64;
+/// UTC milliseconds since the Unix epoch. The core never reads the clock: callers pass `now`.
+pub type Millis = i64;
+
+/// What the user asked for. Stored as submitted; never changed by scheduling.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct JobSpec {
+    /// argv; no shell is involved unless the user runs one.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Absolute working directory.
+    pub cwd: String,
+    /// The full environment the job starts with (the caller's, plus `--env` overrides).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub gpus: u32,
+    #[serde(default = "one")]
+    pub cpus: u32,
+    #[serde(default)]
+    pub priority: i32,
+    /// Submitting user's name, for display.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Limits that keep one request from exhausting the daemon.
+pub const MAX_COMMAND_BYTES: usize = 128 * 1024;
+pub const MAX_ENV_BYTES: usize = 1024 * 1024;
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Why a spec was refused. Every message names the bad value and says what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError(pub String);
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+impl JobSpec {
+    /// Checks what can be checked without I/O or knowing the node.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let err = |m: String| Err(SpecError(m));
+        if self.command.is_empty() || self.command[0].is_empty() {
+            return err("empty command: give the program to run after `--`, e.g. `ravel run -- python train.py`".into());
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return err("command contains a NUL byte".into());
+        }
+        let cmd_bytes: usize = self.command.iter().map(|a| a.len() + 1).sum();
+        if cmd_bytes > MAX_COMMAND_BYTES {
+            return err(format!("command is {cmd_bytes} bytes; the limit is {MAX_COMMAND_BYTES}"));
+        }
+        let env_bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        if env_bytes > MAX_ENV_BYTES {
+            return err(format!("environment is {env_bytes} bytes; the limit is {MAX_ENV_BYTES}"));
+        }
+        if let Some((k, _)) = self.env.iter().find(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0')) {
+            return err(format!("bad environment variable name {k:?}: use --env KEY=VALUE"));
+        }
+        if let Some(n) = &self.name {
+            if n.len() > MAX_NAME_BYTES {
+                return err(format!("name is {} bytes; the limit is {MAX_NAME_BYTES}", n.len()));
+            }
+        }
+        if !self.cwd.starts_with('/') {
+            return err(format!("working directory {:?} is not an absolute path", self.cwd));
+        }
+        if self.cpus == 0 {
+            return err("--cpus must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Short human label: the name, else the command line.
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.command.join(" "))
+    }
+}
+
+/// The job state machine (see ARCHITECTURE.md).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Blocked,
+    Queued,
+    Allocated,
+    Starting,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+    Lost,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 9] = [
+        JobState::Blocked,
+        JobState::Queued,
+        JobState::Allocated,
+        JobState::Starting,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Canceled,
+        JobState::Lost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Blocked => "blocked",
+            JobState::Queued => "queued",
+            JobState::Allocated => "allocated",
+            JobState::Starting => "starting",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Canceled => "canceled",
+            JobState::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Canceled | JobState::Lost)
+    }
+
+    /// Holds resources on a node (an attempt exists and may be alive).
+    pub fn is_active(self) -> bool {
+        matches!(self, JobState::Allocated | JobState::Starting | JobState::Running)
+    }
+
+    /// Legal edges of the state machine. Stores check these as compare-and-set.
+    pub fn can_become(self, to: JobState) -> bool {
+        use JobState::*;
+        matches!(
+            (self, to),
+            (Blocked, Queued)
+                | (Blocked, Canceled)
+                | (Queued, Allocated)
+                | (Queued, Canceled)
+                | (Allocated, Starting)
+                | (Allocated, Running)
+                | (Allocated, Queued)
+                | (Allocated, Canceled)
+                | (Allocated, Failed)
+                | (Starting, Running)
+                | (Starting, Queued)
+                | (Starting, Failed)
+                | (Starting, Canceled)
+                | (Starting, Lost)
+                | (Running, Succeeded)
+                | (Running, Failed)
+                | (Running, Canceled)
+                | (Running, Lost)
+                | (Failed, Queued)
+                | (Lost, Queued)
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The stored record of a job.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Job {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub submitted_at: Millis,
+    /// Start of the current attempt, if any.
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    /// Number of the current (latest) attempt; 0 before the first start.
+    pub attempt: u32,
+    /// GPUs held by the current attempt (or that it held, once finished).
+    pub gpus_assigned: Vec<u32>,
+    pub node: Option<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Why the job ended as it did, when the exit code alone does not say.
+    pub reason: Option<String>,
+    pub cancel_requested: bool,
+}
+
+/// One start of a job on a node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Attempt {
+    pub job_id: JobId,
+    pub n: u32,
+    pub node: String,
+    pub gpus: Vec<u32>,
+    pub cpus: u32,
+    pub state: JobState,
+    pub run_dir: String,
+    pub supervisor_pid: Option<i32>,
+    /// Start time of the supervisor process (clock ticks since boot), to tell a re-used pid apart.
+    pub supervisor_start: Option<u64>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: Option<String>,
+}
+
+/// How an attempt ended, as observed by its supervisor.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub state: JobState,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: Option<String>,
+}
+
+impl Outcome {
+    /// Classifies a finished process: exit 0 succeeds, anything else fails; a kill we asked for cancels.
+    pub fn from_exit(exit_code: Option<i32>, signal: Option<i32>, canceled: bool) -> Outcome {
+        let state = if canceled {
+            JobState::Canceled
+        } else if exit_code == Some(0) {
+            JobState::Succeeded
+        } else {
+            JobState::Failed
+        };
+        let reason = match (canceled, signal) {
+            (true, _) => Some("canceled by user".to_string()),
+            (false, Some(s)) => Some(format!("killed by signal {s}")),
+            _ => None,
+        };
+        Outcome { state, exit_code, signal, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            command: vec!["true".into()],
+            name: None,
+            cwd: "/tmp".into(),
+            env: vec![],
+            gpus: 0,
+            cpus: 1,
+            priority: 0,
+            user: None,
+        }
+    }
+
+    #[test]
+    fn terminal_states_only_leave_for_a_retry() {
+        for from in JobState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in JobState::ALL {
+                let legal = from.can_become(to);
+                let retry = matches!(from, JobState::Failed | JobState::Lost) && to == JobState::Queued;
+                assert_eq!(legal, retry, "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        for s in JobState::ALL {
+            assert_eq!(JobState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(JobState::parse("done"), None);
+    }
+
+    #[test]
+    fn validate_rejects_bad_specs_with_the_value() {
+        assert!(spec().validate().is_ok());
+        let mut s = spec();
+        s.command.clear();
+        assert!(s.validate().unwrap_err().0.contains("empty command"));
+        let mut s = spec();
+        s.cwd = "rel/dir".into();
+        assert!(s.validate().unwrap_err().0.contains("rel/dir"));
+        let mut s = spec();
+        s.env.push(("A=B".into(), "x".into()));
+        assert!(s.validate().unwrap_err().0.contains("A=B"));
+        let mut s = spec();
+        s.env.push(("BIG".into(), "x".repeat(MAX_ENV_BYTES)));
+        assert!(s.validate().unwrap_err().0.contains("limit"));
+        let mut s = spec();
+        s.cpus = 0;
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn outcome_classifies_exits() {
+        assert_eq!(Outcome::from_exit(Some(0), None, false).state, JobState::Succeeded);
+        assert_eq!(Outcome::from_exit(Some(3), None, false).state, JobState::Failed);
+        let o = Outcome::from_exit(None, Some(9), false);
+        assert_eq!(o.state, JobState::Failed);
+        assert_eq!(o.reason.as_deref(), Some("killed by signal 9"));
+        assert_eq!(Outcome::from_exit(None, Some(15), true).state, JobState::Canceled);
+    }
+}

@@ -1,0 +1,9 @@
+//! Ravel's domain: job specs and records, the job state machine, and the scheduling policy.
+//!
+//! This crate is pure: no I/O, no clock, no threads. Callers pass in the time and the world.
+
+pub mod job;
+pub mod schedule;
+
+pub use job::{Attempt, Job, JobId, JobSpec, JobState, Millis, Outcome, SpecError};
+pub use schedule::{Decisions, GpuSlot, NodeView, PendingReason, Placement, QueueKey, QueuedJob, schedule};

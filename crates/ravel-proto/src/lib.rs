@@ -1,0 +1,212 @@
+//! Wire types of the Ravel REST API (`/v1/...`), shared by the CLI, the client and the controller.
+//!
+//! Bodies are JSON. Errors are `ErrorBody` with a stable `code` and a human `error` line.
+
+use ravel_core::{Attempt, Job, JobId, JobSpec, JobState};
+use serde::{Deserialize, Serialize};
+
+pub const API_VERSION: &str = "v1";
+
+/// Largest request body the API accepts.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SubmitRequest {
+    pub spec: JobSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SubmitResponse {
+    pub id: JobId,
+}
+
+/// A job as the API shows it: the record plus what the scheduler knows now.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: Job,
+    /// For queued jobs: why it is not running yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    /// Run dir of the current attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<String>,
+    /// Every attempt, oldest first (filled by `GET /v1/jobs/{id}` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct QueueResponse {
+    pub jobs: Vec<JobView>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct QueueQuery {
+    /// Include every finished job, not just recent ones.
+    #[serde(default)]
+    pub all: bool,
+    /// How many recently finished jobs to include when `all` is false.
+    #[serde(default)]
+    pub recent: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CancelRequest {
+    pub ids: Vec<JobId>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// It had not started; it is canceled now.
+    Canceled,
+    /// It is running; its process group is being terminated.
+    Terminating,
+    /// It had already finished; nothing changed.
+    AlreadyFinished,
+    NotFound,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CancelResult {
+    pub id: JobId,
+    pub outcome: CancelOutcome,
+    pub state: Option<JobState>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CancelResponse {
+    pub results: Vec<CancelResult>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct WaitQuery {
+    /// Comma-separated ids; empty with `all` means every active job.
+    #[serde(default)]
+    pub ids: String,
+    #[serde(default)]
+    pub all: bool,
+    /// Longest time the server holds the request before answering `done: false`.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct JobBrief {
+    pub id: JobId,
+    pub state: JobState,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct WaitResponse {
+    /// True when every job asked for has reached a terminal state.
+    pub done: bool,
+    pub jobs: Vec<JobBrief>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    #[default]
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout.log",
+            LogStream::Stderr => "stderr.log",
+        }
+    }
+}
+
+/// `GET /v1/jobs/{id}/logs`: the body is raw bytes; the headers below say where to read next.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct LogsQuery {
+    #[serde(default)]
+    pub stream: LogStream,
+    #[serde(default)]
+    pub offset: u64,
+    /// Read at most this many bytes (the server caps it too).
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Attempt number; the current attempt when absent.
+    #[serde(default)]
+    pub attempt: Option<u32>,
+}
+
+pub const HEADER_NEXT_OFFSET: &str = "x-ravel-next-offset";
+pub const HEADER_FILE_SIZE: &str = "x-ravel-file-size";
+pub const HEADER_JOB_STATE: &str = "x-ravel-job-state";
+pub const MAX_LOG_READ: u64 = 4 * 1024 * 1024;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct GpuProcessView {
+    pub pid: u32,
+    pub used_memory_mib: u64,
+    /// Owner of the process, when it can be read from /proc.
+    pub user: Option<String>,
+    /// The Ravel job this process belongs to, if any.
+    pub job: Option<JobId>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct GpuView {
+    pub index: u32,
+    pub name: String,
+    pub memory_total_mib: u64,
+    pub memory_used_mib: u64,
+    pub utilization_pct: u32,
+    /// The Ravel job holding it.
+    pub allocated_to: Option<JobId>,
+    /// Set when use outside Ravel keeps it out of scheduling.
+    pub foreign_busy: Option<String>,
+    pub processes: Vec<GpuProcessView>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct GpusResponse {
+    /// Which probe produced the inventory: nvml, nvidia-smi, fake, none.
+    pub probe: String,
+    pub gpus: Vec<GpuView>,
+    /// Set when the last probe failed; the inventory shown is the last good one.
+    pub probe_error: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StatusResponse {
+    pub version: String,
+    pub api: String,
+    pub pid: u32,
+    pub started_at: i64,
+    pub home: String,
+    pub db_path: String,
+    pub node: String,
+    pub cpus_total: u32,
+    pub cpus_used: u32,
+    pub gpus_total: u32,
+    pub gpus_allocated: u32,
+    pub gpu_probe: String,
+    pub queued: u64,
+    pub running: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ShutdownRequest {
+    /// Terminate running jobs first (otherwise they keep running and are re-adopted on restart).
+    #[serde(default)]
+    pub kill_jobs: bool,
+}
+
+/// Every error the API returns.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ErrorBody {
+    /// Stable machine-readable code: `bad_request`, `not_found`, `conflict`, `too_large`, `unavailable`, `internal`.
+    pub code: String,
+    /// One line for a person: what failed, with which value, and what to do.
+    pub error: String,
+}

@@ -1,0 +1,81 @@
+//! Persistence for Ravel: the [`Store`] trait and its SQLite implementation.
+//!
+//! This is the only crate with SQL. Every state transition is one transaction that checks the
+//! from-state (compare-and-set), and a write's future resolves only after its commit.
+//! The trait speaks in domain types and says nothing of SQLite, so a PostgreSQL store can
+//! implement it without changing callers.
+
+mod migrations;
+mod sqlite;
+
+use ravel_core::{Attempt, Job, JobId, JobSpec, JobState, Millis, Outcome};
+use std::future::Future;
+use std::pin::Pin;
+
+pub use sqlite::{Durability, SqliteStore};
+
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// A compare-and-set found the job in another state: someone else moved it first.
+    #[error("job {id} is {found}, expected {expected}")]
+    Conflict { id: JobId, expected: String, found: JobState },
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// A new attempt to record when a queued job is placed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewAttempt {
+    pub node: String,
+    pub gpus: Vec<u32>,
+    pub cpus: u32,
+    /// Run dir of the attempt; `{attempt}` is replaced by the attempt number.
+    pub run_dir_template: String,
+}
+
+/// What `request_cancel` did, in the same transaction that looked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CancelEffect {
+    /// It had not started and is now canceled.
+    Canceled(Job),
+    /// It holds an attempt; `cancel_requested` is now set and the caller must stop the attempt.
+    MustStop(Job, Attempt),
+    AlreadyFinished(Job),
+}
+
+/// Which jobs a listing returns, newest activity first within each group.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct JobFilter {
+    /// Every job ever (for `--all`); otherwise active jobs plus `recent_finished` finished ones.
+    pub all: bool,
+    pub recent_finished: u32,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Records a new job as queued. Resolves after commit, with its id.
+    fn submit(&self, spec: JobSpec, now: Millis) -> StoreFuture<'_, Job>;
+    fn job(&self, id: JobId) -> StoreFuture<'_, Option<Job>>;
+    fn attempts(&self, id: JobId) -> StoreFuture<'_, Vec<Attempt>>;
+    /// Jobs that are not terminal, with their current attempt if they hold one, in id order.
+    fn active(&self) -> StoreFuture<'_, Vec<(Job, Option<Attempt>)>>;
+    /// Listing for `ravel queue`, in id order.
+    fn list(&self, filter: JobFilter) -> StoreFuture<'_, Vec<Job>>;
+    /// Counts of jobs per state.
+    fn counts(&self) -> StoreFuture<'_, Vec<(JobState, u64)>>;
+    /// queued → allocated, creating attempt n+1.
+    fn allocate(&self, id: JobId, attempt: NewAttempt, now: Millis) -> StoreFuture<'_, Attempt>;
+    /// allocated|starting → running, recording the supervisor that runs attempt `n`.
+    fn mark_running(&self, id: JobId, n: u32, supervisor_pid: i32, supervisor_start: u64, now: Millis) -> StoreFuture<'_, Job>;
+    /// Ends attempt `n` (which must be the current one and not yet ended) with `outcome`.
+    fn finish(&self, id: JobId, n: u32, outcome: Outcome, now: Millis) -> StoreFuture<'_, Job>;
+    /// allocated|starting → queued: attempt `n` never started and never will.
+    fn requeue(&self, id: JobId, n: u32, reason: String, now: Millis) -> StoreFuture<'_, Job>;
+    /// Cancels a job that has not started, or marks a started one for stopping.
+    fn request_cancel(&self, id: JobId, now: Millis) -> StoreFuture<'_, CancelEffect>;
+}

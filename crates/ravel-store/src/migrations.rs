@@ -1,0 +1,66 @@
+//! Numbered schema migrations for SQLite, applied in order at open; `PRAGMA user_version`
+//! records how many have run. Never edit a landed migration: add the next one.
+
+pub const SQLITE: &[&str] = &[
+    // 1: jobs, attempts, dependencies, nodes, GPUs.
+    r#"
+    CREATE TABLE jobs (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        spec             TEXT    NOT NULL,
+        state            TEXT    NOT NULL,
+        priority         INTEGER NOT NULL,
+        submitted_at     INTEGER NOT NULL,
+        started_at       INTEGER,
+        finished_at      INTEGER,
+        attempt          INTEGER NOT NULL DEFAULT 0,
+        gpus_assigned    TEXT    NOT NULL DEFAULT '[]',
+        node             TEXT,
+        exit_code        INTEGER,
+        signal           INTEGER,
+        reason           TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0
+    );
+    -- Active jobs are few next to history: a partial index keeps finding them cheap.
+    CREATE INDEX jobs_active ON jobs(id)
+        WHERE state IN ('blocked','queued','allocated','starting','running');
+    CREATE INDEX jobs_finished ON jobs(finished_at)
+        WHERE state IN ('succeeded','failed','canceled','lost');
+    CREATE TABLE attempts (
+        job_id           INTEGER NOT NULL REFERENCES jobs(id),
+        n                INTEGER NOT NULL,
+        node             TEXT    NOT NULL,
+        gpus             TEXT    NOT NULL,
+        cpus             INTEGER NOT NULL,
+        state            TEXT    NOT NULL,
+        run_dir          TEXT    NOT NULL,
+        supervisor_pid   INTEGER,
+        supervisor_start INTEGER,
+        created_at       INTEGER NOT NULL,
+        started_at       INTEGER,
+        finished_at      INTEGER,
+        exit_code        INTEGER,
+        signal           INTEGER,
+        reason           TEXT,
+        PRIMARY KEY (job_id, n)
+    );
+    CREATE TABLE job_deps (
+        job_id     INTEGER NOT NULL REFERENCES jobs(id),
+        depends_on INTEGER NOT NULL REFERENCES jobs(id),
+        PRIMARY KEY (job_id, depends_on)
+    );
+    CREATE TABLE nodes (
+        name       TEXT PRIMARY KEY,
+        cpus       INTEGER NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen  INTEGER NOT NULL
+    );
+    CREATE TABLE gpus (
+        node             TEXT    NOT NULL REFERENCES nodes(name),
+        idx              INTEGER NOT NULL,
+        name             TEXT    NOT NULL,
+        uuid             TEXT,
+        memory_total_mib INTEGER NOT NULL,
+        PRIMARY KEY (node, idx)
+    );
+    "#,
+];

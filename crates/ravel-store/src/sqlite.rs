@@ -1,0 +1,646 @@
+//! The SQLite store: WAL, one writer thread that batches concurrent writes into one
+//! transaction (group commit), and one reader thread with its own connection.
+//!
+//! Each write runs inside a savepoint of the batch's transaction, so a refused compare-and-set
+//! rolls back only itself. Its caller hears the result only after the whole batch committed.
+
+use crate::migrations;
+use crate::{CancelEffect, JobFilter, NewAttempt, Store, StoreError, StoreFuture};
+use ravel_core::{Attempt, Job, JobId, JobSpec, JobState, Millis, Outcome};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// How hard a commit is pushed to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous=NORMAL`: a committed write survives any crash of a process; the last
+    /// commits before a power loss may be rolled back.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is fsynced; survives power loss too.
+    Full,
+}
+
+type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
+type WriteOp = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+type ReadOp = Box<dyn FnOnce(&Connection) + Send>;
+
+/// Most writes folded into one transaction.
+const MAX_BATCH: usize = 512;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::Sender<WriteOp>,
+    reader: mpsc::Sender<ReadOp>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let write_conn = connect(path, durability)?;
+        migrate(&write_conn)?;
+        let read_conn = connect(path, durability)?;
+
+        let (writer, write_rx) = mpsc::channel::<WriteOp>();
+        std::thread::Builder::new()
+            .name("ravel-store-writer".into())
+            .spawn(move || write_loop(write_conn, write_rx))
+            .map_err(|e| StoreError::Db(format!("cannot start writer thread: {e}")))?;
+        let (reader, read_rx) = mpsc::channel::<ReadOp>();
+        std::thread::Builder::new()
+            .name("ravel-store-reader".into())
+            .spawn(move || {
+                for op in read_rx {
+                    op(&read_conn);
+                }
+            })
+            .map_err(|e| StoreError::Db(format!("cannot start reader thread: {e}")))?;
+        Ok(SqliteStore { path: path.to_path_buf(), writer, reader })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        let (tx, rx) = oneshot::channel();
+        let op: WriteOp = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit_error| {
+                let _ = tx.send(match commit_error {
+                    Some(e) => Err(e),
+                    None => result,
+                });
+            })
+        });
+        let sent = self.writer.send(op).is_ok();
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::Closed);
+            }
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .reader
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }))
+            .is_ok();
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::Closed);
+            }
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+fn connect(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
+    let sync = match durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;"
+    ))
+    .map_err(db)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let done: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;
+    let known = migrations::SQLITE.len() as i64;
+    if done > known {
+        return Err(StoreError::Db(format!(
+            "the database schema is version {done}, newer than this ravel knows ({known}): upgrade ravel"
+        )));
+    }
+    for (i, sql) in migrations::SQLITE.iter().enumerate().skip(done as usize) {
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))
+            .map_err(|e| StoreError::Db(format!("migration {} failed: {e}", i + 1)))?;
+    }
+    Ok(())
+}
+
+fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT op").map_err(db)?;
+    let result = f(conn);
+    let end = if result.is_ok() { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+    conn.execute_batch(end).map_err(db)?;
+    result
+}
+
+/// Takes every write waiting (up to `MAX_BATCH`), runs them in one transaction, commits,
+/// and only then answers their callers.
+fn write_loop(conn: Connection, rx: mpsc::Receiver<WriteOp>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            for op in batch {
+                // Never ran: report the failure without running it.
+                drop(op);
+                tracing::error!(error = %e, "cannot begin a transaction");
+            }
+            continue;
+        }
+        let replies: Vec<Reply> = batch.into_iter().map(|op| op(&conn)).collect();
+        let commit_error = conn.execute_batch("COMMIT").err().map(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            tracing::error!(error = %e, "commit failed");
+            db(e)
+        });
+        for reply in replies {
+            reply(commit_error.clone());
+        }
+    }
+}
+
+const JOB_COLUMNS: &str = "id, spec, state, submitted_at, started_at, finished_at, attempt, gpus_assigned, node, \
+                           exit_code, signal, reason, cancel_requested";
+
+fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
+    let spec: String = r.get(1)?;
+    let state: String = r.get(2)?;
+    let gpus: String = r.get(7)?;
+    Ok(Job {
+        id: r.get(0)?,
+        spec: serde_json::from_str(&spec).map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e)))?,
+        state: parse_state(&state)?,
+        submitted_at: r.get(3)?,
+        started_at: r.get(4)?,
+        finished_at: r.get(5)?,
+        attempt: r.get(6)?,
+        gpus_assigned: serde_json::from_str(&gpus).unwrap_or_default(),
+        node: r.get(8)?,
+        exit_code: r.get(9)?,
+        signal: r.get(10)?,
+        reason: r.get(11)?,
+        cancel_requested: r.get(12)?,
+    })
+}
+
+const ATTEMPT_COLUMNS: &str = "job_id, n, node, gpus, cpus, state, run_dir, supervisor_pid, supervisor_start, \
+                               created_at, started_at, finished_at, exit_code, signal, reason";
+
+fn row_to_attempt(r: &Row<'_>) -> rusqlite::Result<Attempt> {
+    let gpus: String = r.get(3)?;
+    let state: String = r.get(5)?;
+    let start: Option<i64> = r.get(8)?;
+    Ok(Attempt {
+        job_id: r.get(0)?,
+        n: r.get(1)?,
+        node: r.get(2)?,
+        gpus: serde_json::from_str(&gpus).unwrap_or_default(),
+        cpus: r.get(4)?,
+        state: parse_state(&state)?,
+        run_dir: r.get(6)?,
+        supervisor_pid: r.get(7)?,
+        supervisor_start: start.map(|s| s as u64),
+        created_at: r.get(9)?,
+        started_at: r.get(10)?,
+        finished_at: r.get(11)?,
+        exit_code: r.get(12)?,
+        signal: r.get(13)?,
+        reason: r.get(14)?,
+    })
+}
+
+fn parse_state(s: &str) -> rusqlite::Result<JobState> {
+    JobState::parse(s).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, format!("state {s:?}"), rusqlite::types::Type::Text))
+}
+
+fn get_job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
+    conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
+        .map_err(db)?
+        .query_row([id], row_to_job)
+        .optional()
+        .map_err(db)
+}
+
+fn get_attempt(conn: &Connection, id: JobId, n: u32) -> Result<Option<Attempt>, StoreError> {
+    conn.prepare_cached(&format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ?1 AND n = ?2"))
+        .map_err(db)?
+        .query_row(params![id, n], row_to_attempt)
+        .optional()
+        .map_err(db)
+}
+
+/// Loads the job and checks its state is one of `from` (the compare half of compare-and-set).
+fn job_in(conn: &Connection, id: JobId, from: &[JobState]) -> Result<Job, StoreError> {
+    let job = get_job(conn, id)?.ok_or(StoreError::NotFound(id))?;
+    if !from.contains(&job.state) {
+        let expected = from.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("|");
+        return Err(StoreError::Conflict { id, expected, found: job.state });
+    }
+    Ok(job)
+}
+
+fn check_attempt(job: &Job, n: u32) -> Result<(), StoreError> {
+    if job.attempt != n {
+        return Err(StoreError::Conflict { id: job.id, expected: format!("attempt {n}"), found: job.state });
+    }
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).expect("domain types serialize")
+}
+
+impl Store for SqliteStore {
+    fn submit(&self, spec: JobSpec, now: Millis) -> StoreFuture<'_, Job> {
+        self.write(move |conn| {
+            let spec_json = to_json(&spec);
+            let id: JobId = conn
+                .prepare_cached("INSERT INTO jobs (spec, state, priority, submitted_at) VALUES (?1, 'queued', ?2, ?3) RETURNING id")
+                .map_err(db)?
+                .query_row(params![spec_json, spec.priority, now], |r| r.get(0))
+                .map_err(db)?;
+            Ok(Job {
+                id,
+                spec,
+                state: JobState::Queued,
+                submitted_at: now,
+                started_at: None,
+                finished_at: None,
+                attempt: 0,
+                gpus_assigned: vec![],
+                node: None,
+                exit_code: None,
+                signal: None,
+                reason: None,
+                cancel_requested: false,
+            })
+        })
+    }
+
+    fn job(&self, id: JobId) -> StoreFuture<'_, Option<Job>> {
+        self.read(move |conn| get_job(conn, id))
+    }
+
+    fn attempts(&self, id: JobId) -> StoreFuture<'_, Vec<Attempt>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ?1 ORDER BY n"))
+                .map_err(db)?;
+            let rows = stmt.query_map([id], row_to_attempt).map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
+    fn active(&self) -> StoreFuture<'_, Vec<(Job, Option<Attempt>)>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs \
+                     WHERE state IN ('blocked','queued','allocated','starting','running') ORDER BY id"
+                ))
+                .map_err(db)?;
+            let jobs = stmt.query_map([], row_to_job).map_err(db)?.collect::<Result<Vec<_>, _>>().map_err(db)?;
+            jobs.into_iter()
+                .map(|job| {
+                    let attempt = if job.state.is_active() { get_attempt(conn, job.id, job.attempt)? } else { None };
+                    Ok((job, attempt))
+                })
+                .collect()
+        })
+    }
+
+    fn list(&self, filter: JobFilter) -> StoreFuture<'_, Vec<Job>> {
+        self.read(move |conn| {
+            let collect = |sql: &str, args: &[&dyn rusqlite::ToSql]| -> Result<Vec<Job>, StoreError> {
+                let mut stmt = conn.prepare_cached(sql).map_err(db)?;
+                let rows = stmt.query_map(args, row_to_job).map_err(db)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(db)
+            };
+            if filter.all {
+                return collect(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id"), &[]);
+            }
+            let mut jobs = collect(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs \
+                     WHERE state IN ('succeeded','failed','canceled','lost') ORDER BY finished_at DESC LIMIT ?1"
+                ),
+                &[&filter.recent_finished],
+            )?;
+            jobs.extend(collect(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs \
+                     WHERE state IN ('blocked','queued','allocated','starting','running') ORDER BY id"
+                ),
+                &[],
+            )?);
+            jobs.sort_by_key(|j| j.id);
+            Ok(jobs)
+        })
+    }
+
+    fn counts(&self) -> StoreFuture<'_, Vec<(JobState, u64)>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state").map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| Ok((parse_state(&r.get::<_, String>(0)?)?, r.get::<_, i64>(1)? as u64)))
+                .map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
+    fn allocate(&self, id: JobId, new: NewAttempt, now: Millis) -> StoreFuture<'_, Attempt> {
+        self.write(move |conn| {
+            let job = job_in(conn, id, &[JobState::Queued])?;
+            let n = job.attempt + 1;
+            let run_dir = new.run_dir_template.replace("{attempt}", &n.to_string());
+            let gpus = to_json(&new.gpus);
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'allocated', attempt = ?2, gpus_assigned = ?3, node = ?4, \
+                 started_at = NULL, finished_at = NULL, exit_code = NULL, signal = NULL, reason = NULL WHERE id = ?1",
+            )
+            .map_err(db)?
+            .execute(params![id, n, gpus, new.node])
+            .map_err(db)?;
+            conn.prepare_cached(
+                "INSERT INTO attempts (job_id, n, node, gpus, cpus, state, run_dir, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'allocated', ?6, ?7)",
+            )
+            .map_err(db)?
+            .execute(params![id, n, new.node, gpus, new.cpus, run_dir, now])
+            .map_err(db)?;
+            Ok(Attempt {
+                job_id: id,
+                n,
+                node: new.node,
+                gpus: new.gpus,
+                cpus: new.cpus,
+                state: JobState::Allocated,
+                run_dir,
+                supervisor_pid: None,
+                supervisor_start: None,
+                created_at: now,
+                started_at: None,
+                finished_at: None,
+                exit_code: None,
+                signal: None,
+                reason: None,
+            })
+        })
+    }
+
+    fn mark_running(&self, id: JobId, n: u32, pid: i32, start: u64, now: Millis) -> StoreFuture<'_, Job> {
+        self.write(move |conn| {
+            let mut job = job_in(conn, id, &[JobState::Allocated, JobState::Starting])?;
+            check_attempt(&job, n)?;
+            conn.prepare_cached("UPDATE jobs SET state = 'running', started_at = ?2 WHERE id = ?1")
+                .map_err(db)?
+                .execute(params![id, now])
+                .map_err(db)?;
+            conn.prepare_cached(
+                "UPDATE attempts SET state = 'running', started_at = ?3, supervisor_pid = ?4, supervisor_start = ?5 \
+                 WHERE job_id = ?1 AND n = ?2",
+            )
+            .map_err(db)?
+            .execute(params![id, n, now, pid, start as i64])
+            .map_err(db)?;
+            job.state = JobState::Running;
+            job.started_at = Some(now);
+            Ok(job)
+        })
+    }
+
+    fn finish(&self, id: JobId, n: u32, outcome: Outcome, now: Millis) -> StoreFuture<'_, Job> {
+        self.write(move |conn| {
+            let mut job = job_in(conn, id, &[JobState::Allocated, JobState::Starting, JobState::Running])?;
+            check_attempt(&job, n)?;
+            if !outcome.state.is_terminal() || !job.state.can_become(outcome.state) {
+                return Err(StoreError::Conflict { id, expected: format!("a way to {}", outcome.state), found: job.state });
+            }
+            let state = outcome.state.as_str();
+            conn.prepare_cached(
+                "UPDATE jobs SET state = ?2, finished_at = ?3, exit_code = ?4, signal = ?5, reason = ?6 WHERE id = ?1",
+            )
+            .map_err(db)?
+            .execute(params![id, state, now, outcome.exit_code, outcome.signal, outcome.reason])
+            .map_err(db)?;
+            conn.prepare_cached(
+                "UPDATE attempts SET state = ?3, finished_at = ?4, exit_code = ?5, signal = ?6, reason = ?7 \
+                 WHERE job_id = ?1 AND n = ?2",
+            )
+            .map_err(db)?
+            .execute(params![id, n, state, now, outcome.exit_code, outcome.signal, outcome.reason])
+            .map_err(db)?;
+            job.state = outcome.state;
+            job.finished_at = Some(now);
+            job.exit_code = outcome.exit_code;
+            job.signal = outcome.signal;
+            job.reason = outcome.reason;
+            Ok(job)
+        })
+    }
+
+    fn requeue(&self, id: JobId, n: u32, reason: String, now: Millis) -> StoreFuture<'_, Job> {
+        self.write(move |conn| {
+            let mut job = job_in(conn, id, &[JobState::Allocated, JobState::Starting])?;
+            check_attempt(&job, n)?;
+            conn.prepare_cached("UPDATE jobs SET state = 'queued', gpus_assigned = '[]', node = NULL WHERE id = ?1")
+                .map_err(db)?
+                .execute([id])
+                .map_err(db)?;
+            conn.prepare_cached(
+                "UPDATE attempts SET state = 'lost', finished_at = ?3, reason = ?4 WHERE job_id = ?1 AND n = ?2",
+            )
+            .map_err(db)?
+            .execute(params![id, n, now, reason])
+            .map_err(db)?;
+            job.state = JobState::Queued;
+            job.gpus_assigned.clear();
+            job.node = None;
+            Ok(job)
+        })
+    }
+
+    fn request_cancel(&self, id: JobId, now: Millis) -> StoreFuture<'_, CancelEffect> {
+        self.write(move |conn| {
+            let mut job = get_job(conn, id)?.ok_or(StoreError::NotFound(id))?;
+            match job.state {
+                s if s.is_terminal() => Ok(CancelEffect::AlreadyFinished(job)),
+                JobState::Blocked | JobState::Queued => {
+                    let reason = "canceled by user";
+                    conn.prepare_cached(
+                        "UPDATE jobs SET state = 'canceled', finished_at = ?2, reason = ?3, cancel_requested = 1 WHERE id = ?1",
+                    )
+                    .map_err(db)?
+                    .execute(params![id, now, reason])
+                    .map_err(db)?;
+                    job.state = JobState::Canceled;
+                    job.finished_at = Some(now);
+                    job.reason = Some(reason.into());
+                    job.cancel_requested = true;
+                    Ok(CancelEffect::Canceled(job))
+                }
+                _ => {
+                    conn.prepare_cached("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1")
+                        .map_err(db)?
+                        .execute([id])
+                        .map_err(db)?;
+                    job.cancel_requested = true;
+                    let attempt = get_attempt(conn, id, job.attempt)?
+                        .ok_or_else(|| StoreError::Db(format!("job {id} has no attempt {}", job.attempt)))?;
+                    Ok(CancelEffect::MustStop(job, attempt))
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(cmd: &str) -> JobSpec {
+        JobSpec {
+            command: vec![cmd.into()],
+            name: None,
+            cwd: "/tmp".into(),
+            env: vec![("A".into(), "1".into())],
+            gpus: 1,
+            cpus: 1,
+            priority: 0,
+            user: None,
+        }
+    }
+
+    fn new_attempt() -> NewAttempt {
+        NewAttempt { node: "local".into(), gpus: vec![2], cpus: 1, run_dir_template: "/runs/x/{attempt}".into() }
+    }
+
+    fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ravel.db"), Durability::Normal).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_job_walks_the_state_machine_and_survives_reopen() {
+        let (dir, store) = open();
+        let job = store.submit(spec("true"), 10).await.unwrap();
+        assert_eq!(job.state, JobState::Queued);
+        let a = store.allocate(job.id, new_attempt(), 11).await.unwrap();
+        assert_eq!((a.n, a.run_dir.as_str()), (1, "/runs/x/1"));
+        // A second allocation of the same job is refused: compare-and-set.
+        let err = store.allocate(job.id, new_attempt(), 12).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { found: JobState::Allocated, .. }), "{err:?}");
+        store.mark_running(job.id, 1, 4242, 99, 13).await.unwrap();
+        // A stale attempt number changes nothing.
+        assert!(store.finish(job.id, 2, Outcome::from_exit(Some(0), None, false), 14).await.is_err());
+        let done = store.finish(job.id, 1, Outcome::from_exit(Some(3), None, false), 15).await.unwrap();
+        assert_eq!((done.state, done.exit_code), (JobState::Failed, Some(3)));
+        drop(store);
+
+        let store = SqliteStore::open(&dir.path().join("ravel.db"), Durability::Full).unwrap();
+        let job = store.job(job.id).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.gpus_assigned, vec![2]);
+        let attempts = store.attempts(job.id).await.unwrap();
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].supervisor_pid, Some(4242));
+        assert_eq!(attempts[0].exit_code, Some(3));
+        assert!(store.active().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn concurrent_submits_get_distinct_ids_in_few_commits() {
+        let (_dir, store) = open();
+        let store = std::sync::Arc::new(store);
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let s = store.clone();
+                tokio::spawn(async move { s.submit(spec(&format!("job{i}")), i).await.unwrap().id })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap());
+        }
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 200);
+        assert_eq!(store.active().await.unwrap().len(), 200);
+    }
+
+    #[tokio::test]
+    async fn cancel_of_queued_and_running_jobs() {
+        let (_dir, store) = open();
+        let queued = store.submit(spec("a"), 1).await.unwrap();
+        let running = store.submit(spec("b"), 2).await.unwrap();
+        store.allocate(running.id, new_attempt(), 3).await.unwrap();
+        store.mark_running(running.id, 1, 7, 8, 4).await.unwrap();
+
+        assert!(matches!(store.request_cancel(queued.id, 5).await.unwrap(), CancelEffect::Canceled(j) if j.state == JobState::Canceled));
+        // Once canceled it cannot be allocated.
+        assert!(store.allocate(queued.id, new_attempt(), 6).await.is_err());
+        match store.request_cancel(running.id, 5).await.unwrap() {
+            CancelEffect::MustStop(job, attempt) => {
+                assert!(job.cancel_requested);
+                assert_eq!(attempt.supervisor_pid, Some(7));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(store.request_cancel(queued.id, 7).await.unwrap(), CancelEffect::AlreadyFinished(_)));
+        assert_eq!(store.request_cancel(999, 7).await.unwrap_err(), StoreError::NotFound(999));
+    }
+
+    #[tokio::test]
+    async fn requeue_returns_an_unstarted_attempt_to_the_queue() {
+        let (_dir, store) = open();
+        let job = store.submit(spec("a"), 1).await.unwrap();
+        store.allocate(job.id, new_attempt(), 2).await.unwrap();
+        let job = store.requeue(job.id, 1, "daemon restarted before launch".into(), 3).await.unwrap();
+        assert_eq!(job.state, JobState::Queued);
+        let again = store.allocate(job.id, new_attempt(), 4).await.unwrap();
+        assert_eq!(again.n, 2, "a new attempt, never the same one twice");
+    }
+
+    #[tokio::test]
+    async fn listing_shows_active_jobs_and_bounded_history() {
+        let (_dir, store) = open();
+        for i in 0..10 {
+            let j = store.submit(spec("x"), i).await.unwrap();
+            if i < 8 {
+                store.request_cancel(j.id, 100 + i).await.unwrap();
+            }
+        }
+        let recent = store.list(JobFilter { all: false, recent_finished: 3 }).await.unwrap();
+        let ids: Vec<JobId> = recent.iter().map(|j| j.id).collect();
+        assert_eq!(ids, vec![6, 7, 8, 9, 10]);
+        assert_eq!(store.list(JobFilter { all: true, recent_finished: 0 }).await.unwrap().len(), 10);
+        let counts = store.counts().await.unwrap();
+        assert!(counts.contains(&(JobState::Canceled, 8)) && counts.contains(&(JobState::Queued, 2)));
+    }
+}
