@@ -1,0 +1,103 @@
+//! A typed, blocking client for the Ravel API over the local Unix socket.
+//!
+//! The CLI's hot path (`ravel run`) goes through here, so it is deliberately small: one
+//! HTTP/1.1 request per connection on a std `UnixStream`, no async runtime, no TLS.
+
+mod http;
+
+use ravel_proto::ErrorBody;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use http::Response;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket: no daemon, or a stale socket file of a dead one.
+    #[error("the ravel daemon is not running (no answer on {}); start it with `ravel daemon start`", socket.display())]
+    NotRunning { socket: PathBuf },
+    /// The daemon answered with an error.
+    #[error("{}", body.error)]
+    Api { status: u16, body: ErrorBody },
+    #[error("talking to the daemon on {}: {message}", socket.display())]
+    Io { socket: PathBuf, message: String },
+    #[error("unexpected answer from the daemon: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn is_not_running(&self) -> bool {
+        matches!(self, ClientError::NotRunning { .. })
+    }
+
+    /// The API's error code (`not_found`, `bad_request`, ...), if the daemon answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { body, .. } => Some(&body.code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn local(socket: impl Into<PathBuf>) -> Client {
+        Client { socket: socket.into(), timeout: Duration::from_secs(60) }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// How long one request may take (long polls pass their own, shorter, server timeout).
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        decode(self.raw("GET", path, None)?)
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        decode(self.raw("POST", path, Some(&body))?)
+    }
+
+    /// One request; a non-2xx answer becomes `ClientError::Api`.
+    pub fn raw(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, ClientError> {
+        let resp = http::request(&self.socket, self.timeout, method, path, body)?;
+        if (200..300).contains(&resp.status) {
+            return Ok(resp);
+        }
+        let body = serde_json::from_slice::<ErrorBody>(&resp.body).unwrap_or_else(|_| ErrorBody {
+            code: "internal".into(),
+            error: format!("HTTP {}: {}", resp.status, String::from_utf8_lossy(&resp.body).trim()),
+        });
+        Err(ClientError::Api { status: resp.status, body })
+    }
+}
+
+fn decode<T: DeserializeOwned>(resp: Response) -> Result<T, ClientError> {
+    serde_json::from_slice(&resp.body).map_err(|e| ClientError::Protocol(format!("bad JSON body: {e}")))
+}
+
+/// Percent-encodes a query value.
+pub fn encode_query_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~,".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
