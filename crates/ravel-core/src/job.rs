@@ -161,6 +161,7 @@ impl JobState {
                 | (Allocated, Running)
                 | (Allocated, Queued)
                 | (Allocated, Canceled)
+                | (Allocated, Succeeded)
                 | (Allocated, Failed)
                 | (Starting, Running)
                 | (Starting, Queued)
@@ -233,6 +234,9 @@ pub struct Outcome {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub reason: Option<String>,
+    /// When the process started, if the store has not heard it yet (an exit can overtake it).
+    #[serde(default)]
+    pub started_at: Option<Millis>,
 }
 
 impl Outcome {
@@ -250,7 +254,7 @@ impl Outcome {
             (false, Some(s)) => Some(format!("killed by signal {s}")),
             _ => None,
         };
-        Outcome { state, exit_code, signal, reason }
+        Outcome { state, exit_code, signal, reason, started_at: None }
     }
 }
 

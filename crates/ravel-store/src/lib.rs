@@ -69,7 +69,7 @@ pub trait Store: Send + Sync + 'static {
     /// Counts of jobs per state.
     fn counts(&self) -> StoreFuture<'_, Vec<(JobState, u64)>>;
     /// queued → allocated, creating attempt n+1.
-    fn allocate(&self, id: JobId, attempt: NewAttempt, now: Millis) -> StoreFuture<'_, Attempt>;
+    fn allocate(&self, id: JobId, attempt: NewAttempt, now: Millis) -> StoreFuture<'_, (Job, Attempt)>;
     /// allocated|starting → running, recording the supervisor that runs attempt `n`.
     fn mark_running(&self, id: JobId, n: u32, supervisor_pid: i32, supervisor_start: u64, now: Millis) -> StoreFuture<'_, Job>;
     /// Ends attempt `n` (which must be the current one and not yet ended) with `outcome`.

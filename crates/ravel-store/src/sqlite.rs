@@ -373,9 +373,9 @@ impl Store for SqliteStore {
         })
     }
 
-    fn allocate(&self, id: JobId, new: NewAttempt, now: Millis) -> StoreFuture<'_, Attempt> {
+    fn allocate(&self, id: JobId, new: NewAttempt, now: Millis) -> StoreFuture<'_, (Job, Attempt)> {
         self.write(move |conn| {
-            let job = job_in(conn, id, &[JobState::Queued])?;
+            let mut job = job_in(conn, id, &[JobState::Queued])?;
             let n = job.attempt + 1;
             let run_dir = new.run_dir_template.replace("{attempt}", &n.to_string());
             let gpus = to_json(&new.gpus);
@@ -393,7 +393,16 @@ impl Store for SqliteStore {
             .map_err(db)?
             .execute(params![id, n, new.node, gpus, new.cpus, run_dir, now])
             .map_err(db)?;
-            Ok(Attempt {
+            job.state = JobState::Allocated;
+            job.attempt = n;
+            job.gpus_assigned = new.gpus.clone();
+            job.node = Some(new.node.clone());
+            job.started_at = None;
+            job.finished_at = None;
+            job.exit_code = None;
+            job.signal = None;
+            job.reason = None;
+            let attempt = Attempt {
                 job_id: id,
                 n,
                 node: new.node,
@@ -409,7 +418,8 @@ impl Store for SqliteStore {
                 exit_code: None,
                 signal: None,
                 reason: None,
-            })
+            };
+            Ok((job, attempt))
         })
     }
 
@@ -443,23 +453,25 @@ impl Store for SqliteStore {
             }
             let state = outcome.state.as_str();
             conn.prepare_cached(
-                "UPDATE jobs SET state = ?2, finished_at = ?3, exit_code = ?4, signal = ?5, reason = ?6 WHERE id = ?1",
+                "UPDATE jobs SET state = ?2, finished_at = ?3, exit_code = ?4, signal = ?5, reason = ?6, \
+                 started_at = COALESCE(started_at, ?7) WHERE id = ?1",
             )
             .map_err(db)?
-            .execute(params![id, state, now, outcome.exit_code, outcome.signal, outcome.reason])
+            .execute(params![id, state, now, outcome.exit_code, outcome.signal, outcome.reason, outcome.started_at])
             .map_err(db)?;
             conn.prepare_cached(
-                "UPDATE attempts SET state = ?3, finished_at = ?4, exit_code = ?5, signal = ?6, reason = ?7 \
-                 WHERE job_id = ?1 AND n = ?2",
+                "UPDATE attempts SET state = ?3, finished_at = ?4, exit_code = ?5, signal = ?6, reason = ?7, \
+                 started_at = COALESCE(started_at, ?8) WHERE job_id = ?1 AND n = ?2",
             )
             .map_err(db)?
-            .execute(params![id, n, state, now, outcome.exit_code, outcome.signal, outcome.reason])
+            .execute(params![id, n, state, now, outcome.exit_code, outcome.signal, outcome.reason, outcome.started_at])
             .map_err(db)?;
             job.state = outcome.state;
             job.finished_at = Some(now);
             job.exit_code = outcome.exit_code;
             job.signal = outcome.signal;
             job.reason = outcome.reason;
+            job.started_at = job.started_at.or(outcome.started_at);
             Ok(job)
         })
     }
@@ -551,7 +563,7 @@ mod tests {
         let (dir, store) = open();
         let job = store.submit(spec("true"), 10).await.unwrap();
         assert_eq!(job.state, JobState::Queued);
-        let a = store.allocate(job.id, new_attempt(), 11).await.unwrap();
+        let (_, a) = store.allocate(job.id, new_attempt(), 11).await.unwrap();
         assert_eq!((a.n, a.run_dir.as_str()), (1, "/runs/x/1"));
         // A second allocation of the same job is refused: compare-and-set.
         let err = store.allocate(job.id, new_attempt(), 12).await.unwrap_err();
@@ -623,7 +635,7 @@ mod tests {
         store.allocate(job.id, new_attempt(), 2).await.unwrap();
         let job = store.requeue(job.id, 1, "daemon restarted before launch".into(), 3).await.unwrap();
         assert_eq!(job.state, JobState::Queued);
-        let again = store.allocate(job.id, new_attempt(), 4).await.unwrap();
+        let (_, again) = store.allocate(job.id, new_attempt(), 4).await.unwrap();
         assert_eq!(again.n, 2, "a new attempt, never the same one twice");
     }
 

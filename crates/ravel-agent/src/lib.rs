@@ -1,0 +1,166 @@
+//! The node side of Ravel: GPU inventory, and launching, watching, re-adopting and stopping
+//! attempts through their supervisors (see `ravel-exec`).
+//!
+//! The agent decides nothing: the controller tells it what to launch or stop, and the agent
+//! reports each supervisor's end as an [`AgentEvent`]. In local mode it runs in-process.
+
+use ravel_core::JobId;
+use ravel_exec::{ExitRecord, LaunchSpec, Launched, SupervisorRecord};
+use ravel_gpu::{GpuInfo, GpuProbe, ProbeError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+/// What the agent reports to the controller.
+#[derive(Debug)]
+pub enum AgentEvent {
+    /// The supervisor of `(job, attempt)` is gone. `exit` is the status it wrote; `None` means it
+    /// vanished without writing one (killed with SIGKILL, or the machine rebooted).
+    Ended { job: JobId, attempt: u32, exit: Option<ExitRecord> },
+}
+
+/// What re-adoption found for an attempt the controller believes is live.
+#[derive(Debug, PartialEq)]
+pub enum Adoption {
+    /// Its supervisor is alive and now watched; its end will arrive as an event.
+    Watching { pid: i32, start_time: u64 },
+    /// It ended while no one was watching; an `Ended` event has been sent.
+    Ended,
+    /// It never got a supervisor (the controller stopped between placing and launching it).
+    NeverLaunched,
+}
+
+#[derive(Clone)]
+pub struct LocalAgent {
+    /// The `ravel` binary, run as `ravel __supervise RUN_DIR`.
+    exe: PathBuf,
+    events: mpsc::UnboundedSender<AgentEvent>,
+    probe: Arc<dyn GpuProbe>,
+}
+
+impl LocalAgent {
+    pub fn new(exe: PathBuf, probe: Box<dyn GpuProbe>, events: mpsc::UnboundedSender<AgentEvent>) -> LocalAgent {
+        LocalAgent { exe, events, probe: Arc::from(probe) }
+    }
+
+    pub fn probe_kind(&self) -> &'static str {
+        self.probe.kind()
+    }
+
+    /// Reads the GPU inventory (off the async threads: NVML and nvidia-smi block).
+    pub async fn inventory(&self) -> Result<Vec<GpuInfo>, String> {
+        let probe = self.probe.clone();
+        match tokio::task::spawn_blocking(move || probe.probe()).await {
+            Ok(r) => r.map_err(|e: ProbeError| e.to_string()),
+            Err(e) => Err(format!("GPU probe task failed: {e}")),
+        }
+    }
+
+    /// Starts a supervisor for the attempt and watches it.
+    pub async fn launch(&self, job: JobId, attempt: u32, run_dir: PathBuf, spec: LaunchSpec) -> Result<Launched, String> {
+        let exe = self.exe.clone();
+        let dir = run_dir.clone();
+        let launched = tokio::task::spawn_blocking(move || ravel_exec::launch(&exe, &dir, &spec))
+            .await
+            .map_err(|e| format!("launch task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+        self.watch(job, attempt, run_dir, launched.pid, true);
+        Ok(launched)
+    }
+
+    /// Takes back an attempt after a controller restart.
+    pub fn adopt(&self, job: JobId, attempt: u32, run_dir: &Path, known: Option<(i32, u64)>) -> Adoption {
+        let record = read_supervisor(run_dir);
+        let Some((pid, start_time)) = known.or(record.as_ref().map(|r| (r.supervisor_pid, r.supervisor_start))) else {
+            return Adoption::NeverLaunched;
+        };
+        // Open the pidfd before checking identity, so a pid reused after the check cannot fool us.
+        if let Ok(fd) = ravel_exec::pidfd_open(pid) {
+            if ravel_exec::is_same_process(pid, start_time) {
+                self.watch_fd(job, attempt, run_dir.to_path_buf(), pid, fd, false);
+                return Adoption::Watching { pid, start_time };
+            }
+        }
+        // The supervisor is gone. It writes exit.json before it exits, so reading it now is final.
+        let exit = ravel_exec::read_exit(run_dir);
+        if exit.is_none() {
+            kill_orphaned_job(record.as_ref());
+        }
+        let _ = self.events.send(AgentEvent::Ended { job, attempt, exit });
+        Adoption::Ended
+    }
+
+    /// Asks the supervisor to stop its job (SIGTERM to the group, SIGKILL after the grace period).
+    pub fn stop(&self, pid: i32, start_time: u64) -> bool {
+        matches!(ravel_exec::request_cancel(pid, start_time), Ok(true))
+    }
+
+    fn watch(&self, job: JobId, attempt: u32, run_dir: PathBuf, pid: i32, child: bool) {
+        match ravel_exec::pidfd_open(pid) {
+            Ok(fd) => self.watch_fd(job, attempt, run_dir, pid, fd, child),
+            Err(e) => {
+                tracing::warn!(job, attempt, pid, error = %e, "cannot watch supervisor; treating it as ended");
+                if child {
+                    ravel_exec::reap(pid);
+                }
+                let exit = ravel_exec::read_exit(&run_dir);
+                let _ = self.events.send(AgentEvent::Ended { job, attempt, exit });
+            }
+        }
+    }
+
+    fn watch_fd(&self, job: JobId, attempt: u32, run_dir: PathBuf, pid: i32, fd: std::os::fd::OwnedFd, child: bool) {
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            // SAFETY: the AsyncFd owns the OwnedFd; nothing else closes or reuses this fd while
+            // it is registered.
+            match unsafe { AsyncFd::register(fd) } {
+                Ok(afd) => {
+                    let _ = afd.readable().await;
+                }
+                Err(e) => {
+                    // Fall back to polling identity; rare (no pidfd support in the reactor).
+                    tracing::warn!(pid, error = %e.to_string(), "cannot register pidfd; polling");
+                    while std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            if child {
+                ravel_exec::reap(pid);
+            }
+            let dir = run_dir.clone();
+            let (exit, record) = tokio::task::spawn_blocking(move || (ravel_exec::read_exit(&dir), read_supervisor(&dir)))
+                .await
+                .unwrap_or((None, None));
+            if exit.is_none() {
+                kill_orphaned_job(record.as_ref());
+            }
+            let _ = events.send(AgentEvent::Ended { job, attempt, exit });
+        });
+    }
+}
+
+fn read_supervisor(run_dir: &Path) -> Option<SupervisorRecord> {
+    ravel_exec::read_supervisor(run_dir)
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// A supervisor that died without writing its exit status may have left its job running with no
+/// one to report it: kill that job's group, so the GPUs it held are really free again.
+fn kill_orphaned_job(record: Option<&SupervisorRecord>) {
+    let Some(r) = record else { return };
+    let (Some(pid), Some(start)) = (r.job_pid, r.job_start) else { return };
+    if ravel_exec::is_same_process(pid, start) {
+        tracing::warn!(pid, "supervisor vanished; killing its job's process group");
+        ravel_exec::kill_group_and_wait(pid, Duration::from_secs(5));
+    }
+}

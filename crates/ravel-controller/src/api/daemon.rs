@@ -1,0 +1,52 @@
+//! `GET /v1/status` and `POST /v1/daemon/shutdown`.
+
+use super::{ApiError, Json};
+use crate::Controller;
+use axum::extract::State;
+use ravel_proto::{ShutdownRequest, StatusResponse};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub async fn status(State(ctl): State<Arc<Controller>>) -> Result<axum::Json<StatusResponse>, ApiError> {
+    let st = ctl.lock();
+    let running = st.active.len() as u64;
+    Ok(axum::Json(StatusResponse {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        api: ravel_proto::API_VERSION.to_string(),
+        pid: std::process::id(),
+        started_at: ctl.started_at,
+        home: ctl.cfg.home.display().to_string(),
+        db_path: ctl.cfg.db_path.display().to_string(),
+        node: ctl.cfg.node_name.clone(),
+        cpus_total: st.cpus_total,
+        cpus_used: st.cpus_used,
+        gpus_total: st.inventory.len() as u32,
+        gpus_allocated: st.gpu_owner.len() as u32,
+        gpu_probe: ctl.probe_kind.to_string(),
+        queued: st.queue.len() as u64,
+        running,
+    }))
+}
+
+/// Stops taking work and asks the daemon to exit. Running jobs keep running (and are re-adopted
+/// by the next start) unless `kill_jobs` is set, in which case they are canceled first.
+pub async fn shutdown(State(ctl): State<Arc<Controller>>, Json(req): Json<ShutdownRequest>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    ctl.lock().accepting = false;
+    let mut stopped = 0;
+    if req.kill_jobs {
+        let ids: Vec<_> = ctl.lock().active.keys().copied().collect();
+        for id in ids {
+            if super::jobs::cancel_one(&ctl, id).await.is_ok() {
+                stopped += 1;
+            }
+        }
+        // Wait (bounded) for their ends to be recorded, so none is left running or unrecorded.
+        let deadline = tokio::time::Instant::now() + ctl.cfg.kill_grace + Duration::from_secs(10);
+        let mut rx = ctl.finished.subscribe();
+        while !ctl.lock().active.is_empty() && tokio::time::Instant::now() < deadline {
+            let _ = tokio::time::timeout_at(deadline, rx.changed()).await;
+        }
+    }
+    ctl.shutdown.send_replace(true);
+    Ok(axum::Json(serde_json::json!({ "stopping": true, "jobs_stopped": stopped })))
+}

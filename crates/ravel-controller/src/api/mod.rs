@@ -1,0 +1,103 @@
+//! HTTP/JSON API, one file per resource. Every error is an `ErrorBody` with a stable code.
+
+mod daemon;
+mod gpus;
+mod jobs;
+mod logs;
+
+use crate::Controller;
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ravel_proto::{ErrorBody, MAX_BODY_BYTES};
+use ravel_store::StoreError;
+use std::sync::Arc;
+
+pub fn router(ctl: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/v1/status", get(daemon::status))
+        .route("/v1/daemon/shutdown", post(daemon::shutdown))
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}", get(jobs::show))
+        .route("/v1/jobs/{id}/logs", get(logs::read))
+        .route("/v1/wait", get(jobs::wait))
+        .route("/v1/gpus", get(gpus::list))
+        .fallback(|| async { ApiError::not_found("no such API route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(ctl)
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into() }
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into() }
+    }
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: message.into() }
+    }
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: message.into() }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::NotFound(id) => ApiError::not_found(format!("no job {id}: see `ravel queue --all` for the jobs there are")),
+            StoreError::Conflict { .. } => ApiError { status: StatusCode::CONFLICT, code: "conflict", message: e.to_string() },
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { code: self.code.to_string(), error: self.message };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// `axum::Json` whose rejections are `ApiError`s (a malformed or oversized body says so in JSON).
+pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(JsonRejection::BytesRejection(_)) => Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "too_large",
+                message: format!("request body is larger than the {} MiB limit", MAX_BODY_BYTES >> 20),
+            }),
+            Err(e) => Err(ApiError::bad_request(format!("bad request body: {}", e.body_text()))),
+        }
+    }
+}
+
+/// `axum::extract::Query` with `ApiError` rejections.
+pub struct Query<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e: QueryRejection| ApiError::bad_request(e.body_text()))
+    }
+}

@@ -1,0 +1,116 @@
+//! The Ravel controller: the API server, the scheduler loop and the bookkeeping between the
+//! store (what must survive) and the agent (what is running).
+//!
+//! In local mode the daemon is this controller with one in-process [`LocalAgent`]. Entry point:
+//! [`Controller::start`] then [`serve`] on a listener until the shutdown future resolves.
+
+mod api;
+mod clock;
+mod events;
+mod recovery;
+mod runjson;
+mod scheduler;
+mod state;
+
+use ravel_agent::{AgentEvent, LocalAgent};
+use ravel_gpu::Thresholds;
+use ravel_store::Store;
+use state::State;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+
+pub use clock::now_ms;
+
+/// Everything the controller is told at start; clap flags in the binary turn into this.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub home: PathBuf,
+    pub db_path: PathBuf,
+    pub node_name: String,
+    /// CPU slots of the node.
+    pub cpus: u32,
+    pub thresholds: Thresholds,
+    /// Time a canceled job gets between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// How often GPUs are re-probed (the safety-net pass).
+    pub probe_interval: Duration,
+    /// The binary that runs supervisors (`ravel __supervise`).
+    pub exe: PathBuf,
+}
+
+impl Config {
+    pub fn runs_dir(&self) -> PathBuf {
+        self.home.join("runs")
+    }
+}
+
+/// Shared by the API handlers, the scheduler loop and the event loop.
+pub struct Controller {
+    pub(crate) cfg: Config,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) agent: LocalAgent,
+    pub(crate) state: Mutex<State>,
+    /// Wakes the scheduler loop (submit, exit, cancel).
+    pub(crate) wake: Notify,
+    /// Bumped whenever a job reaches a terminal state; `wait` long-polls on it.
+    pub(crate) finished: watch::Sender<u64>,
+    /// Set when a shutdown was asked for through the API.
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) started_at: i64,
+    pub(crate) probe_kind: &'static str,
+}
+
+impl Controller {
+    /// Opens the controller over `store`: re-adopts attempts left by an earlier run, loads the
+    /// queue, and starts the scheduler and event loops.
+    pub async fn start(cfg: Config, store: Arc<dyn Store>, probe: Box<dyn ravel_gpu::GpuProbe>) -> Result<Arc<Controller>, String> {
+        let (tx, rx) = mpsc::unbounded_channel::<AgentEvent>();
+        let probe_kind = probe.kind();
+        let agent = LocalAgent::new(cfg.exe.clone(), probe, tx);
+        std::fs::create_dir_all(cfg.runs_dir()).map_err(|e| format!("cannot create {}: {e}", cfg.runs_dir().display()))?;
+        let ctl = Arc::new(Controller {
+            state: Mutex::new(State::new(cfg.cpus)),
+            cfg,
+            store,
+            agent,
+            wake: Notify::new(),
+            finished: watch::channel(0).0,
+            shutdown: watch::channel(false).0,
+            started_at: now_ms(),
+            probe_kind,
+        });
+        scheduler::probe_now(&ctl).await;
+        recovery::recover(&ctl).await?;
+        tokio::spawn(events::run(ctl.clone(), rx));
+        tokio::spawn(scheduler::run(ctl.clone()));
+        Ok(ctl)
+    }
+
+    /// Starts a shutdown: no new work is taken and long polls answer at once.
+    pub fn request_shutdown(&self) {
+        self.lock().accepting = false;
+        self.shutdown.send_replace(true);
+    }
+
+    /// Resolves when a shutdown was requested (through the API or `request_shutdown`).
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(
+    ctl: Arc<Controller>,
+    listener: tokio::net::UnixListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = api::router(ctl);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,184 @@
+//! The scheduler loop: woken by submits, exits and cancels, with a slow periodic pass that
+//! re-probes GPUs. Each pass asks the pure policy (`ravel_core::schedule`) for placements and
+//! starts them.
+
+use crate::state::Active;
+use crate::{Controller, now_ms, runjson};
+use ravel_core::{Job, JobState, Outcome, Placement, QueuedJob};
+use ravel_exec::LaunchSpec;
+use ravel_store::{NewAttempt, StoreError};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub async fn run(ctl: Arc<Controller>) {
+    loop {
+        tokio::select! {
+            _ = ctl.wake.notified() => {}
+            _ = tokio::time::sleep(ctl.cfg.probe_interval) => {}
+        }
+        pass(&ctl).await;
+    }
+}
+
+/// Reads the GPU inventory into the state. A failed probe keeps the last good inventory.
+pub async fn probe_now(ctl: &Controller) {
+    let result = ctl.agent.inventory().await;
+    let mut st = ctl.lock();
+    st.last_probe = Some(Instant::now());
+    st.released_since_probe = false;
+    match result {
+        Ok(gpus) => {
+            st.inventory = gpus;
+            st.probe_error = None;
+        }
+        Err(e) => {
+            if st.probe_error.as_deref() != Some(e.as_str()) {
+                tracing::warn!(error = %e, "GPU probe failed; keeping the last inventory");
+            }
+            st.probe_error = Some(e);
+        }
+    }
+}
+
+async fn pass(ctl: &Arc<Controller>) {
+    let stale = {
+        let st = ctl.lock();
+        let old = st.last_probe.is_none_or(|t| t.elapsed() >= ctl.cfg.probe_interval);
+        old || (st.released_since_probe && !st.queue.is_empty())
+    };
+    if stale {
+        probe_now(ctl).await;
+    }
+    let placed: Vec<(Placement, QueuedJob)> = {
+        let mut st = ctl.lock();
+        if !st.accepting || st.queue.is_empty() {
+            return;
+        }
+        let node = st.node_view(&ctl.cfg.node_name, &ctl.cfg.thresholds);
+        let d = ravel_core::schedule(std::slice::from_ref(&node), st.queue.values());
+        st.exhausted = d.exhausted;
+        for (id, reason) in d.pending {
+            st.reasons.insert(id, reason);
+        }
+        let mut placed = Vec::with_capacity(d.placements.len());
+        for p in d.placements {
+            let Some(q) = st.dequeue(p.job) else { continue };
+            st.hold(
+                p.job,
+                Active {
+                    attempt: 0,
+                    gpus: p.gpus.clone(),
+                    cpus: p.cpus,
+                    run_dir: PathBuf::new(),
+                    supervisor: None,
+                    cancel_requested: false,
+                },
+            );
+            placed.push((p, q));
+        }
+        placed
+    };
+    for (p, q) in placed {
+        tokio::spawn(start_attempt(ctl.clone(), p, q));
+    }
+}
+
+/// Records the placement (queued → allocated), launches the supervisor, records it running.
+async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJob) {
+    let id = p.job;
+    let template = ctl.cfg.runs_dir().join(id.to_string()).join("{attempt}");
+    let new = NewAttempt {
+        node: ctl.cfg.node_name.clone(),
+        gpus: p.gpus.clone(),
+        cpus: p.cpus,
+        run_dir_template: template.to_string_lossy().into_owned(),
+    };
+    let (job, attempt) = match ctl.store.allocate(id, new, now_ms()).await {
+        Ok(r) => r,
+        Err(e) => {
+            let mut st = ctl.lock();
+            st.release(id);
+            if !matches!(e, StoreError::Conflict { .. } | StoreError::NotFound(_)) {
+                // The job is still queued in the store: keep it queued here too.
+                tracing::error!(job = id, error = %e, "cannot record placement");
+                st.enqueue(q);
+            }
+            drop(st);
+            ctl.wake.notify_one();
+            return;
+        }
+    };
+    let run_dir = PathBuf::from(&attempt.run_dir);
+    if let Some(a) = ctl.lock().active.get_mut(&id) {
+        a.attempt = attempt.n;
+        a.run_dir = run_dir.clone();
+    }
+    let spec = launch_spec(&ctl, &job, &attempt.gpus, attempt.n, &run_dir);
+    match ctl.agent.launch(id, attempt.n, run_dir, spec).await {
+        Ok(l) => {
+            let cancel = {
+                let mut st = ctl.lock();
+                st.active.get_mut(&id).map(|a| {
+                    a.supervisor = Some((l.pid, l.start_time));
+                    a.cancel_requested
+                })
+            };
+            if cancel == Some(true) {
+                ctl.agent.stop(l.pid, l.start_time);
+            }
+            match ctl.store.mark_running(id, attempt.n, l.pid, l.start_time, now_ms()).await {
+                Ok(job) => {
+                    let mut attempt = attempt;
+                    attempt.state = JobState::Running;
+                    attempt.supervisor_pid = Some(l.pid);
+                    attempt.supervisor_start = Some(l.start_time);
+                    attempt.started_at = job.started_at;
+                    runjson::write(job, attempt);
+                }
+                // Its exit was recorded first; nothing is lost.
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => tracing::error!(job = id, error = %e, "cannot record start"),
+            }
+        }
+        Err(e) => {
+            tracing::error!(job = id, error = %e, "cannot start supervisor");
+            let outcome = Outcome {
+                state: JobState::Failed,
+                exit_code: None,
+                signal: None,
+                reason: Some(format!("cannot start the job's supervisor: {e}")),
+                started_at: None,
+            };
+            crate::events::record_end(&ctl, id, attempt.n, outcome).await;
+        }
+    }
+}
+
+/// The job's complete environment: the submitter's, then Ravel's own variables.
+fn launch_spec(ctl: &Controller, job: &Job, gpus: &[u32], n: u32, run_dir: &std::path::Path) -> LaunchSpec {
+    const OURS: [&str; 5] = ["CUDA_VISIBLE_DEVICES", "RAVEL_JOB_ID", "RAVEL_ATTEMPT", "RAVEL_RUN_DIR", "RAVEL_OUTPUT_DIR"];
+    let mut env: Vec<(String, String)> = job.spec.env.iter().filter(|(k, _)| !OURS.contains(&k.as_str())).cloned().collect();
+    let visible = gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",");
+    env.push(("CUDA_VISIBLE_DEVICES".into(), visible));
+    env.push(("RAVEL_JOB_ID".into(), job.id.to_string()));
+    env.push(("RAVEL_ATTEMPT".into(), n.to_string()));
+    env.push(("RAVEL_RUN_DIR".into(), run_dir.to_string_lossy().into_owned()));
+    env.push(("RAVEL_OUTPUT_DIR".into(), run_dir.join(ravel_exec::OUTPUTS_DIR).to_string_lossy().into_owned()));
+    LaunchSpec {
+        command: job.spec.command.clone(),
+        cwd: job.spec.cwd.clone(),
+        env,
+        kill_grace_ms: ctl.cfg.kill_grace.as_millis() as u64,
+    }
+}
+
+pub fn queued_job(job: &Job) -> QueuedJob {
+    QueuedJob {
+        id: job.id,
+        priority: job.spec.priority,
+        submitted_at: job.submitted_at,
+        gpus: job.spec.gpus,
+        cpus: job.spec.cpus,
+    }
+}

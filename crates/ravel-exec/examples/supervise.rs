@@ -1,0 +1,15 @@
+//! Stands in for `ravel __supervise RUN_DIR` in this crate's tests: the supervisor has to
+//! run as its own process, entered the way the `ravel` binary enters it.
+
+use std::path::Path;
+use std::process::exit;
+
+fn main() {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    match args.as_slice() {
+        [sub, run_dir] if sub == ravel_exec::SUPERVISE_SUBCOMMAND => {
+            exit(ravel_exec::supervise_main(Path::new(run_dir)))
+        }
+        _ => exit(2),
+    }
+}

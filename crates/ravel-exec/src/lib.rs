@@ -1,0 +1,37 @@
+//! Running job attempts as process groups owned by a detached per-attempt supervisor.
+//!
+//! The daemon calls [`launch`], which writes the run dir and starts `ravel __supervise RUN_DIR`
+//! in its own session. That supervisor ([`supervise_main`]) spawns the job as the leader of a
+//! new process group, turns cancel requests (SIGTERM to the supervisor) into SIGTERM then
+//! SIGKILL for the whole group, makes sure nothing of the job outlives it, and records the
+//! outcome in `exit.json`. Because the job never depends on the daemon, a restarted daemon
+//! re-adopts live supervisors by pid + start time ([`is_same_process`]) and reads the exit
+//! records of those that finished meanwhile.
+//!
+//! Linux only: it relies on `/proc`, `pidfd_open(2)` and `PR_SET_CHILD_SUBREAPER`.
+
+mod atomic;
+mod cleanup;
+mod control;
+mod error;
+mod fds;
+mod group;
+mod job;
+mod launch;
+pub mod procfs;
+mod records;
+mod resolve;
+mod signals;
+mod supervise;
+mod wait;
+
+pub use atomic::write_json_atomic;
+pub use control::{kill_group_and_wait, pidfd_open, reap, request_cancel};
+pub use error::ExecError;
+pub use launch::{Launched, SUPERVISE_SUBCOMMAND, launch};
+pub use procfs::{is_same_process, process_start_time};
+pub use records::{
+    EXIT_FILE, ExitRecord, LAUNCH_FILE, LaunchSpec, OUTPUTS_DIR, STDERR_FILE, STDOUT_FILE,
+    SUPERVISOR_FILE, SupervisorRecord, read_exit, read_launch, read_supervisor,
+};
+pub use supervise::supervise_main;

@@ -1,0 +1,149 @@
+//! Reading process identity and ancestry from `/proc/PID/stat`.
+//!
+//! A pid alone does not identify a process across a daemon restart (pids are reused), so
+//! processes are identified by pid + start time (clock ticks since boot, fixed at fork).
+
+use std::fs;
+
+/// The fields of `/proc/PID/stat` this crate uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: i32,
+    /// `R`, `S`, `D`, `Z`, `T`, ...; `Z` is a zombie: exited, waiting to be reaped.
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+    /// Field 22, `starttime`, in clock ticks since boot.
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    pub fn is_zombie(&self) -> bool {
+        self.state == 'Z'
+    }
+}
+
+/// Reads `/proc/PID/stat`. None if the process does not exist (or has been reaped).
+pub fn read_stat(pid: i32) -> Option<ProcStat> {
+    if pid <= 0 {
+        return None;
+    }
+    let bytes = fs::read(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &bytes)
+}
+
+/// Parses the content of `/proc/PID/stat`. The command name (field 2) is in parentheses and
+/// may itself contain spaces, parentheses and non-UTF-8 bytes, so parsing starts after the
+/// last `)`.
+fn parse_stat(pid: i32, bytes: &[u8]) -> Option<ProcStat> {
+    let close = bytes.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&bytes[close + 1..]).ok()?;
+    // Fields from 3 (state) on; field N is at index N - 3.
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).copied();
+    let mut state_chars = field(3)?.chars();
+    let state = state_chars.next()?;
+    Some(ProcStat {
+        pid,
+        state,
+        ppid: field(4)?.parse().ok()?,
+        pgrp: field(5)?.parse().ok()?,
+        session: field(6)?.parse().ok()?,
+        start_time: field(22)?.parse().ok()?,
+    })
+}
+
+/// The start time of `pid` (zombies included), or None if there is no such process.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    read_stat(pid).map(|s| s.start_time)
+}
+
+/// True if `pid` is alive (not a zombie) and is the process that started at `start_time`.
+pub fn is_same_process(pid: i32, start_time: u64) -> bool {
+    read_stat(pid).is_some_and(|s| !s.is_zombie() && s.start_time == start_time)
+}
+
+/// Every process visible in `/proc`. Processes come and go while this runs; callers treat
+/// the result as a snapshot.
+pub fn all_processes() -> Vec<ProcStat> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(read_stat)
+        .collect()
+}
+
+/// Processes (zombies included) whose process group is `pgid`.
+pub fn group_members(pgid: i32) -> Vec<ProcStat> {
+    all_processes()
+        .into_iter()
+        .filter(|p| p.pgrp == pgid)
+        .collect()
+}
+
+/// Processes (zombies included) whose parent is `ppid`.
+pub(crate) fn children_of(ppid: i32) -> Vec<ProcStat> {
+    all_processes()
+        .into_iter()
+        .filter(|p| p.ppid == ppid)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT_TAIL: &str = " S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+
+    #[test]
+    fn parses_plain_command_name() {
+        let line = format!("123 (sleep){STAT_TAIL}");
+        let s = parse_stat(123, line.as_bytes()).unwrap();
+        assert_eq!(
+            s,
+            ProcStat {
+                pid: 123,
+                state: 'S',
+                ppid: 1,
+                pgrp: 42,
+                session: 42,
+                start_time: 987654,
+            }
+        );
+    }
+
+    #[test]
+    fn parses_command_name_with_spaces_and_parens() {
+        let line = format!("123 (evil) S 9 9 (x y){STAT_TAIL}");
+        let s = parse_stat(123, line.as_bytes()).unwrap();
+        assert_eq!((s.state, s.ppid, s.start_time), ('S', 1, 987654));
+    }
+
+    #[test]
+    fn parses_non_utf8_command_name() {
+        let mut line = b"123 (\xff\xfe)".to_vec();
+        line.extend_from_slice(STAT_TAIL.as_bytes());
+        assert_eq!(parse_stat(123, &line).unwrap().start_time, 987654);
+    }
+
+    #[test]
+    fn rejects_truncated_stat() {
+        assert!(parse_stat(1, b"1 (init) S 0 1 1").is_none());
+        assert!(parse_stat(1, b"garbage").is_none());
+    }
+
+    #[test]
+    fn reads_own_stat() {
+        let me = std::process::id() as i32;
+        let s = read_stat(me).unwrap();
+        assert_eq!(s.pid, me);
+        assert!(!s.is_zombie());
+        assert!(is_same_process(me, s.start_time));
+        assert!(!is_same_process(me, s.start_time + 1));
+        assert!(read_stat(0).is_none());
+        assert!(read_stat(-1).is_none());
+    }
+}

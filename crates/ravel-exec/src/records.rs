@@ -1,0 +1,93 @@
+//! The files of a run dir and the records stored in them: what the daemon asks for
+//! (`launch.json`), who is running it (`supervisor.json`) and how it ended (`exit.json`).
+
+use std::fs;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ExecError;
+
+pub const LAUNCH_FILE: &str = "launch.json";
+pub const SUPERVISOR_FILE: &str = "supervisor.json";
+pub const EXIT_FILE: &str = "exit.json";
+pub const STDOUT_FILE: &str = "stdout.log";
+pub const STDERR_FILE: &str = "stderr.log";
+pub const OUTPUTS_DIR: &str = "outputs";
+
+/// What to run. `env` is the job's complete environment: nothing of the supervisor's (or the
+/// daemon's) environment leaks into the job.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LaunchSpec {
+    pub command: Vec<String>,
+    pub cwd: String,
+    pub env: Vec<(String, String)>,
+    /// How long a canceled job gets between SIGTERM and SIGKILL.
+    pub kill_grace_ms: u64,
+}
+
+/// Identity of the supervisor and of the job it spawned, so that a restarted daemon can tell
+/// a live supervisor from an unrelated process that reused its pid.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct SupervisorRecord {
+    pub supervisor_pid: i32,
+    pub supervisor_start: u64,
+    /// The job's pid, which is also its process group id. None if it was never spawned.
+    pub job_pid: Option<i32>,
+    pub job_start: Option<u64>,
+    pub started_at_ms: i64,
+}
+
+/// How an attempt ended. Written once, after the job and everything in its process group
+/// are gone.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ExitRecord {
+    /// The job's exit status if it exited; 127/126 if the program was not found / could not
+    /// be executed.
+    pub exit_code: Option<i32>,
+    /// The signal that killed the job's main process.
+    pub signal: Option<i32>,
+    /// A cancel request reached the supervisor (the job may still have exited on its own).
+    pub canceled: bool,
+    /// Why the job could not be started or run to completion cleanly (spawn failure,
+    /// unreadable launch spec, processes that survived SIGKILL).
+    pub error: Option<String>,
+    /// When the job was spawned; None if it never was.
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: i64,
+}
+
+/// Reads `launch.json`; the supervisor's first step.
+pub fn read_launch(run_dir: &Path) -> Result<LaunchSpec, ExecError> {
+    let path = run_dir.join(LAUNCH_FILE);
+    let bytes = fs::read(&path).map_err(|source| ExecError::ReadFile {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|source| ExecError::Parse { path, source })
+}
+
+/// The exit record, if the supervisor has written one. A malformed file reads as absent:
+/// records are replaced atomically, so a torn file cannot be a half-written one of ours.
+pub fn read_exit(run_dir: &Path) -> Option<ExitRecord> {
+    read_optional(&run_dir.join(EXIT_FILE))
+}
+
+/// The supervisor record, if the supervisor got as far as writing it.
+pub fn read_supervisor(run_dir: &Path) -> Option<SupervisorRecord> {
+    read_optional(&run_dir.join(SUPERVISOR_FILE))
+}
+
+fn read_optional<T: DeserializeOwned>(path: &Path) -> Option<T> {
+    let bytes = fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Wall-clock milliseconds since the Unix epoch, the unit of every timestamp in the records.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

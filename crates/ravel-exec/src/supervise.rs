@@ -1,0 +1,125 @@
+//! The supervisor process body: one per job attempt, between the daemon and the job.
+//!
+//! It runs in its own session (see `launch`), spawns the job, records who it is, waits,
+//! cleans up the job's process group and writes `exit.json`. No threads, no runtime and no
+//! configuration beyond `launch.json`, so that it starts the job within a few milliseconds.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::atomic::write_json_atomic;
+use crate::records::{EXIT_FILE, ExitRecord, SUPERVISOR_FILE, SupervisorRecord, now_ms};
+use crate::wait::{JobEnd, Termination};
+use crate::{cleanup, job, procfs, records, signals, wait};
+
+/// Runs the supervisor for `run_dir` and returns its own exit code: 0 once `exit.json`
+/// describes the attempt (whatever the job did), 1 if `launch.json` was unusable or
+/// `exit.json` could not be written.
+pub fn supervise_main(run_dir: &Path) -> i32 {
+    let watched = signals::watched();
+    // Usually already blocked by `launch`; repeated in case the supervisor was started some
+    // other way. Failure is not fatal: it only reopens the races `signals` describes.
+    let _ = signals::block(&watched);
+    signals::ignore_hangup_and_pipe();
+
+    let spec = match records::read_launch(run_dir) {
+        Ok(spec) => spec,
+        Err(e) => {
+            let _ = write_exit(run_dir, failed(e.to_string(), None));
+            return 1;
+        }
+    };
+    // Orphaned descendants of the job re-parent to us instead of init, so that cleanup can
+    // find and reap them. Failure only weakens cleanup.
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes integer arguments only.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+
+    let me = std::process::id() as i32;
+    let identity = |job_pid: Option<i32>, started_at_ms| SupervisorRecord {
+        supervisor_pid: me,
+        supervisor_start: procfs::process_start_time(me).unwrap_or(0),
+        job_pid,
+        job_start: job_pid.and_then(procfs::process_start_time),
+        started_at_ms,
+    };
+
+    if signals::cancel_pending() {
+        let _ = write_json_atomic(&run_dir.join(SUPERVISOR_FILE), &identity(None, now_ms()));
+        let record = ExitRecord {
+            canceled: true,
+            ..not_started()
+        };
+        return exit_code_for(write_exit(run_dir, record));
+    }
+
+    let job_pid = match job::spawn(&spec, run_dir) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = write_json_atomic(&run_dir.join(SUPERVISOR_FILE), &identity(None, now_ms()));
+            return exit_code_for(write_exit(
+                run_dir,
+                failed(e.to_string(), e.job_exit_code()),
+            ));
+        }
+    };
+    let started_at_ms = now_ms();
+    // Without this record a restarted daemon cannot re-adopt the attempt, but the job is
+    // already running and still gets supervised and recorded, so carry on.
+    let _ = write_json_atomic(
+        &run_dir.join(SUPERVISOR_FILE),
+        &identity(Some(job_pid), started_at_ms),
+    );
+
+    let grace = Duration::from_millis(spec.kill_grace_ms);
+    let JobEnd {
+        termination,
+        canceled,
+    } = wait::wait_for_job(job_pid, grace, &watched);
+    let cleanup = cleanup::clear_leftovers(job_pid, &watched);
+
+    let (exit_code, signal, lost) = match termination {
+        Termination::Exited(code) => (Some(code), None, None),
+        Termination::Signaled(sig) => (None, Some(sig), None),
+        Termination::Lost(e) => (None, None, Some(e)),
+    };
+    let record = ExitRecord {
+        exit_code,
+        signal,
+        canceled,
+        error: lost.or(cleanup.err()),
+        started_at_ms: Some(started_at_ms),
+        finished_at_ms: now_ms(),
+    };
+    exit_code_for(write_exit(run_dir, record))
+}
+
+/// The record of a job that was never spawned.
+fn not_started() -> ExitRecord {
+    ExitRecord {
+        exit_code: None,
+        signal: None,
+        canceled: false,
+        error: None,
+        started_at_ms: None,
+        finished_at_ms: now_ms(),
+    }
+}
+
+/// The record of a job that could not be started.
+fn failed(error: String, exit_code: Option<i32>) -> ExitRecord {
+    ExitRecord {
+        exit_code,
+        error: Some(error),
+        ..not_started()
+    }
+}
+
+fn write_exit(run_dir: &Path, record: ExitRecord) -> std::io::Result<()> {
+    write_json_atomic(&run_dir.join(EXIT_FILE), &record)
+}
+
+fn exit_code_for(written: std::io::Result<()>) -> i32 {
+    if written.is_ok() { 0 } else { 1 }
+}

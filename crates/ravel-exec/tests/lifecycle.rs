@@ -1,0 +1,267 @@
+//! Cancellation, cleanup of everything a job leaves behind, jobs outliving a dead
+//! supervisor, and the process-identity and notification primitives the daemon relies on.
+
+mod support;
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ravel_exec::{is_same_process, procfs, request_cancel};
+use support::{DEADLINE, Run, live_members, sleepers, spec, wait_for};
+
+fn assert_all_gone(pids: &[(i32, u64)]) {
+    for &(pid, start) in pids {
+        assert!(!is_same_process(pid, start), "process {pid} survived");
+    }
+}
+
+#[test]
+fn cancel_kills_the_whole_group() {
+    let mut run = Run::start(&spec(
+        &["sh", "-c", "sleep 600 & sleep 600"],
+        Path::new("/"),
+    ));
+    let job = run.job().job_pid.unwrap();
+    let sleeps = wait_for("both sleeps", || {
+        let s = sleepers(job);
+        (s.len() == 2).then_some(s)
+    });
+    let sup = run.launched;
+    assert!(request_cancel(sup.pid, sup.start_time).unwrap());
+    let exit = run.finish();
+    assert!(exit.canceled);
+    assert_eq!(exit.signal, Some(libc::SIGTERM));
+    assert_eq!(exit.error, None);
+    assert_all_gone(&sleeps);
+    assert!(
+        procfs::group_members(job).is_empty(),
+        "group {job} not empty"
+    );
+    assert!(!request_cancel(sup.pid, sup.start_time).unwrap());
+}
+
+#[test]
+fn job_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let mut s = spec(&["sh", "-c", "trap '' TERM; sleep 600"], Path::new("/"));
+    s.kill_grace_ms = 200;
+    let mut run = Run::start(&s);
+    let job = run.job().job_pid.unwrap();
+    let sleeps = wait_for("the sleep", || {
+        let s = sleepers(job);
+        (s.len() == 1).then_some(s)
+    });
+    let asked = Instant::now();
+    assert!(request_cancel(run.launched.pid, run.launched.start_time).unwrap());
+    let exit = run.finish();
+    let took = asked.elapsed();
+    assert!(exit.canceled);
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    assert!(took >= Duration::from_millis(200), "killed after {took:?}");
+    assert!(took < Duration::from_secs(3), "killed after {took:?}");
+    assert_all_gone(&sleeps);
+    assert!(procfs::group_members(job).is_empty());
+}
+
+#[test]
+fn background_child_of_a_finished_job_is_killed() {
+    let cwd = tempfile::tempdir().unwrap();
+    let cmd = ["sh", "-c", "sleep 600 & echo $! > bg.pid; exit 0"];
+    let mut run = Run::start(&spec(&cmd, cwd.path()));
+    let exit = run.finish();
+    assert_eq!(exit.exit_code, Some(0));
+    assert!(!exit.canceled);
+    let bg: i32 = fs::read_to_string(cwd.path().join("bg.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        procfs::read_stat(bg).is_none(),
+        "background sleep {bg} survived"
+    );
+    let job = ravel_exec::read_supervisor(run.path())
+        .unwrap()
+        .job_pid
+        .unwrap();
+    assert!(procfs::group_members(job).is_empty());
+}
+
+#[test]
+fn descendant_that_left_the_group_is_killed() {
+    let cwd = tempfile::tempdir().unwrap();
+    // setsid moves the sleep into a new session and group, out of reach of killpg; once
+    // the job's shell exits it is re-parented to the supervisor (child subreaper).
+    let script = "setsid sleep 600 & echo $! > esc.pid; \
+                  while [ \"$(ps -o sid= -p $!)\" = \"$(ps -o sid= -p $$)\" ]; do sleep 0.01; done; \
+                  exit 0";
+    let mut run = Run::start(&spec(&["sh", "-c", script], cwd.path()));
+    let escaped: i32 = wait_for("esc.pid", || {
+        fs::read_to_string(cwd.path().join("esc.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    run.also_kill(escaped);
+    let exit = run.finish();
+    assert_eq!(exit.exit_code, Some(0));
+    assert_eq!(exit.error, None);
+    assert!(
+        procfs::read_stat(escaped).is_none(),
+        "escaped sleep {escaped} survived"
+    );
+}
+
+#[test]
+fn cancel_right_after_launch_starts_nothing_or_kills_it() {
+    let mut run = Run::start(&spec(&["sleep", "600"], Path::new("/")));
+    assert!(request_cancel(run.launched.pid, run.launched.start_time).unwrap());
+    let exit = run.finish();
+    assert!(exit.canceled);
+    if let Some(job) = ravel_exec::read_supervisor(run.path()).and_then(|r| r.job_pid) {
+        assert!(procfs::group_members(job).is_empty());
+    }
+}
+
+#[test]
+fn cancel_pending_at_start_spawns_nothing() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let s = spec(&["sh", "-c", "echo ran > ran"], cwd.path());
+    fs::write(
+        dir.path().join(ravel_exec::LAUNCH_FILE),
+        serde_json::to_vec(&s).unwrap(),
+    )
+    .unwrap();
+    let mut command = Command::new(support::supervisor_exe());
+    command
+        .arg(ravel_exec::SUPERVISE_SUBCOMMAND)
+        .arg(dir.path());
+    // SAFETY: only async-signal-safe calls. A blocked, raised SIGTERM stays pending across
+    // exec: the supervisor starts with a cancel request already waiting.
+    unsafe {
+        command.pre_exec(|| {
+            let mut set = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            libc::raise(libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let status = command.status().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let exit = ravel_exec::read_exit(dir.path()).expect("exit.json");
+    assert!(exit.canceled);
+    assert_eq!(
+        (exit.exit_code, exit.signal, exit.started_at_ms),
+        (None, None, None)
+    );
+    let sup = ravel_exec::read_supervisor(dir.path()).expect("supervisor.json");
+    assert_eq!(sup.job_pid, None);
+    assert!(!cwd.path().join("ran").exists());
+}
+
+#[test]
+fn job_outlives_a_killed_supervisor() {
+    let mut run = Run::start(&spec(&["sleep", "600"], Path::new("/")));
+    let record = run.job();
+    let (job, job_start) = (record.job_pid.unwrap(), record.job_start.unwrap());
+    // SAFETY: plain kill of our own child.
+    unsafe { libc::kill(run.launched.pid, libc::SIGKILL) };
+    let _ = run.finish_without_record();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        is_same_process(job, job_start),
+        "job died with its supervisor"
+    );
+    assert_eq!(ravel_exec::read_exit(run.path()), None);
+    assert!(ravel_exec::kill_group_and_wait(job, DEADLINE));
+    assert!(live_members(job).is_empty());
+    assert!(!is_same_process(job, job_start));
+}
+
+#[test]
+fn pidfd_becomes_readable_when_the_supervisor_exits() {
+    let mut run = Run::start(&spec(&["sleep", "0.3"], Path::new("/")));
+    let fd = ravel_exec::pidfd_open(run.launched.pid).unwrap();
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    assert_eq!(
+        unsafe { libc::poll(&mut pfd, 1, 0) },
+        0,
+        "readable too early"
+    );
+    let timeout_ms = DEADLINE.as_millis() as i32;
+    // SAFETY: one valid pollfd.
+    assert_eq!(unsafe { libc::poll(&mut pfd, 1, timeout_ms) }, 1);
+    assert_ne!(pfd.revents & libc::POLLIN, 0);
+    // Readable means exited, and exit.json is written before that.
+    assert_eq!(
+        ravel_exec::read_exit(run.path()).map(|e| e.exit_code),
+        Some(Some(0))
+    );
+    run.finish();
+}
+
+#[test]
+fn pidfd_open_of_a_missing_process_fails() {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id() as i32;
+    child.wait().unwrap();
+    assert!(ravel_exec::pidfd_open(pid).is_err());
+}
+
+#[test]
+fn identity_of_live_dead_and_zombie_processes() {
+    let me = std::process::id() as i32;
+    let start = ravel_exec::process_start_time(me).unwrap();
+    assert!(is_same_process(me, start));
+    assert!(!is_same_process(me, start + 1));
+
+    let mut dead = Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id() as i32;
+    dead.wait().unwrap();
+    assert_eq!(ravel_exec::process_start_time(dead_pid), None);
+
+    let mut zombie = Command::new("true").spawn().unwrap();
+    let zombie_pid = zombie.id() as i32;
+    let stat = wait_for("a zombie", || {
+        procfs::read_stat(zombie_pid).filter(|s| s.is_zombie())
+    });
+    assert_eq!(
+        ravel_exec::process_start_time(zombie_pid),
+        Some(stat.start_time)
+    );
+    assert!(!is_same_process(zombie_pid, stat.start_time));
+    ravel_exec::reap(zombie_pid);
+    assert_eq!(ravel_exec::process_start_time(zombie_pid), None);
+    // Already reaped: std's wait now sees ECHILD, which is fine.
+    let _ = zombie.wait();
+}
+
+#[test]
+fn kill_group_and_wait_refuses_dangerous_groups() {
+    // SAFETY: getpgrp cannot fail.
+    let own = unsafe { libc::getpgrp() };
+    assert!(!ravel_exec::kill_group_and_wait(own, Duration::ZERO));
+    assert!(!ravel_exec::kill_group_and_wait(1, Duration::ZERO));
+    assert!(!ravel_exec::kill_group_and_wait(0, Duration::ZERO));
+}
+
+#[test]
+fn records_read_as_absent_when_missing_or_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(ravel_exec::read_exit(dir.path()), None);
+    assert_eq!(ravel_exec::read_supervisor(dir.path()), None);
+    fs::write(dir.path().join(ravel_exec::EXIT_FILE), "{").unwrap();
+    assert_eq!(ravel_exec::read_exit(dir.path()), None);
+}

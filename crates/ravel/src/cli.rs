@@ -1,0 +1,179 @@
+//! Command-line flags. Each subcommand's help says what it does and what it prints.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ravel_core::JobId;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ravel",
+    version,
+    about = "Queue commands and run them on free GPUs and CPU slots",
+    long_about = "Ravel queues commands from any terminal; a background daemon starts each one as soon as the \
+GPUs and CPU slots it needs are free, sets CUDA_VISIBLE_DEVICES, and keeps its logs and exit code.\n\n\
+State lives in $RAVEL_HOME (default ~/.local/share/ravel): the database ravel.db, the socket ravel.sock, \
+the daemon's log daemon.log, and each attempt's run dir under runs/<job>/<attempt>/.",
+    after_help = "Examples:\n  ravel run --gpus 2 -- python train.py --lr 3e-4\n  ravel queue\n  ravel logs -f 12\n  ravel cancel 12 13"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Queue a command. Prints the job id; starts the daemon if none is running
+    Run(RunArgs),
+    /// List active jobs and the most recently finished ones
+    Queue(QueueArgs),
+    /// Show everything about one job: spec, state, pending reason, attempts
+    Show {
+        id: JobId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a job's output (stdout and stderr unless one is chosen)
+    Logs(LogsArgs),
+    /// Cancel jobs: queued ones are dropped, running ones get SIGTERM then SIGKILL
+    Cancel {
+        #[arg(required = true)]
+        ids: Vec<JobId>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until jobs finish. Exits 0 if all of them succeeded, 1 otherwise
+    Wait(WaitArgs),
+    /// Show the GPUs of this node: memory, utilization, and who uses each
+    Gpus {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start, stop or inspect the background daemon
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Number of whole GPUs the job needs
+    #[arg(long, default_value_t = 0)]
+    pub gpus: u32,
+    /// CPU slots the job takes (the node has --cpus slots, default: its core count)
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Higher runs first; equal priorities run in submit order
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// A name to show instead of the command
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set an environment variable for the job (repeatable). The job also gets your current environment
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory of the job (default: the current directory)
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// Stream the job's output and exit with its exit code
+    #[arg(long)]
+    pub wait: bool,
+    /// Print {"id": N} instead of the bare id
+    #[arg(long)]
+    pub json: bool,
+    /// The command and its arguments, after `--`
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct QueueArgs {
+    /// Include every finished job, not only recent ones
+    #[arg(long)]
+    pub all: bool,
+    /// How many recently finished jobs to show
+    #[arg(long, default_value_t = 10)]
+    pub recent: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    pub id: JobId,
+    /// Keep printing new output until the job ends
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only stdout
+    #[arg(long, conflicts_with = "stderr")]
+    pub stdout: bool,
+    /// Only stderr
+    #[arg(long)]
+    pub stderr: bool,
+    /// Start with the last N lines
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// Which attempt (default: the latest)
+    #[arg(long)]
+    pub attempt: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    /// Job ids to wait for
+    pub ids: Vec<JobId>,
+    /// Wait until no job is queued or running
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+    /// Give up after this many seconds (exit 124)
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DaemonCommand {
+    /// Start the daemon in the background (or in the foreground with --foreground)
+    Start(DaemonOpts),
+    /// Stop the daemon. Running jobs keep running and are re-adopted on the next start
+    Stop {
+        /// Terminate running jobs first
+        #[arg(long)]
+        kill_jobs: bool,
+    },
+    /// Is the daemon running? Exits 0 if so, 3 if not
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon (leaving jobs running) and start it again
+    Restart(DaemonOpts),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct DaemonOpts {
+    /// Run in this terminal instead of detaching
+    #[arg(long)]
+    pub foreground: bool,
+    /// CPU slots of this node (default: the number of cores)
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// A GPU with utilization at or above this percentage is busy (default 20)
+    #[arg(long, value_name = "PCT")]
+    pub gpu_util_threshold: Option<u32>,
+    /// A GPU with this percentage of its memory in use is busy (default 10)
+    #[arg(long, value_name = "PCT")]
+    pub gpu_mem_threshold: Option<u32>,
+    /// Seconds a canceled job gets between SIGTERM and SIGKILL (default 10)
+    #[arg(long, value_name = "SECS")]
+    pub kill_grace: Option<f64>,
+    /// normal: commits survive any process crash; full: also power loss (fsync per commit)
+    #[arg(long)]
+    pub durability: Option<DurabilityArg>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityArg {
+    Normal,
+    Full,
+}

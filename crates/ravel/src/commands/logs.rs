@@ -1,0 +1,156 @@
+//! `ravel logs` and the output streaming of `ravel run --wait`.
+
+use super::code;
+use crate::cli::LogsArgs;
+use crate::home::Home;
+use ravel_client::Client;
+use ravel_core::{JobId, JobState};
+use ravel_proto::{HEADER_FILE_SIZE, HEADER_JOB_STATE, HEADER_NEXT_OFFSET, JobView, LogStream};
+use std::io::Write;
+use std::process::ExitCode;
+
+struct Reader {
+    stream: LogStream,
+    offset: u64,
+}
+
+struct Chunk {
+    data: Vec<u8>,
+    next: u64,
+    size: u64,
+    state: Option<JobState>,
+}
+
+fn fetch(client: &Client, id: JobId, stream: LogStream, offset: u64, limit: Option<u64>, attempt: Option<u32>) -> anyhow::Result<Chunk> {
+    let mut path = format!("/v1/jobs/{id}/logs?stream={}&offset={offset}", if stream == LogStream::Stdout { "stdout" } else { "stderr" });
+    if let Some(l) = limit {
+        path.push_str(&format!("&limit={l}"));
+    }
+    if let Some(a) = attempt {
+        path.push_str(&format!("&attempt={a}"));
+    }
+    let resp = client.raw("GET", &path, None)?;
+    let num = |h: &str| resp.header(h).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Ok(Chunk {
+        next: num(HEADER_NEXT_OFFSET).max(offset),
+        size: num(HEADER_FILE_SIZE),
+        state: resp.header(HEADER_JOB_STATE).and_then(JobState::parse),
+        data: resp.body,
+    })
+}
+
+/// The offset where the last `n` lines start, reading backwards in growing windows.
+fn tail_offset(client: &Client, id: JobId, stream: LogStream, n: usize, attempt: Option<u32>) -> anyhow::Result<u64> {
+    let size = fetch(client, id, stream, 0, Some(0), attempt)?.size;
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = size.saturating_sub(window);
+        let chunk = fetch(client, id, stream, start, Some(size - start), attempt)?;
+        let data = &chunk.data;
+        // Ignore a final newline: it ends the last line rather than starting a new one.
+        let body = data.strip_suffix(b"\n").unwrap_or(data);
+        let mut seen = 0;
+        for (i, b) in body.iter().enumerate().rev() {
+            if *b == b'\n' {
+                seen += 1;
+                if seen == n {
+                    return Ok(start + i as u64 + 1);
+                }
+            }
+        }
+        if start == 0 {
+            return Ok(0);
+        }
+        window *= 4;
+    }
+}
+
+/// Prints whatever is new on each stream; returns whether anything was printed and the job state.
+fn drain(client: &Client, id: JobId, readers: &mut [Reader], attempt: Option<u32>) -> anyhow::Result<(bool, Option<JobState>)> {
+    let mut printed = false;
+    let mut state = None;
+    for r in readers.iter_mut() {
+        loop {
+            let c = fetch(client, id, r.stream, r.offset, None, attempt)?;
+            state = c.state.or(state);
+            if c.data.is_empty() {
+                break;
+            }
+            printed = true;
+            r.offset = c.next;
+            match r.stream {
+                LogStream::Stdout => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&c.data)?;
+                    out.flush()?;
+                }
+                LogStream::Stderr => std::io::stderr().lock().write_all(&c.data)?,
+            }
+            if c.next >= c.size {
+                break;
+            }
+        }
+    }
+    Ok((printed, state))
+}
+
+pub fn logs(home: &Home, args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let client = home.client();
+    let streams = if args.stdout {
+        vec![LogStream::Stdout]
+    } else if args.stderr {
+        vec![LogStream::Stderr]
+    } else {
+        vec![LogStream::Stdout, LogStream::Stderr]
+    };
+    // Fail with "no job N" before anything else.
+    let _: JobView = client.get(&format!("/v1/jobs/{}", args.id))?;
+    let mut readers = Vec::new();
+    for s in streams {
+        let offset = match args.tail {
+            Some(n) => tail_offset(&client, args.id, s, n, args.attempt)?,
+            None => 0,
+        };
+        readers.push(Reader { stream: s, offset });
+    }
+    if !args.follow {
+        drain(&client, args.id, &mut readers, args.attempt)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(&client, args.id, &mut readers, args.attempt)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints new output until the job is in a terminal state and everything is printed.
+fn follow(client: &Client, id: JobId, readers: &mut [Reader], attempt: Option<u32>) -> anyhow::Result<()> {
+    loop {
+        let (_, state) = drain(client, id, readers, attempt)?;
+        if state.is_some_and(|s| s.is_terminal()) {
+            // The supervisor wrote its exit record after the job's last byte: one more read is final.
+            drain(client, id, readers, attempt)?;
+            return Ok(());
+        }
+        // Sleep until the job ends, or 200 ms pass, whichever is first.
+        let _: serde_json::Value = client.get(&format!("/v1/wait?ids={id}&timeout_ms=200"))?;
+    }
+}
+
+/// `ravel run --wait`: stream both outputs, then exit as the job did.
+pub fn follow_to_end(home: &Home, id: JobId, stdout: bool, stderr: bool) -> anyhow::Result<ExitCode> {
+    let client = home.client();
+    let mut readers = Vec::new();
+    if stdout {
+        readers.push(Reader { stream: LogStream::Stdout, offset: 0 });
+    }
+    if stderr {
+        readers.push(Reader { stream: LogStream::Stderr, offset: 0 });
+    }
+    follow(&client, id, &mut readers, None)?;
+    let v: JobView = client.get(&format!("/v1/jobs/{id}"))?;
+    Ok(match (v.job.state, v.job.exit_code, v.job.signal) {
+        (JobState::Succeeded, _, _) => ExitCode::SUCCESS,
+        (_, Some(c), _) => code(c.clamp(0, 255) as u8),
+        (_, None, Some(s)) => code((128 + s).clamp(0, 255) as u8),
+        _ => ExitCode::FAILURE,
+    })
+}

@@ -1,0 +1,39 @@
+//! One module per group of subcommands. Each returns the process exit code.
+//!
+//! Exit codes: 0 success; 1 an error (or, for `wait`, a job that did not succeed); 2 bad usage;
+//! 3 `daemon status` found no daemon; 124 `wait --timeout` ran out; `run --wait` exits with the
+//! job's own code (128+N if a signal N killed it).
+
+mod daemon;
+mod gpus;
+mod jobs;
+mod logs;
+mod run;
+
+use crate::cli::{Cli, Command};
+use crate::home::Home;
+use std::process::ExitCode;
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let home = Home::from_env()?;
+    match cli.command {
+        Command::Run(args) => run::run(&home, args),
+        Command::Queue(args) => jobs::queue(&home, args),
+        Command::Show { id, json } => jobs::show(&home, id, json),
+        Command::Logs(args) => logs::logs(&home, args),
+        Command::Cancel { ids, json } => jobs::cancel(&home, ids, json),
+        Command::Wait(args) => jobs::wait(&home, args),
+        Command::Gpus { json } => gpus::gpus(&home, json),
+        Command::Daemon(cmd) => daemon::daemon(&home, cmd),
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub fn code(c: u8) -> ExitCode {
+    ExitCode::from(c)
+}

@@ -1,0 +1,66 @@
+//! `ravel run`: build the spec from the command line and the caller's environment, submit it
+//! (starting the daemon if none answers), print the id; with `--wait`, stream and exit like the job.
+
+use super::print_json;
+use crate::cli::RunArgs;
+use crate::daemon;
+use crate::home::Home;
+use anyhow::{anyhow, bail};
+use ravel_core::JobSpec;
+use ravel_proto::{SubmitRequest, SubmitResponse};
+use std::process::ExitCode;
+
+pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.command.is_empty() {
+        bail!("no command given: put it after `--`, e.g. `ravel run --gpus 1 -- python train.py`");
+    }
+    let cwd = match &args.cwd {
+        Some(dir) => {
+            let dir = if dir.is_absolute() { dir.clone() } else { std::env::current_dir()?.join(dir) };
+            if !dir.is_dir() {
+                bail!("working directory {} does not exist", dir.display());
+            }
+            dir
+        }
+        None => std::env::current_dir().map_err(|e| anyhow!("cannot read the current directory ({e}): pass --cwd"))?,
+    };
+    let mut env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    for kv in &args.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--env {kv:?} is not KEY=VALUE");
+        };
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    let spec = JobSpec {
+        command: args.command.clone(),
+        name: args.name.clone(),
+        cwd: cwd.to_string_lossy().into_owned(),
+        env,
+        gpus: args.gpus,
+        cpus: args.cpus,
+        priority: args.priority,
+        user: std::env::var("USER").ok(),
+    };
+    spec.validate().map_err(|e| anyhow!(e.0))?;
+    let req = SubmitRequest { spec };
+    let client = home.client();
+    let resp: SubmitResponse = match client.post("/v1/jobs", &req) {
+        Err(e) if e.is_not_running() => {
+            daemon::ensure_running(home)?;
+            client.post("/v1/jobs", &req)?
+        }
+        other => other?,
+    };
+    if args.json {
+        print_json(&resp)?;
+    } else {
+        println!("{}", resp.id);
+    }
+    if args.wait {
+        return super::logs::follow_to_end(home, resp.id, true, true);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,284 @@
+//! The local daemon's life: start (detached or in the foreground), stop, status, restart, and
+//! the auto-start that `ravel run` does when no daemon answers.
+//!
+//! One daemon per `$RAVEL_HOME` is guaranteed by an exclusive `flock` on the pid file, held
+//! for the daemon's whole life: the kernel drops it when the process dies, so a stale pid file
+//! (or socket) of a crashed daemon is recognised and replaced, never trusted.
+
+use crate::cli::{DaemonOpts, DurabilityArg};
+use crate::home::Home;
+use anyhow::{Context, anyhow, bail};
+use ravel_proto::{ShutdownRequest, StatusResponse};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The options a daemon runs with, saved in `daemon.json`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Saved {
+    pub cpus: Option<u32>,
+    pub gpu_util_threshold: Option<u32>,
+    pub gpu_mem_threshold: Option<u32>,
+    pub kill_grace: Option<f64>,
+    pub durability: Option<DurabilityArg>,
+}
+
+impl Saved {
+    fn load(home: &Home) -> Saved {
+        std::fs::read(home.daemon_config()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    /// Flags given now win over the saved ones.
+    fn merge(self, o: &DaemonOpts) -> Saved {
+        Saved {
+            cpus: o.cpus.or(self.cpus),
+            gpu_util_threshold: o.gpu_util_threshold.or(self.gpu_util_threshold),
+            gpu_mem_threshold: o.gpu_mem_threshold.or(self.gpu_mem_threshold),
+            kill_grace: o.kill_grace.or(self.kill_grace),
+            durability: o.durability.or(self.durability),
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut a = vec![];
+        let mut push = |flag: &str, v: Option<String>| {
+            if let Some(v) = v {
+                a.push(flag.to_string());
+                a.push(v);
+            }
+        };
+        push("--cpus", self.cpus.map(|v| v.to_string()));
+        push("--gpu-util-threshold", self.gpu_util_threshold.map(|v| v.to_string()));
+        push("--gpu-mem-threshold", self.gpu_mem_threshold.map(|v| v.to_string()));
+        push("--kill-grace", self.kill_grace.map(|v| v.to_string()));
+        push("--durability", self.durability.map(|d| if d == DurabilityArg::Full { "full" } else { "normal" }.to_string()));
+        a
+    }
+}
+
+/// `flock` on a file; `try_lock` does not wait.
+fn flock(f: &File, exclusive: bool, wait: bool) -> bool {
+    let mut op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+    if !wait {
+        op |= libc::LOCK_NB;
+    }
+    // SAFETY: flock on a valid open fd.
+    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+}
+
+/// The pid of the daemon holding the pid file's lock, if one is alive.
+pub fn running_pid(home: &Home) -> Option<u32> {
+    let mut f = File::open(home.pid_file()).ok()?;
+    if flock(&f, false, false) {
+        // We could lock it: nobody holds it, the file is stale.
+        return None;
+    }
+    let mut s = String::new();
+    f.read_to_string(&mut s).ok()?;
+    s.trim().parse().ok()
+}
+
+pub fn status(home: &Home) -> Option<StatusResponse> {
+    home.client().with_timeout(Duration::from_secs(5)).get::<StatusResponse>("/v1/status").ok()
+}
+
+/// Starts a detached daemon and waits until it answers. Returns its status.
+pub fn start_detached(home: &Home, opts: &DaemonOpts) -> anyhow::Result<StatusResponse> {
+    home.ensure()?;
+    let saved = Saved::load(home).merge(opts);
+    let exe = std::env::current_exe().context("cannot find the ravel binary")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.log_file())
+        .with_context(|| format!("cannot open {}", home.log_file().display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["daemon", "start", "--foreground"])
+        .args(saved.args())
+        .env("RAVEL_HOME", &home.dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; the child detaches from our terminal and session.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the daemon")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = status(home) {
+            // Reap our child if it exited because another daemon won the race.
+            let _ = child.try_wait();
+            return Ok(s);
+        }
+        if let Some(code) = child.try_wait()? {
+            if let Some(s) = status(home) {
+                return Ok(s);
+            }
+            if running_pid(home).is_some() {
+                // Another daemon holds the lock and is still starting: keep waiting for it.
+            } else {
+                bail!("the daemon exited ({code}) before it answered; see {}:\n{}", home.log_file().display(), log_tail(home));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the daemon did not answer within 30 s; see {}", home.log_file().display());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn log_tail(home: &Home) -> String {
+    let text = std::fs::read_to_string(home.log_file()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+/// Makes sure a daemon answers, starting one if needed. Many callers at once start one daemon.
+pub fn ensure_running(home: &Home) -> anyhow::Result<()> {
+    home.ensure()?;
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(home.start_lock())?;
+    flock(&lock, true, true);
+    if status(home).is_some() {
+        return Ok(());
+    }
+    start_detached(home, &DaemonOpts::default()).map(|_| ())
+}
+
+/// Asks the daemon to stop and waits until its process is gone.
+pub fn stop(home: &Home, kill_jobs: bool) -> anyhow::Result<bool> {
+    let Some(pid) = running_pid(home) else {
+        return Ok(false);
+    };
+    let client = home.client().with_timeout(Duration::from_secs(120));
+    let asked = client.post::<_, serde_json::Value>("/v1/daemon/shutdown", &ShutdownRequest { kill_jobs });
+    if let Err(e) = asked {
+        // It holds the lock but does not answer: fall back to SIGTERM (also a graceful stop).
+        eprintln!("ravel: the daemon did not answer ({e}); sending SIGTERM to pid {pid}");
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while running_pid(home).is_some() {
+        if Instant::now() > deadline {
+            bail!("the daemon (pid {pid}) is still running after 60 s; see {}", home.log_file().display());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(true)
+}
+
+/// Runs the daemon in this process until it is told to stop.
+pub fn run_foreground(home: &Home, opts: &DaemonOpts) -> anyhow::Result<()> {
+    home.ensure()?;
+    let saved = Saved::load(home).merge(opts);
+    let mut pid_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(home.pid_file())
+        .with_context(|| format!("cannot open {}", home.pid_file().display()))?;
+    if !flock(&pid_file, true, false) {
+        let mut s = String::new();
+        let _ = pid_file.read_to_string(&mut s);
+        bail!("a ravel daemon is already running (pid {}) for {}", s.trim(), home.dir.display());
+    }
+    pid_file.set_len(0)?;
+    pid_file.rewind()?;
+    writeln!(pid_file, "{}", std::process::id())?;
+    let _ = std::fs::write(home.daemon_config(), serde_json::to_vec_pretty(&saved)?);
+
+    tracing_subscriber::fmt()
+        .with_max_level(log_level())
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let result = rt.block_on(serve(home, &saved));
+    let _ = std::fs::remove_file(home.socket());
+    let _ = std::fs::remove_file(home.pid_file());
+    drop(pid_file);
+    result
+}
+
+fn log_level() -> tracing::Level {
+    match std::env::var("RAVEL_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
+        "trace" => tracing::Level::TRACE,
+        "debug" => tracing::Level::DEBUG,
+        "warn" => tracing::Level::WARN,
+        "error" => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    }
+}
+
+async fn serve(home: &Home, saved: &Saved) -> anyhow::Result<()> {
+    let cpus = saved.cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
+    if cpus == 0 {
+        bail!("--cpus must be at least 1");
+    }
+    let durability = match saved.durability {
+        Some(DurabilityArg::Full) => ravel_store::Durability::Full,
+        _ => ravel_store::Durability::Normal,
+    };
+    let defaults = ravel_gpu::Thresholds::default();
+    let cfg = ravel_controller::Config {
+        home: home.dir.clone(),
+        db_path: home.db(),
+        node_name: hostname(),
+        cpus,
+        thresholds: ravel_gpu::Thresholds {
+            util_pct: saved.gpu_util_threshold.unwrap_or(defaults.util_pct),
+            mem_pct: saved.gpu_mem_threshold.unwrap_or(defaults.mem_pct),
+        },
+        kill_grace: Duration::from_secs_f64(saved.kill_grace.unwrap_or(10.0).max(0.0)),
+        probe_interval: Duration::from_secs(1),
+        exe: std::env::current_exe().context("cannot find the ravel binary")?,
+    };
+    let store = ravel_store::SqliteStore::open(&cfg.db_path, durability).map_err(|e| anyhow!("{e}"))?;
+    let probe = ravel_gpu::detect();
+    let ctl = ravel_controller::Controller::start(cfg, Arc::new(store), probe).await.map_err(|e| anyhow!(e))?;
+
+    let socket = home.socket();
+    // The lock is ours, so any socket file left here belongs to a dead daemon.
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    set_mode(&socket, 0o600)?;
+    tracing::info!(socket = %socket.display(), pid = std::process::id(), "ravel daemon ready");
+
+    let stop = {
+        let ctl = ctl.clone();
+        async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping; running jobs keep running"),
+                _ = int.recv() => tracing::info!("SIGINT: stopping; running jobs keep running"),
+                _ = ctl.shutdown_requested() => tracing::info!("shutdown requested"),
+            }
+            ctl.request_shutdown();
+        }
+    };
+    ravel_controller::serve(ctl, listener, stop).await?;
+    tracing::info!("ravel daemon stopped");
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "local".into())
+}
