@@ -59,7 +59,13 @@ impl LocalAgent {
     }
 
     /// Starts a supervisor for the attempt and watches it.
-    pub async fn launch(&self, job: JobId, attempt: u32, run_dir: PathBuf, spec: LaunchSpec) -> Result<Launched, String> {
+    pub async fn launch(
+        &self,
+        job: JobId,
+        attempt: u32,
+        run_dir: PathBuf,
+        spec: LaunchSpec,
+    ) -> Result<Launched, String> {
         let exe = self.exe.clone();
         let dir = run_dir.clone();
         let launched = tokio::task::spawn_blocking(move || ravel_exec::launch(&exe, &dir, &spec))
@@ -77,11 +83,11 @@ impl LocalAgent {
             return Adoption::NeverLaunched;
         };
         // Open the pidfd before checking identity, so a pid reused after the check cannot fool us.
-        if let Ok(fd) = ravel_exec::pidfd_open(pid) {
-            if ravel_exec::is_same_process(pid, start_time) {
-                self.watch_fd(job, attempt, run_dir.to_path_buf(), pid, fd, false);
-                return Adoption::Watching { pid, start_time };
-            }
+        if let Ok(fd) = ravel_exec::pidfd_open(pid)
+            && ravel_exec::is_same_process(pid, start_time)
+        {
+            self.watch_fd(job, attempt, run_dir.to_path_buf(), pid, fd, false);
+            return Adoption::Watching { pid, start_time };
         }
         // The supervisor is gone. It writes exit.json before it exits, so reading it now is final.
         let exit = ravel_exec::read_exit(run_dir);
@@ -132,9 +138,10 @@ impl LocalAgent {
                 ravel_exec::reap(pid);
             }
             let dir = run_dir.clone();
-            let (exit, record) = tokio::task::spawn_blocking(move || (ravel_exec::read_exit(&dir), read_supervisor(&dir)))
-                .await
-                .unwrap_or((None, None));
+            let (exit, record) =
+                tokio::task::spawn_blocking(move || (ravel_exec::read_exit(&dir), read_supervisor(&dir)))
+                    .await
+                    .unwrap_or((None, None));
             if exit.is_none() {
                 kill_orphaned_job(record.as_ref());
             }
@@ -158,7 +165,9 @@ fn is_zombie(pid: i32) -> bool {
 /// one to report it: kill that job's group, so the GPUs it held are really free again.
 fn kill_orphaned_job(record: Option<&SupervisorRecord>) {
     let Some(r) = record else { return };
-    let (Some(pid), Some(start)) = (r.job_pid, r.job_start) else { return };
+    let (Some(pid), Some(start)) = (r.job_pid, r.job_start) else {
+        return;
+    };
     if ravel_exec::is_same_process(pid, start) {
         tracing::warn!(pid, "supervisor vanished; killing its job's process group");
         ravel_exec::kill_group_and_wait(pid, Duration::from_secs(5));

@@ -20,7 +20,13 @@ impl Response {
     }
 }
 
-pub fn request(socket: &Path, timeout: Duration, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, ClientError> {
+pub fn request(
+    socket: &Path,
+    timeout: Duration,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<Response, ClientError> {
     let io = |e: std::io::Error| ClientError::Io { socket: socket.to_path_buf(), message: e.to_string() };
     let mut stream = match UnixStream::connect(socket) {
         Ok(s) => s,
@@ -32,7 +38,10 @@ pub fn request(socket: &Path, timeout: Duration, method: &str, path: &str, body:
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let body = body.unwrap_or_default();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
     if !body.is_empty() {
         req.push_str("content-type: application/json\r\n");
     }
@@ -43,7 +52,10 @@ pub fn request(socket: &Path, timeout: Duration, method: &str, path: &str, body:
     let mut raw = Vec::with_capacity(4096);
     stream.read_to_end(&mut raw).map_err(|e| {
         if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
-            ClientError::Io { socket: socket.to_path_buf(), message: format!("no answer within {}s", timeout.as_secs()) }
+            ClientError::Io {
+                socket: socket.to_path_buf(),
+                message: format!("no answer within {}s", timeout.as_secs()),
+            }
         } else {
             io(e)
         }
@@ -70,7 +82,9 @@ fn parse(raw: &[u8]) -> Result<Response, ClientError> {
     let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
     let body = if chunked {
         dechunk(rest).ok_or_else(|| bad("bad chunked body"))?
-    } else if let Some(len) = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok()) {
+    } else if let Some(len) =
+        headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok())
+    {
         rest.get(..len).ok_or_else(|| bad("truncated body"))?.to_vec()
     } else {
         rest.to_vec()
@@ -101,7 +115,8 @@ mod tests {
     fn parses_length_and_chunked_bodies() {
         let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\n{}").unwrap();
         assert_eq!((r.status, r.body.as_slice(), r.header("x-a")), (200, &b"{}"[..], Some("b")));
-        let r = parse(b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+        let r = parse(b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+            .unwrap();
         assert_eq!((r.status, r.body.as_slice()), (404, &b"abcde"[..]));
         assert!(parse(b"HTTP/1.1 200 OK\r\n").is_err());
     }

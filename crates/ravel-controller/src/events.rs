@@ -50,14 +50,16 @@ pub async fn record_end(ctl: &Arc<Controller>, id: JobId, n: u32, outcome: Outco
         Ok(job) => {
             let store = ctl.store.clone();
             tokio::spawn(async move {
-                if let Ok(attempts) = store.attempts(job.id).await {
-                    if let Some(a) = attempts.into_iter().find(|a| a.n == n) {
-                        runjson::write(job, a);
-                    }
+                if let Ok(attempts) = store.attempts(job.id).await
+                    && let Some(a) = attempts.into_iter().find(|a| a.n == n)
+                {
+                    runjson::write(job, a);
                 }
             });
         }
-        Err(e) => tracing::warn!(job = id, attempt = n, error = %e, "cannot record the end of an attempt"),
+        Err(e) => {
+            tracing::warn!(job = id, attempt = n, error = %e, "cannot record the end of an attempt")
+        }
     }
     {
         let mut st = ctl.lock();

@@ -65,11 +65,16 @@ pub struct Controller {
 impl Controller {
     /// Opens the controller over `store`: re-adopts attempts left by an earlier run, loads the
     /// queue, and starts the scheduler and event loops.
-    pub async fn start(cfg: Config, store: Arc<dyn Store>, probe: Box<dyn ravel_gpu::GpuProbe>) -> Result<Arc<Controller>, String> {
+    pub async fn start(
+        cfg: Config,
+        store: Arc<dyn Store>,
+        probe: Box<dyn ravel_gpu::GpuProbe>,
+    ) -> Result<Arc<Controller>, String> {
         let (tx, rx) = mpsc::unbounded_channel::<AgentEvent>();
         let probe_kind = probe.kind();
         let agent = LocalAgent::new(cfg.exe.clone(), probe, tx);
-        std::fs::create_dir_all(cfg.runs_dir()).map_err(|e| format!("cannot create {}: {e}", cfg.runs_dir().display()))?;
+        std::fs::create_dir_all(cfg.runs_dir())
+            .map_err(|e| format!("cannot create {}: {e}", cfg.runs_dir().display()))?;
         let ctl = Arc::new(Controller {
             state: Mutex::new(State::new(cfg.cpus)),
             cfg,

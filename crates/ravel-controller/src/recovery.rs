@@ -62,7 +62,9 @@ pub async fn recover(ctl: &Arc<Controller>) -> Result<(), String> {
                         st.enqueue(queued_job(&job));
                         requeued += 1;
                     }
-                    Err(e) => tracing::error!(job = job.id, error = %e, "cannot requeue an unlaunched attempt"),
+                    Err(e) => {
+                        tracing::error!(job = job.id, error = %e, "cannot requeue an unlaunched attempt")
+                    }
                 }
             }
         }

@@ -157,8 +157,10 @@ async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJob) {
 
 /// The job's complete environment: the submitter's, then Ravel's own variables.
 fn launch_spec(ctl: &Controller, job: &Job, gpus: &[u32], n: u32, run_dir: &std::path::Path) -> LaunchSpec {
-    const OURS: [&str; 5] = ["CUDA_VISIBLE_DEVICES", "RAVEL_JOB_ID", "RAVEL_ATTEMPT", "RAVEL_RUN_DIR", "RAVEL_OUTPUT_DIR"];
-    let mut env: Vec<(String, String)> = job.spec.env.iter().filter(|(k, _)| !OURS.contains(&k.as_str())).cloned().collect();
+    const OURS: [&str; 5] =
+        ["CUDA_VISIBLE_DEVICES", "RAVEL_JOB_ID", "RAVEL_ATTEMPT", "RAVEL_RUN_DIR", "RAVEL_OUTPUT_DIR"];
+    let mut env: Vec<(String, String)> =
+        job.spec.env.iter().filter(|(k, _)| !OURS.contains(&k.as_str())).cloned().collect();
     let visible = gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",");
     env.push(("CUDA_VISIBLE_DEVICES".into(), visible));
     env.push(("RAVEL_JOB_ID".into(), job.id.to_string()));

@@ -70,13 +70,13 @@ impl JobSpec {
         if env_bytes > MAX_ENV_BYTES {
             return err(format!("environment is {env_bytes} bytes; the limit is {MAX_ENV_BYTES}"));
         }
-        if let Some((k, _)) = self.env.iter().find(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0')) {
+        if let Some((k, _)) =
+            self.env.iter().find(|(k, v)| k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0'))
+        {
             return err(format!("bad environment variable name {k:?}: use --env KEY=VALUE"));
         }
-        if let Some(n) = &self.name {
-            if n.len() > MAX_NAME_BYTES {
-                return err(format!("name is {} bytes; the limit is {MAX_NAME_BYTES}", n.len()));
-            }
+        if let Some(n) = self.name.as_ref().filter(|n| n.len() > MAX_NAME_BYTES) {
+            return err(format!("name is {} bytes; the limit is {MAX_NAME_BYTES}", n.len()));
         }
         if !self.cwd.starts_with('/') {
             return err(format!("working directory {:?} is not an absolute path", self.cwd));

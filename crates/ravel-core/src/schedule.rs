@@ -84,7 +84,9 @@ pub enum PendingReason {
 impl fmt::Display for PendingReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PendingReason::Priority { behind } => write!(f, "Priority: resources held for job {behind}"),
+            PendingReason::Priority { behind } => {
+                write!(f, "Priority: resources held for job {behind}")
+            }
             PendingReason::Resources { need_gpus, free_gpus, need_cpus, free_cpus } => {
                 if need_gpus > free_gpus {
                     write!(f, "Resources: needs {need_gpus} GPU{}, {free_gpus} free", plural(*need_gpus))
@@ -170,12 +172,9 @@ pub fn schedule<'a>(nodes: &[NodeView], queue: impl IntoIterator<Item = &'a Queu
                 let (index, why) = p.busy[0].clone();
                 PendingReason::GpuBusy { index, why, need_gpus: job.gpus, free_gpus }
             }
-            None => PendingReason::Resources {
-                need_gpus: job.gpus,
-                free_gpus,
-                need_cpus: job.cpus,
-                free_cpus: p.free_cpus,
-            },
+            None => {
+                PendingReason::Resources { need_gpus: job.gpus, free_gpus, need_cpus: job.cpus, free_cpus: p.free_cpus }
+            }
         };
         reserved_by[i].get_or_insert(job.id);
         let hold = (job.gpus as usize).min(p.free_gpus.len());
@@ -317,8 +316,9 @@ mod tests {
             prop_assert!(seen == q.len() || d.exhausted);
             // Strict order on one node: jobs placed behind the first blocked job never take
             // what that job needs from what was free when it was examined.
-            if nodes.len() == 1 {
-                if let Some((first, _)) = d.pending.first() {
+            if nodes.len() == 1
+                && let Some((first, _)) = d.pending.first()
+            {
                     let pos = |id: JobId| q.iter().position(|j| j.id == id).unwrap();
                     let head = &q[pos(*first)];
                     let (mut before_g, mut before_c, mut after_g, mut after_c) = (0u32, 0u32, 0u32, 0u32);
@@ -337,7 +337,6 @@ mod tests {
                     prop_assert!(free_g < head.gpus || free_c < head.cpus, "head was left pending although it fit");
                     prop_assert!(after_g <= free_g - head.gpus.min(free_g), "a later job took GPUs the head needs");
                     prop_assert!(after_c <= free_c - head.cpus.min(free_c), "a later job took CPUs the head needs");
-                }
             }
         }
 

@@ -27,11 +27,7 @@ pub(crate) enum Durability {
     Unsynced,
 }
 
-pub(crate) fn write_json<T: Serialize>(
-    path: &Path,
-    value: &T,
-    durability: Durability,
-) -> io::Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T, durability: Durability) -> io::Result<()> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     bytes.push(b'\n');
     let dir = parent_dir(path);
@@ -65,12 +61,9 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 fn temp_path(path: &Path, dir: &Path) -> io::Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} has no file name", path.display()),
-        )
-    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no file name", path.display())))?;
     let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(name);
@@ -90,10 +83,7 @@ mod tests {
         write_json(&path, &vec![4], Durability::Unsynced).unwrap();
         let back: Vec<i32> = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
         assert_eq!(back, vec![4]);
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("run.json")]);
     }
 

@@ -19,10 +19,7 @@ pub enum ExecError {
     ReadFile { path: PathBuf, source: io::Error },
 
     #[error("malformed {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Parse { path: PathBuf, source: serde_json::Error },
 
     #[error("cannot start supervisor `{exe}`: {source}")]
     SpawnSupervisor { exe: PathBuf, source: io::Error },

@@ -13,12 +13,7 @@ pub(crate) fn cloexec_above_stdio() -> io::Result<()> {
     // SAFETY: close_range takes integer arguments only; with CLOSE_RANGE_CLOEXEC it closes
     // nothing.
     let r = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
+        libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC)
     };
     if r == -1 {
         let e = io::Error::last_os_error();

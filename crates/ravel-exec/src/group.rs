@@ -24,8 +24,5 @@ pub(crate) fn is_empty(pgid: i32) -> bool {
 /// True if every process still in group `pgid` is a zombie: it holds no resources any more
 /// and only waits for a parent (possibly not us) to reap it.
 pub(crate) fn has_no_live_members(pgid: i32) -> bool {
-    is_empty(pgid)
-        || procfs::group_members(pgid)
-            .iter()
-            .all(procfs::ProcStat::is_zombie)
+    is_empty(pgid) || procfs::group_members(pgid).iter().all(procfs::ProcStat::is_zombie)
 }

@@ -16,17 +16,12 @@ use crate::{fds, resolve, signals};
 /// so the job keeps running (and logging) if the supervisor dies.
 pub(crate) fn spawn(spec: &LaunchSpec, run_dir: &Path) -> Result<i32, ExecError> {
     let Some(program) = spec.command.first() else {
-        return Err(ExecError::EmptyCommand {
-            run_dir: run_dir.to_owned(),
-        });
+        return Err(ExecError::EmptyCommand { run_dir: run_dir.to_owned() });
     };
     let cwd = Path::new(&spec.cwd);
     check_cwd(&spec.cwd)?;
-    let resolved =
-        resolve::find_program(program, &spec.env, cwd).map_err(|source| ExecError::CannotRun {
-            program: program.clone(),
-            source,
-        })?;
+    let resolved = resolve::find_program(program, &spec.env, cwd)
+        .map_err(|source| ExecError::CannotRun { program: program.clone(), source })?;
     let stdout = open_log(&run_dir.join(STDOUT_FILE))?;
     let stderr = open_log(&run_dir.join(STDERR_FILE))?;
 
@@ -52,35 +47,19 @@ pub(crate) fn spawn(spec: &LaunchSpec, run_dir: &Path) -> Result<i32, ExecError>
     }
     // The child is reaped with waitpid by pid, not through `Child`; dropping it neither waits
     // nor kills.
-    command
-        .spawn()
-        .map(|child| child.id() as i32)
-        .map_err(|source| {
-            // The directory was checked above; if chdir failed anyway it vanished meanwhile, and
-            // std's bare ENOENT would wrongly blame the program.
-            check_cwd(&spec.cwd)
-                .err()
-                .unwrap_or_else(|| ExecError::CannotRun {
-                    program: program.clone(),
-                    source,
-                })
-        })
+    command.spawn().map(|child| child.id() as i32).map_err(|source| {
+        // The directory was checked above; if chdir failed anyway it vanished meanwhile, and
+        // std's bare ENOENT would wrongly blame the program.
+        check_cwd(&spec.cwd).err().unwrap_or_else(|| ExecError::CannotRun { program: program.clone(), source })
+    })
 }
 
 fn check_cwd(cwd: &str) -> Result<(), ExecError> {
     match fs::metadata(cwd) {
         Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(ExecError::BadCwd {
-            cwd: cwd.to_owned(),
-            source: io::Error::from_raw_os_error(libc::ENOTDIR),
-        }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ExecError::MissingCwd {
-            cwd: cwd.to_owned(),
-        }),
-        Err(source) => Err(ExecError::BadCwd {
-            cwd: cwd.to_owned(),
-            source,
-        }),
+        Ok(_) => Err(ExecError::BadCwd { cwd: cwd.to_owned(), source: io::Error::from_raw_os_error(libc::ENOTDIR) }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(ExecError::MissingCwd { cwd: cwd.to_owned() }),
+        Err(source) => Err(ExecError::BadCwd { cwd: cwd.to_owned(), source }),
     }
 }
 
@@ -91,8 +70,5 @@ fn open_log(path: &Path) -> Result<File, ExecError> {
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|source| ExecError::OpenLog {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(|source| ExecError::OpenLog { path: path.to_owned(), source })
 }

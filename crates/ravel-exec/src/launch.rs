@@ -27,36 +27,22 @@ pub struct Launched {
 /// supervisor has been exec'd; it does not wait for the job.
 pub fn launch(exe: &Path, run_dir: &Path, spec: &LaunchSpec) -> Result<Launched, ExecError> {
     if spec.command.is_empty() {
-        return Err(ExecError::EmptyCommand {
-            run_dir: run_dir.to_owned(),
-        });
+        return Err(ExecError::EmptyCommand { run_dir: run_dir.to_owned() });
     }
     // The supervisor inherits our working directory, but callers may change theirs later
     // (and logs should name unambiguous paths).
     let run_dir = absolute(run_dir)?;
     let outputs = run_dir.join(OUTPUTS_DIR);
-    fs::create_dir_all(&outputs).map_err(|source| ExecError::CreateDir {
-        path: outputs,
-        source,
-    })?;
+    fs::create_dir_all(&outputs).map_err(|source| ExecError::CreateDir { path: outputs, source })?;
     let launch_file = run_dir.join(LAUNCH_FILE);
     // Not fsynced: this is on the dispatch path, and after a machine crash the attempt is
     // lost anyway, whatever launch.json says.
-    atomic::write_json(&launch_file, spec, Durability::Unsynced).map_err(|source| {
-        ExecError::WriteFile {
-            path: launch_file,
-            source,
-        }
-    })?;
+    atomic::write_json(&launch_file, spec, Durability::Unsynced)
+        .map_err(|source| ExecError::WriteFile { path: launch_file, source })?;
 
     let watched = signals::watched();
     let mut command = Command::new(exe);
-    command
-        .arg(SUPERVISE_SUBCOMMAND)
-        .arg(&run_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    command.arg(SUPERVISE_SUBCOMMAND).arg(&run_dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // SAFETY: the closure only makes async-signal-safe calls (setsid, close_range,
     // sigprocmask), as
     // required between fork and exec in a possibly multi-threaded caller.
@@ -73,12 +59,7 @@ pub fn launch(exe: &Path, run_dir: &Path, spec: &LaunchSpec) -> Result<Launched,
             signals::block(&watched)
         });
     }
-    let child = command
-        .spawn()
-        .map_err(|source| ExecError::SpawnSupervisor {
-            exe: exe.to_owned(),
-            source,
-        })?;
+    let child = command.spawn().map_err(|source| ExecError::SpawnSupervisor { exe: exe.to_owned(), source })?;
     let pid = child.id() as i32;
     // Not yet reaped, so /proc/PID exists even if the supervisor already exited.
     let start_time = procfs::process_start_time(pid).ok_or(ExecError::StartTime { pid })?;
@@ -86,8 +67,5 @@ pub fn launch(exe: &Path, run_dir: &Path, spec: &LaunchSpec) -> Result<Launched,
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, ExecError> {
-    std::path::absolute(path).map_err(|source| ExecError::CreateDir {
-        path: path.to_owned(),
-        source,
-    })
+    std::path::absolute(path).map_err(|source| ExecError::CreateDir { path: path.to_owned(), source })
 }

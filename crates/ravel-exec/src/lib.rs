@@ -31,7 +31,7 @@ pub use error::ExecError;
 pub use launch::{Launched, SUPERVISE_SUBCOMMAND, launch};
 pub use procfs::{is_same_process, process_start_time};
 pub use records::{
-    EXIT_FILE, ExitRecord, LAUNCH_FILE, LaunchSpec, OUTPUTS_DIR, STDERR_FILE, STDOUT_FILE,
-    SUPERVISOR_FILE, SupervisorRecord, read_exit, read_launch, read_supervisor,
+    EXIT_FILE, ExitRecord, LAUNCH_FILE, LaunchSpec, OUTPUTS_DIR, STDERR_FILE, STDOUT_FILE, SUPERVISOR_FILE,
+    SupervisorRecord, read_exit, read_launch, read_supervisor,
 };
 pub use supervise::supervise_main;

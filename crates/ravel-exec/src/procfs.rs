@@ -70,26 +70,17 @@ pub fn all_processes() -> Vec<ProcStat> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(read_stat)
-        .collect()
+    entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).filter_map(read_stat).collect()
 }
 
 /// Processes (zombies included) whose process group is `pgid`.
 pub fn group_members(pgid: i32) -> Vec<ProcStat> {
-    all_processes()
-        .into_iter()
-        .filter(|p| p.pgrp == pgid)
-        .collect()
+    all_processes().into_iter().filter(|p| p.pgrp == pgid).collect()
 }
 
 /// Processes (zombies included) whose parent is `ppid`.
 pub(crate) fn children_of(ppid: i32) -> Vec<ProcStat> {
-    all_processes()
-        .into_iter()
-        .filter(|p| p.ppid == ppid)
-        .collect()
+    all_processes().into_iter().filter(|p| p.ppid == ppid).collect()
 }
 
 #[cfg(test)]
@@ -102,17 +93,7 @@ mod tests {
     fn parses_plain_command_name() {
         let line = format!("123 (sleep){STAT_TAIL}");
         let s = parse_stat(123, line.as_bytes()).unwrap();
-        assert_eq!(
-            s,
-            ProcStat {
-                pid: 123,
-                state: 'S',
-                ppid: 1,
-                pgrp: 42,
-                session: 42,
-                start_time: 987654,
-            }
-        );
+        assert_eq!(s, ProcStat { pid: 123, state: 'S', ppid: 1, pgrp: 42, session: 42, start_time: 987654 });
     }
 
     #[test]

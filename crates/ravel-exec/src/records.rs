@@ -62,10 +62,7 @@ pub struct ExitRecord {
 /// Reads `launch.json`; the supervisor's first step.
 pub fn read_launch(run_dir: &Path) -> Result<LaunchSpec, ExecError> {
     let path = run_dir.join(LAUNCH_FILE);
-    let bytes = fs::read(&path).map_err(|source| ExecError::ReadFile {
-        path: path.clone(),
-        source,
-    })?;
+    let bytes = fs::read(&path).map_err(|source| ExecError::ReadFile { path: path.clone(), source })?;
     serde_json::from_slice(&bytes).map_err(|source| ExecError::Parse { path, source })
 }
 
@@ -87,7 +84,5 @@ fn read_optional<T: DeserializeOwned>(path: &Path) -> Option<T> {
 
 /// Wall-clock milliseconds since the Unix epoch, the unit of every timestamp in the records.
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

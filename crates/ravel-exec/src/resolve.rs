@@ -17,22 +17,14 @@ const DEFAULT_PATH: &str = "/bin:/usr/bin";
 /// working directory (made explicit here: std leaves relative programs combined with
 /// `current_dir` platform-specific). Relative `PATH` entries (including the empty one, meaning `.`) are
 /// relative to `cwd` too, since that is where the job runs.
-pub(crate) fn find_program(
-    program: &str,
-    env: &[(String, String)],
-    cwd: &Path,
-) -> io::Result<PathBuf> {
+pub(crate) fn find_program(program: &str, env: &[(String, String)], cwd: &Path) -> io::Result<PathBuf> {
     if program.is_empty() {
         return Err(io::Error::from_raw_os_error(libc::ENOENT));
     }
     if program.contains('/') {
         return Ok(cwd.join(program));
     }
-    let path_var = env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "PATH")
-        .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    let path_var = env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
     let mut found_unexecutable = false;
     for dir in path_var.split(':') {
         let dir = if dir.is_empty() { "." } else { dir };
@@ -45,11 +37,7 @@ pub(crate) fn find_program(
         }
         found_unexecutable = true;
     }
-    let errno = if found_unexecutable {
-        libc::EACCES
-    } else {
-        libc::ENOENT
-    };
+    let errno = if found_unexecutable { libc::EACCES } else { libc::ENOENT };
     Err(io::Error::from_raw_os_error(errno))
 }
 

@@ -18,13 +18,7 @@ use libc::c_int;
 const CANCEL_SIGNALS: [c_int; 2] = [libc::SIGTERM, libc::SIGINT];
 
 /// Dispositions the supervisor changes (or inherits changed) that the job must not inherit.
-const RESET_FOR_JOB: [c_int; 5] = [
-    libc::SIGTERM,
-    libc::SIGINT,
-    libc::SIGHUP,
-    libc::SIGPIPE,
-    libc::SIGCHLD,
-];
+const RESET_FOR_JOB: [c_int; 5] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE, libc::SIGCHLD];
 
 /// What woke the supervisor up.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

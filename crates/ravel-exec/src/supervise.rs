@@ -47,10 +47,7 @@ pub fn supervise_main(run_dir: &Path) -> i32 {
 
     if signals::cancel_pending() {
         let _ = write_json_atomic(&run_dir.join(SUPERVISOR_FILE), &identity(None, now_ms()));
-        let record = ExitRecord {
-            canceled: true,
-            ..not_started()
-        };
+        let record = ExitRecord { canceled: true, ..not_started() };
         return exit_code_for(write_exit(run_dir, record));
     }
 
@@ -58,25 +55,16 @@ pub fn supervise_main(run_dir: &Path) -> i32 {
         Ok(pid) => pid,
         Err(e) => {
             let _ = write_json_atomic(&run_dir.join(SUPERVISOR_FILE), &identity(None, now_ms()));
-            return exit_code_for(write_exit(
-                run_dir,
-                failed(e.to_string(), e.job_exit_code()),
-            ));
+            return exit_code_for(write_exit(run_dir, failed(e.to_string(), e.job_exit_code())));
         }
     };
     let started_at_ms = now_ms();
     // Without this record a restarted daemon cannot re-adopt the attempt, but the job is
     // already running and still gets supervised and recorded, so carry on.
-    let _ = write_json_atomic(
-        &run_dir.join(SUPERVISOR_FILE),
-        &identity(Some(job_pid), started_at_ms),
-    );
+    let _ = write_json_atomic(&run_dir.join(SUPERVISOR_FILE), &identity(Some(job_pid), started_at_ms));
 
     let grace = Duration::from_millis(spec.kill_grace_ms);
-    let JobEnd {
-        termination,
-        canceled,
-    } = wait::wait_for_job(job_pid, grace, &watched);
+    let JobEnd { termination, canceled } = wait::wait_for_job(job_pid, grace, &watched);
     let cleanup = cleanup::clear_leftovers(job_pid, &watched);
 
     let (exit_code, signal, lost) = match termination {
@@ -109,11 +97,7 @@ fn not_started() -> ExitRecord {
 
 /// The record of a job that could not be started.
 fn failed(error: String, exit_code: Option<i32>) -> ExitRecord {
-    ExitRecord {
-        exit_code,
-        error: Some(error),
-        ..not_started()
-    }
+    ExitRecord { exit_code, error: Some(error), ..not_started() }
 }
 
 fn write_exit(run_dir: &Path, record: ExitRecord) -> std::io::Result<()> {

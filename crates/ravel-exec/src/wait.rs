@@ -41,18 +41,12 @@ pub(crate) fn wait_for_job(pid: i32, grace: Duration, watched: &libc::sigset_t) 
         let canceled = !matches!(cancel, Cancel::NotRequested);
         match peek_exit(pid) {
             Ok(Some(termination)) => {
-                return JobEnd {
-                    termination,
-                    canceled,
-                };
+                return JobEnd { termination, canceled };
             }
             Ok(None) => {}
             Err(e) => {
                 let termination = Termination::Lost(format!("cannot wait for job {pid}: {e}"));
-                return JobEnd {
-                    termination,
-                    canceled,
-                };
+                return JobEnd { termination, canceled };
             }
         }
         let timeout = match cancel {
@@ -68,12 +62,9 @@ pub(crate) fn wait_for_job(pid: i32, grace: Duration, watched: &libc::sigset_t) 
             }
             Cancel::NotRequested | Cancel::Killed => None,
         };
-        if signals::wait(watched, timeout) == Wake::Cancel && matches!(cancel, Cancel::NotRequested)
-        {
+        if signals::wait(watched, timeout) == Wake::Cancel && matches!(cancel, Cancel::NotRequested) {
             let _ = group::signal(pid, libc::SIGTERM);
-            cancel = Cancel::Terminating {
-                kill_at: Instant::now() + grace,
-            };
+            cancel = Cancel::Terminating { kill_at: Instant::now() + grace };
         }
     }
 }
@@ -87,11 +78,7 @@ fn peek_exit(pid: i32) -> io::Result<Option<Termination>> {
     // SAFETY: `info` is a valid, writable siginfo_t.
     if unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) } == -1 {
         let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::EINTR) {
-            Ok(None)
-        } else {
-            Err(e)
-        };
+        return if e.raw_os_error() == Some(libc::EINTR) { Ok(None) } else { Err(e) };
     }
     // SAFETY: waitid filled in the SIGCHLD fields of `info` (or left them zero).
     let (child, status) = unsafe { (info.si_pid(), info.si_status()) };

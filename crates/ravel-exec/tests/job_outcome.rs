@@ -52,8 +52,7 @@ fn stdout_and_stderr_land_in_their_logs() {
 #[test]
 fn environment_is_exactly_the_given_one() {
     let mut s = spec(&["env"], Path::new("/"));
-    s.env
-        .push(("RAVEL_TEST_VAR".to_owned(), "a b=c".to_owned()));
+    s.env.push(("RAVEL_TEST_VAR".to_owned(), "a b=c".to_owned()));
     let (run, exit) = run_to_end(&s);
     assert_eq!(exit.exit_code, Some(0));
     let out = fs::read_to_string(run.path().join(ravel_exec::STDOUT_FILE)).unwrap();
@@ -135,10 +134,7 @@ fn unexecutable_command_is_126() {
 fn missing_working_directory_is_named() {
     let cwd = Path::new("/nonexistent/ravel-exec-cwd");
     let (_run, exit) = run_to_end(&spec(&["true"], cwd));
-    assert_eq!(
-        exit.error.as_deref(),
-        Some("working directory /nonexistent/ravel-exec-cwd does not exist")
-    );
+    assert_eq!(exit.error.as_deref(), Some("working directory /nonexistent/ravel-exec-cwd does not exist"));
     assert_eq!((exit.exit_code, exit.started_at_ms), (None, None));
 }
 
@@ -152,10 +148,7 @@ fn supervisor_leads_its_own_session_and_the_job_its_own_group() {
     assert_eq!(record.supervisor_start, run.launched.start_time);
     let job_pid = record.job_pid.unwrap();
     let job = procfs::read_stat(job_pid).expect("job alive");
-    assert_eq!(
-        (job.pgrp, job.session, job.ppid),
-        (job_pid, sup.pid, sup.pid)
-    );
+    assert_eq!((job.pgrp, job.session, job.ppid), (job_pid, sup.pid, sup.pid));
     assert_eq!(record.job_start, Some(job.start_time));
     // Run's Drop kills both.
 }
@@ -164,31 +157,20 @@ fn supervisor_leads_its_own_session_and_the_job_its_own_group() {
 fn unreadable_launch_spec_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join(ravel_exec::LAUNCH_FILE), "{not json").unwrap();
-    let status = Command::new(support::supervisor_exe())
-        .arg(ravel_exec::SUPERVISE_SUBCOMMAND)
-        .arg(dir.path())
-        .status()
-        .unwrap();
+    let status =
+        Command::new(support::supervisor_exe()).arg(ravel_exec::SUPERVISE_SUBCOMMAND).arg(dir.path()).status().unwrap();
     assert_eq!(status.code(), Some(1));
     let exit = ravel_exec::read_exit(dir.path()).expect("exit.json");
     let error = exit.error.expect("error");
     let launch_path = dir.path().join(ravel_exec::LAUNCH_FILE);
-    assert!(
-        error.starts_with(&format!("malformed {}", launch_path.display())),
-        "{error}"
-    );
+    assert!(error.starts_with(&format!("malformed {}", launch_path.display())), "{error}");
     assert_eq!(exit.exit_code, None);
 }
 
 #[test]
 fn empty_command_is_rejected_by_launch() {
     let dir = tempfile::tempdir().unwrap();
-    let err = ravel_exec::launch(
-        &support::supervisor_exe(),
-        dir.path(),
-        &spec(&[], Path::new("/")),
-    )
-    .unwrap_err();
+    let err = ravel_exec::launch(&support::supervisor_exe(), dir.path(), &spec(&[], Path::new("/"))).unwrap_err();
     assert!(err.to_string().contains(&dir.path().display().to_string()));
 }
 

@@ -20,10 +20,7 @@ fn assert_all_gone(pids: &[(i32, u64)]) {
 
 #[test]
 fn cancel_kills_the_whole_group() {
-    let mut run = Run::start(&spec(
-        &["sh", "-c", "sleep 600 & sleep 600"],
-        Path::new("/"),
-    ));
+    let mut run = Run::start(&spec(&["sh", "-c", "sleep 600 & sleep 600"], Path::new("/")));
     let job = run.job().job_pid.unwrap();
     let sleeps = wait_for("both sleeps", || {
         let s = sleepers(job);
@@ -36,10 +33,7 @@ fn cancel_kills_the_whole_group() {
     assert_eq!(exit.signal, Some(libc::SIGTERM));
     assert_eq!(exit.error, None);
     assert_all_gone(&sleeps);
-    assert!(
-        procfs::group_members(job).is_empty(),
-        "group {job} not empty"
-    );
+    assert!(procfs::group_members(job).is_empty(), "group {job} not empty");
     assert!(!request_cancel(sup.pid, sup.start_time).unwrap());
 }
 
@@ -73,19 +67,9 @@ fn background_child_of_a_finished_job_is_killed() {
     let exit = run.finish();
     assert_eq!(exit.exit_code, Some(0));
     assert!(!exit.canceled);
-    let bg: i32 = fs::read_to_string(cwd.path().join("bg.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        procfs::read_stat(bg).is_none(),
-        "background sleep {bg} survived"
-    );
-    let job = ravel_exec::read_supervisor(run.path())
-        .unwrap()
-        .job_pid
-        .unwrap();
+    let bg: i32 = fs::read_to_string(cwd.path().join("bg.pid")).unwrap().trim().parse().unwrap();
+    assert!(procfs::read_stat(bg).is_none(), "background sleep {bg} survived");
+    let job = ravel_exec::read_supervisor(run.path()).unwrap().job_pid.unwrap();
     assert!(procfs::group_members(job).is_empty());
 }
 
@@ -98,21 +82,12 @@ fn descendant_that_left_the_group_is_killed() {
                   while [ \"$(ps -o sid= -p $!)\" = \"$(ps -o sid= -p $$)\" ]; do sleep 0.01; done; \
                   exit 0";
     let mut run = Run::start(&spec(&["sh", "-c", script], cwd.path()));
-    let escaped: i32 = wait_for("esc.pid", || {
-        fs::read_to_string(cwd.path().join("esc.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    });
+    let escaped: i32 = wait_for("esc.pid", || fs::read_to_string(cwd.path().join("esc.pid")).ok()?.trim().parse().ok());
     run.also_kill(escaped);
     let exit = run.finish();
     assert_eq!(exit.exit_code, Some(0));
     assert_eq!(exit.error, None);
-    assert!(
-        procfs::read_stat(escaped).is_none(),
-        "escaped sleep {escaped} survived"
-    );
+    assert!(procfs::read_stat(escaped).is_none(), "escaped sleep {escaped} survived");
 }
 
 #[test]
@@ -132,15 +107,9 @@ fn cancel_pending_at_start_spawns_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cwd = tempfile::tempdir().unwrap();
     let s = spec(&["sh", "-c", "echo ran > ran"], cwd.path());
-    fs::write(
-        dir.path().join(ravel_exec::LAUNCH_FILE),
-        serde_json::to_vec(&s).unwrap(),
-    )
-    .unwrap();
+    fs::write(dir.path().join(ravel_exec::LAUNCH_FILE), serde_json::to_vec(&s).unwrap()).unwrap();
     let mut command = Command::new(support::supervisor_exe());
-    command
-        .arg(ravel_exec::SUPERVISE_SUBCOMMAND)
-        .arg(dir.path());
+    command.arg(ravel_exec::SUPERVISE_SUBCOMMAND).arg(dir.path());
     // SAFETY: only async-signal-safe calls. A blocked, raised SIGTERM stays pending across
     // exec: the supervisor starts with a cancel request already waiting.
     unsafe {
@@ -157,10 +126,7 @@ fn cancel_pending_at_start_spawns_nothing() {
     assert_eq!(status.code(), Some(0));
     let exit = ravel_exec::read_exit(dir.path()).expect("exit.json");
     assert!(exit.canceled);
-    assert_eq!(
-        (exit.exit_code, exit.signal, exit.started_at_ms),
-        (None, None, None)
-    );
+    assert_eq!((exit.exit_code, exit.signal, exit.started_at_ms), (None, None, None));
     let sup = ravel_exec::read_supervisor(dir.path()).expect("supervisor.json");
     assert_eq!(sup.job_pid, None);
     assert!(!cwd.path().join("ran").exists());
@@ -175,10 +141,7 @@ fn job_outlives_a_killed_supervisor() {
     unsafe { libc::kill(run.launched.pid, libc::SIGKILL) };
     let _ = run.finish_without_record();
     std::thread::sleep(Duration::from_millis(100));
-    assert!(
-        is_same_process(job, job_start),
-        "job died with its supervisor"
-    );
+    assert!(is_same_process(job, job_start), "job died with its supervisor");
     assert_eq!(ravel_exec::read_exit(run.path()), None);
     assert!(ravel_exec::kill_group_and_wait(job, DEADLINE));
     assert!(live_members(job).is_empty());
@@ -189,26 +152,15 @@ fn job_outlives_a_killed_supervisor() {
 fn pidfd_becomes_readable_when_the_supervisor_exits() {
     let mut run = Run::start(&spec(&["sleep", "0.3"], Path::new("/")));
     let fd = ravel_exec::pidfd_open(run.launched.pid).unwrap();
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
-    assert_eq!(
-        unsafe { libc::poll(&mut pfd, 1, 0) },
-        0,
-        "readable too early"
-    );
+    assert_eq!(unsafe { libc::poll(&mut pfd, 1, 0) }, 0, "readable too early");
     let timeout_ms = DEADLINE.as_millis() as i32;
     // SAFETY: one valid pollfd.
     assert_eq!(unsafe { libc::poll(&mut pfd, 1, timeout_ms) }, 1);
     assert_ne!(pfd.revents & libc::POLLIN, 0);
     // Readable means exited, and exit.json is written before that.
-    assert_eq!(
-        ravel_exec::read_exit(run.path()).map(|e| e.exit_code),
-        Some(Some(0))
-    );
+    assert_eq!(ravel_exec::read_exit(run.path()).map(|e| e.exit_code), Some(Some(0)));
     run.finish();
 }
 
@@ -234,13 +186,8 @@ fn identity_of_live_dead_and_zombie_processes() {
 
     let mut zombie = Command::new("true").spawn().unwrap();
     let zombie_pid = zombie.id() as i32;
-    let stat = wait_for("a zombie", || {
-        procfs::read_stat(zombie_pid).filter(|s| s.is_zombie())
-    });
-    assert_eq!(
-        ravel_exec::process_start_time(zombie_pid),
-        Some(stat.start_time)
-    );
+    let stat = wait_for("a zombie", || procfs::read_stat(zombie_pid).filter(|s| s.is_zombie()));
+    assert_eq!(ravel_exec::process_start_time(zombie_pid), Some(stat.start_time));
     assert!(!is_same_process(zombie_pid, stat.start_time));
     ravel_exec::reap(zombie_pid);
     assert_eq!(ravel_exec::process_start_time(zombie_pid), None);

@@ -63,10 +63,7 @@ mod tests {
     use super::*;
 
     fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 
@@ -86,10 +83,7 @@ mod tests {
 
     #[test]
     fn fake_gpus_take_precedence_over_no_gpu() {
-        let probe = detect_with(&env_of(&[
-            ("RAVEL_NO_GPU", "1"),
-            ("RAVEL_FAKE_GPUS", " 2 "),
-        ]));
+        let probe = detect_with(&env_of(&[("RAVEL_NO_GPU", "1"), ("RAVEL_FAKE_GPUS", " 2 ")]));
         assert_eq!(probe.probe().unwrap().len(), 2);
     }
 
@@ -117,18 +111,10 @@ mod tests {
         // this is "none" (or "nvidia-smi" if a working one is installed).
         let real_path = std::env::var("PATH").ok();
         let env = move |name: &str| {
-            if name == "PATH" {
-                real_path.clone()
-            } else {
-                None
-            }
+            if name == "PATH" { real_path.clone() } else { None }
         };
         let probe = detect_with(&env);
-        assert!(
-            matches!(probe.kind(), "none" | "nvidia-smi" | "nvml"),
-            "{}",
-            probe.kind()
-        );
+        assert!(matches!(probe.kind(), "none" | "nvidia-smi" | "nvml"), "{}", probe.kind());
         let _ = probe.probe();
     }
 

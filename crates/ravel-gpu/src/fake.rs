@@ -37,30 +37,21 @@ impl FakeProbe {
                 processes: Vec::new(),
             })
             .collect();
-        FakeProbe {
-            source: Source::Fixed(gpus),
-        }
+        FakeProbe { source: Source::Fixed(gpus) }
     }
 
     /// GPUs read from a JSON list of [`GpuInfo`] at `path` on every probe.
     /// The file need not exist yet; a missing or malformed file is an error
     /// from [`GpuProbe::probe`], not here.
     pub fn from_file(path: impl Into<PathBuf>) -> Self {
-        FakeProbe {
-            source: Source::File(path.into()),
-        }
+        FakeProbe { source: Source::File(path.into()) }
     }
 }
 
 fn read_file(path: &Path) -> Result<Vec<GpuInfo>, ProbeError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ProbeError::FakeFileRead {
-        path: path.to_owned(),
-        error,
-    })?;
-    serde_json::from_str(&text).map_err(|error| ProbeError::FakeFileParse {
-        path: path.to_owned(),
-        error,
-    })
+    let text =
+        std::fs::read_to_string(path).map_err(|error| ProbeError::FakeFileRead { path: path.to_owned(), error })?;
+    serde_json::from_str(&text).map_err(|error| ProbeError::FakeFileParse { path: path.to_owned(), error })
 }
 
 impl GpuProbe for FakeProbe {
@@ -92,10 +83,7 @@ mod tests {
     #[test]
     fn idle_gives_n_free_gpus_in_index_order() {
         let gpus = FakeProbe::idle(4).probe().unwrap();
-        assert_eq!(
-            gpus.iter().map(|g| g.index).collect::<Vec<_>>(),
-            [0, 1, 2, 3]
-        );
+        assert_eq!(gpus.iter().map(|g| g.index).collect::<Vec<_>>(), [0, 1, 2, 3]);
         for g in &gpus {
             assert_eq!(g.name, "Fake GPU");
             assert_eq!(g.memory_total_mib, 81920);
@@ -118,11 +106,7 @@ mod tests {
         assert_eq!(probe.kind(), "fake");
         let before = probe.probe().unwrap();
         assert_eq!(before.len(), 2);
-        assert!(
-            before
-                .iter()
-                .all(|g| g.processes.is_empty() && g.uuid.is_none())
-        );
+        assert!(before.iter().all(|g| g.processes.is_empty() && g.uuid.is_none()));
         assert_eq!(before[1].foreign_busy(&Thresholds::default()), None);
 
         write_atomically(
@@ -133,13 +117,7 @@ mod tests {
         );
         let after = probe.probe().unwrap();
         assert_eq!(after[1].uuid.as_deref(), Some("GPU-b"));
-        assert_eq!(
-            after[1].processes,
-            [GpuProcess {
-                pid: 4242,
-                used_memory_mib: 40000
-            }]
-        );
+        assert_eq!(after[1].processes, [GpuProcess { pid: 4242, used_memory_mib: 40000 }]);
         let reason = after[1].foreign_busy(&Thresholds::default()).unwrap();
         assert!(reason.contains("4242"), "{reason}");
         assert_eq!(after[0].foreign_busy(&Thresholds::default()), None);

@@ -54,28 +54,15 @@ pub struct GpuProcess {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("cannot read fake GPU file {}: {error}", path.display())]
-    FakeFileRead {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    FakeFileRead { path: PathBuf, error: std::io::Error },
     #[error("fake GPU file {} is not a JSON list of GPUs: {error}", path.display())]
-    FakeFileParse {
-        path: PathBuf,
-        error: serde_json::Error,
-    },
+    FakeFileParse { path: PathBuf, error: serde_json::Error },
     #[error("NVML {call} failed: {message}")]
     Nvml { call: String, message: String },
     #[error("cannot run {}: {error}", program.display())]
-    SmiSpawn {
-        program: PathBuf,
-        error: std::io::Error,
-    },
+    SmiSpawn { program: PathBuf, error: std::io::Error },
     #[error("{command} failed ({status}): {stderr}")]
-    SmiFailed {
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    SmiFailed { command: String, status: String, stderr: String },
     #[error("{command} did not finish within {secs}s and was killed")]
     SmiTimeout { command: String, secs: u64 },
     #[error("unexpected nvidia-smi output line {line:?}: {reason}")]

@@ -25,10 +25,7 @@ impl std::fmt::Debug for NvmlProbe {
 }
 
 fn nvml_error(call: impl Into<String>) -> impl FnOnce(NvmlError) -> ProbeError {
-    move |e| ProbeError::Nvml {
-        call: call.into(),
-        message: e.to_string(),
-    }
+    move |e| ProbeError::Nvml { call: call.into(), message: e.to_string() }
 }
 
 impl NvmlProbe {
@@ -40,16 +37,9 @@ impl NvmlProbe {
     }
 
     fn device(&self, index: u32) -> Result<GpuInfo, ProbeError> {
-        let device = self
-            .nvml
-            .device_by_index(index)
-            .map_err(nvml_error(format!("device_by_index({index})")))?;
-        let name = device
-            .name()
-            .map_err(nvml_error(format!("name of GPU {index}")))?;
-        let memory = device
-            .memory_info()
-            .map_err(nvml_error(format!("memory_info of GPU {index}")))?;
+        let device = self.nvml.device_by_index(index).map_err(nvml_error(format!("device_by_index({index})")))?;
+        let name = device.name().map_err(nvml_error(format!("name of GPU {index}")))?;
+        let memory = device.memory_info().map_err(nvml_error(format!("memory_info of GPU {index}")))?;
         // Some GPUs (e.g. with MIG enabled) do not support these queries. Losing
         // the whole inventory over them would be worse than reporting zero:
         // device memory above still reveals foreign use.
@@ -95,10 +85,7 @@ impl GpuProbe for NvmlProbe {
     }
 
     fn probe(&self) -> Result<Vec<GpuInfo>, ProbeError> {
-        let count = self
-            .nvml
-            .device_count()
-            .map_err(nvml_error("device_count"))?;
+        let count = self.nvml.device_count().map_err(nvml_error("device_count"))?;
         (0..count).map(|index| self.device(index)).collect()
     }
 }

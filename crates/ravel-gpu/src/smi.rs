@@ -32,9 +32,7 @@ pub struct SmiProbe {
 impl SmiProbe {
     /// A probe running the given `nvidia-smi` executable.
     pub fn new(program: impl Into<PathBuf>) -> Self {
-        SmiProbe {
-            program: program.into(),
-        }
+        SmiProbe { program: program.into() }
     }
 
     /// Finds an executable `nvidia-smi` in a PATH-style list of directories.
@@ -54,8 +52,7 @@ impl SmiProbe {
 #[cfg(unix)]
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 #[cfg(not(unix))]
@@ -92,10 +89,7 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
 /// [`TIMEOUT`].
 fn run(program: &Path, args: &[&str]) -> Result<String, ProbeError> {
     let command = format!("{} {}", program.display(), args.join(" "));
-    let spawn_error = |error| ProbeError::SmiSpawn {
-        program: program.to_owned(),
-        error,
-    };
+    let spawn_error = |error| ProbeError::SmiSpawn { program: program.to_owned(), error };
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -115,21 +109,14 @@ fn run(program: &Path, args: &[&str]) -> Result<String, ProbeError> {
                 // when the pipes close.
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(ProbeError::SmiTimeout {
-                    command,
-                    secs: TIMEOUT.as_secs(),
-                });
+                return Err(ProbeError::SmiTimeout { command, secs: TIMEOUT.as_secs() });
             }
         }
     };
     let stdout = stdout.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
     if !status.success() {
-        return Err(ProbeError::SmiFailed {
-            command,
-            status: status.to_string(),
-            stderr: stderr.trim().to_owned(),
-        });
+        return Err(ProbeError::SmiFailed { command, status: status.to_string(), stderr: stderr.trim().to_owned() });
     }
     Ok(stdout)
 }
@@ -146,9 +133,7 @@ mod tests {
     static SCRIPTS: Mutex<()> = Mutex::new(());
 
     fn scripts_lock() -> MutexGuard<'static, ()> {
-        SCRIPTS
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        SCRIPTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Installs a stand-in `nvidia-smi` that answers only the exact queries
@@ -207,18 +192,13 @@ mod tests {
         let err = SmiProbe::new(&program).probe().unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, ProbeError::SmiFailed { .. }), "{err:?}");
-        assert!(
-            text.contains("NVIDIA-SMI has failed") && text.contains(GPU_QUERY),
-            "{text}"
-        );
+        assert!(text.contains("NVIDIA-SMI has failed") && text.contains(GPU_QUERY), "{text}");
     }
 
     #[test]
     fn missing_program_is_a_spawn_error_naming_it() {
         let _guard = scripts_lock();
-        let err = SmiProbe::new("/nonexistent/nvidia-smi")
-            .probe()
-            .unwrap_err();
+        let err = SmiProbe::new("/nonexistent/nvidia-smi").probe().unwrap_err();
         assert!(matches!(err, ProbeError::SmiSpawn { .. }), "{err:?}");
         assert!(err.to_string().contains("/nonexistent/nvidia-smi"), "{err}");
     }

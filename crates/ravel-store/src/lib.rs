@@ -71,7 +71,14 @@ pub trait Store: Send + Sync + 'static {
     /// queued → allocated, creating attempt n+1.
     fn allocate(&self, id: JobId, attempt: NewAttempt, now: Millis) -> StoreFuture<'_, (Job, Attempt)>;
     /// allocated|starting → running, recording the supervisor that runs attempt `n`.
-    fn mark_running(&self, id: JobId, n: u32, supervisor_pid: i32, supervisor_start: u64, now: Millis) -> StoreFuture<'_, Job>;
+    fn mark_running(
+        &self,
+        id: JobId,
+        n: u32,
+        supervisor_pid: i32,
+        supervisor_start: u64,
+        now: Millis,
+    ) -> StoreFuture<'_, Job>;
     /// Ends attempt `n` (which must be the current one and not yet ended) with `outcome`.
     fn finish(&self, id: JobId, n: u32, outcome: Outcome, now: Millis) -> StoreFuture<'_, Job>;
     /// allocated|starting → queued: attempt `n` never started and never will.

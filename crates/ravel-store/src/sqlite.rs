@@ -41,7 +41,8 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and runs pending migrations.
     pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
         }
         let write_conn = connect(path, durability)?;
         migrate(&write_conn)?;
@@ -193,7 +194,8 @@ fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
     let gpus: String = r.get(7)?;
     Ok(Job {
         id: r.get(0)?,
-        spec: serde_json::from_str(&spec).map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e)))?,
+        spec: serde_json::from_str(&spec)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e)))?,
         state: parse_state(&state)?,
         submitted_at: r.get(3)?,
         started_at: r.get(4)?,
@@ -235,7 +237,8 @@ fn row_to_attempt(r: &Row<'_>) -> rusqlite::Result<Attempt> {
 }
 
 fn parse_state(s: &str) -> rusqlite::Result<JobState> {
-    JobState::parse(s).ok_or_else(|| rusqlite::Error::InvalidColumnType(0, format!("state {s:?}"), rusqlite::types::Type::Text))
+    JobState::parse(s)
+        .ok_or_else(|| rusqlite::Error::InvalidColumnType(0, format!("state {s:?}"), rusqlite::types::Type::Text))
 }
 
 fn get_job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -280,7 +283,9 @@ impl Store for SqliteStore {
         self.write(move |conn| {
             let spec_json = to_json(&spec);
             let id: JobId = conn
-                .prepare_cached("INSERT INTO jobs (spec, state, priority, submitted_at) VALUES (?1, 'queued', ?2, ?3) RETURNING id")
+                .prepare_cached(
+                    "INSERT INTO jobs (spec, state, priority, submitted_at) VALUES (?1, 'queued', ?2, ?3) RETURNING id",
+                )
                 .map_err(db)?
                 .query_row(params![spec_json, spec.priority, now], |r| r.get(0))
                 .map_err(db)?;
@@ -449,7 +454,11 @@ impl Store for SqliteStore {
             let mut job = job_in(conn, id, &[JobState::Allocated, JobState::Starting, JobState::Running])?;
             check_attempt(&job, n)?;
             if !outcome.state.is_terminal() || !job.state.can_become(outcome.state) {
-                return Err(StoreError::Conflict { id, expected: format!("a way to {}", outcome.state), found: job.state });
+                return Err(StoreError::Conflict {
+                    id,
+                    expected: format!("a way to {}", outcome.state),
+                    found: job.state,
+                });
             }
             let state = outcome.state.as_str();
             conn.prepare_cached(
@@ -614,7 +623,9 @@ mod tests {
         store.allocate(running.id, new_attempt(), 3).await.unwrap();
         store.mark_running(running.id, 1, 7, 8, 4).await.unwrap();
 
-        assert!(matches!(store.request_cancel(queued.id, 5).await.unwrap(), CancelEffect::Canceled(j) if j.state == JobState::Canceled));
+        assert!(
+            matches!(store.request_cancel(queued.id, 5).await.unwrap(), CancelEffect::Canceled(j) if j.state == JobState::Canceled)
+        );
         // Once canceled it cannot be allocated.
         assert!(store.allocate(queued.id, new_attempt(), 6).await.is_err());
         match store.request_cancel(running.id, 5).await.unwrap() {

@@ -125,7 +125,8 @@ impl TestDaemon {
     }
 
     pub fn start_daemon(&self) {
-        let out = self.cmd().args(["daemon", "start"]).args(&self.daemon_args).output().expect("run ravel daemon start");
+        let out =
+            self.cmd().args(["daemon", "start"]).args(&self.daemon_args).output().expect("run ravel daemon start");
         assert!(out.status.success(), "daemon start failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -150,7 +151,11 @@ impl TestDaemon {
     /// Runs `ravel ARGS`, asserts it fails, returns (exit code, stderr).
     pub fn fails(&self, args: &[&str]) -> (i32, String) {
         let out = self.run(args);
-        assert!(!out.status.success(), "ravel {args:?} should have failed; stdout: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "ravel {args:?} should have failed; stdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
@@ -212,10 +217,16 @@ impl Drop for TestDaemon {
 /// their process groups.
 pub fn kill_jobs_under(dir: &Path) {
     let needle = dir.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
     for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         if String::from_utf8_lossy(&cmdline).contains(&needle) {
             // SAFETY: plain kill(2) on a pid read from /proc.
             unsafe {

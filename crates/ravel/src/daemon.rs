@@ -57,7 +57,10 @@ impl Saved {
         push("--gpu-util-threshold", self.gpu_util_threshold.map(|v| v.to_string()));
         push("--gpu-mem-threshold", self.gpu_mem_threshold.map(|v| v.to_string()));
         push("--kill-grace", self.kill_grace.map(|v| v.to_string()));
-        push("--durability", self.durability.map(|d| if d == DurabilityArg::Full { "full" } else { "normal" }.to_string()));
+        push(
+            "--durability",
+            self.durability.map(|d| if d == DurabilityArg::Full { "full" } else { "normal" }.to_string()),
+        );
         a
     }
 }
@@ -127,7 +130,11 @@ pub fn start_detached(home: &Home, opts: &DaemonOpts) -> anyhow::Result<StatusRe
             if running_pid(home).is_some() {
                 // Another daemon holds the lock and is still starting: keep waiting for it.
             } else {
-                bail!("the daemon exited ({code}) before it answered; see {}:\n{}", home.log_file().display(), log_tail(home));
+                bail!(
+                    "the daemon exited ({code}) before it answered; see {}:\n{}",
+                    home.log_file().display(),
+                    log_tail(home)
+                );
             }
         }
         if Instant::now() > deadline {
@@ -198,11 +205,7 @@ pub fn run_foreground(home: &Home, opts: &DaemonOpts) -> anyhow::Result<()> {
     writeln!(pid_file, "{}", std::process::id())?;
     let _ = std::fs::write(home.daemon_config(), serde_json::to_vec_pretty(&saved)?);
 
-    tracing_subscriber::fmt()
-        .with_max_level(log_level())
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_max_level(log_level()).with_ansi(false).with_writer(std::io::stderr).init();
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = rt.block_on(serve(home, &saved));
@@ -252,15 +255,18 @@ async fn serve(home: &Home, saved: &Saved) -> anyhow::Result<()> {
     let socket = home.socket();
     // The lock is ours, so any socket file left here belongs to a dead daemon.
     let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let listener =
+        tokio::net::UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
     set_mode(&socket, 0o600)?;
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "ravel daemon ready");
 
     let stop = {
         let ctl = ctl.clone();
         async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("SIGINT handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("SIGINT handler");
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: stopping; running jobs keep running"),
                 _ = int.recv() => tracing::info!("SIGINT: stopping; running jobs keep running"),
@@ -276,9 +282,12 @@ async fn serve(home: &Home, saved: &Saved) -> anyhow::Result<()> {
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("cannot chmod {}", path.display()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", path.display()))
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "local".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "local".into())
 }

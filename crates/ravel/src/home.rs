@@ -17,7 +17,9 @@ impl Home {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-            .ok_or_else(|| anyhow::anyhow!("neither RAVEL_HOME nor HOME is set: set RAVEL_HOME to a directory for ravel's state"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("neither RAVEL_HOME nor HOME is set: set RAVEL_HOME to a directory for ravel's state")
+            })?;
         Ok(Home { dir: base.join("ravel") })
     }
 
@@ -27,7 +29,10 @@ impl Home {
 
     /// `RAVEL_DB_PATH` overrides the database file (kept from the seed, for tests).
     pub fn db(&self) -> PathBuf {
-        std::env::var_os("RAVEL_DB_PATH").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| self.dir.join("ravel.db"))
+        std::env::var_os("RAVEL_DB_PATH")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.dir.join("ravel.db"))
     }
 
     pub fn pid_file(&self) -> PathBuf {

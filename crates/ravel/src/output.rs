@@ -79,7 +79,7 @@ mod tests {
     fn formats() {
         assert_eq!(duration(950), "950ms");
         assert_eq!(duration(185_000), "3m05s");
-        assert_eq!(duration(3 * 86400_000 + 4 * 3600_000), "3d04h");
+        assert_eq!(duration(3 * 86_400_000 + 4 * 3_600_000), "3d04h");
         assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
         assert_eq!(truncate("abcdef", 4), "abc…");
         assert_eq!(command_line(&["sh".into(), "-c".into(), "echo 'hi' x".into()]), r"sh -c 'echo '\''hi'\'' x'");

@@ -93,7 +93,8 @@ fn kill_9_of_the_daemon_loses_no_accepted_job() {
     let d = TestDaemon::builder(BIN).gpus(FakeGpus::Count(1)).start();
     let dir = d.scratch("kill9");
     let go = dir.join("go");
-    let running = d.submit(&["--gpus", "1", "--", "sh", "-c", &format!("while [ ! -e {} ]; do sleep 0.05; done", go.display())]);
+    let running =
+        d.submit(&["--gpus", "1", "--", "sh", "-c", &format!("while [ ! -e {} ]; do sleep 0.05; done", go.display())]);
     let queued: Vec<i64> = (0..5).map(|_| d.submit(&["--gpus", "1", "--", "true"])).collect();
     let pgid = wait_for_supervisor(&d, running);
     let pid = d.daemon_pid().unwrap();

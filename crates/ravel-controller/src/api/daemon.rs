@@ -30,7 +30,10 @@ pub async fn status(State(ctl): State<Arc<Controller>>) -> Result<axum::Json<Sta
 
 /// Stops taking work and asks the daemon to exit. Running jobs keep running (and are re-adopted
 /// by the next start) unless `kill_jobs` is set, in which case they are canceled first.
-pub async fn shutdown(State(ctl): State<Arc<Controller>>, Json(req): Json<ShutdownRequest>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+pub async fn shutdown(
+    State(ctl): State<Arc<Controller>>,
+    Json(req): Json<ShutdownRequest>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
     ctl.lock().accepting = false;
     let mut stopped = 0;
     if req.kill_jobs {

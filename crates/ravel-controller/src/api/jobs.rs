@@ -6,8 +6,8 @@ use crate::{Controller, now_ms};
 use axum::extract::{Path, State};
 use ravel_core::{Job, JobId, PendingReason};
 use ravel_proto::{
-    CancelOutcome, CancelRequest, CancelResponse, CancelResult, JobBrief, JobView, QueueQuery, QueueResponse, SubmitRequest,
-    SubmitResponse, WaitQuery, WaitResponse,
+    CancelOutcome, CancelRequest, CancelResponse, CancelResult, JobBrief, JobView, QueueQuery, QueueResponse,
+    SubmitRequest, SubmitResponse, WaitQuery, WaitResponse,
 };
 use ravel_store::{CancelEffect, JobFilter};
 use std::sync::Arc;
@@ -18,13 +18,20 @@ const DEFAULT_RECENT: u32 = 20;
 /// Longest a `wait` request is held open.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
-pub async fn submit(State(ctl): State<Arc<Controller>>, Json(req): Json<SubmitRequest>) -> Result<axum::Json<SubmitResponse>, ApiError> {
+pub async fn submit(
+    State(ctl): State<Arc<Controller>>,
+    Json(req): Json<SubmitRequest>,
+) -> Result<axum::Json<SubmitResponse>, ApiError> {
     let spec = req.spec;
     spec.validate().map_err(|e| ApiError::bad_request(e.0))?;
     match std::fs::metadata(&spec.cwd) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(ApiError::bad_request(format!("working directory {} is not a directory", spec.cwd))),
-        Err(_) => return Err(ApiError::bad_request(format!("working directory {} does not exist", spec.cwd))),
+        Ok(_) => {
+            return Err(ApiError::bad_request(format!("working directory {} is not a directory", spec.cwd)));
+        }
+        Err(_) => {
+            return Err(ApiError::bad_request(format!("working directory {} does not exist", spec.cwd)));
+        }
     }
     {
         let st = ctl.lock();
@@ -52,7 +59,10 @@ pub async fn submit(State(ctl): State<Arc<Controller>>, Json(req): Json<SubmitRe
     Ok(axum::Json(SubmitResponse { id: job.id }))
 }
 
-pub async fn list(State(ctl): State<Arc<Controller>>, Query(q): Query<QueueQuery>) -> Result<axum::Json<QueueResponse>, ApiError> {
+pub async fn list(
+    State(ctl): State<Arc<Controller>>,
+    Query(q): Query<QueueQuery>,
+) -> Result<axum::Json<QueueResponse>, ApiError> {
     let filter = JobFilter { all: q.all, recent_finished: q.recent.unwrap_or(DEFAULT_RECENT) };
     let jobs = ctl.store.list(filter).await?;
     let jobs = jobs.into_iter().map(|job| view(&ctl, job)).collect();
@@ -82,7 +92,10 @@ fn view(ctl: &Controller, job: Job) -> JobView {
     JobView { job, pending_reason, run_dir: None, attempts: vec![] }
 }
 
-pub async fn cancel(State(ctl): State<Arc<Controller>>, Json(req): Json<CancelRequest>) -> Result<axum::Json<CancelResponse>, ApiError> {
+pub async fn cancel(
+    State(ctl): State<Arc<Controller>>,
+    Json(req): Json<CancelRequest>,
+) -> Result<axum::Json<CancelResponse>, ApiError> {
     if req.ids.is_empty() {
         return Err(ApiError::bad_request("no job ids given"));
     }
@@ -90,7 +103,9 @@ pub async fn cancel(State(ctl): State<Arc<Controller>>, Json(req): Json<CancelRe
     for id in req.ids {
         results.push(match cancel_one(&ctl, id).await {
             Ok(r) => r,
-            Err(ravel_store::StoreError::NotFound(_)) => CancelResult { id, outcome: CancelOutcome::NotFound, state: None },
+            Err(ravel_store::StoreError::NotFound(_)) => {
+                CancelResult { id, outcome: CancelOutcome::NotFound, state: None }
+            }
             Err(e) => return Err(e.into()),
         });
     }
@@ -120,12 +135,17 @@ pub async fn cancel_one(ctl: &Arc<Controller>, id: JobId) -> Result<CancelResult
             }
             CancelResult { id, outcome: CancelOutcome::Terminating, state: Some(job.state) }
         }
-        CancelEffect::AlreadyFinished(job) => CancelResult { id, outcome: CancelOutcome::AlreadyFinished, state: Some(job.state) },
+        CancelEffect::AlreadyFinished(job) => {
+            CancelResult { id, outcome: CancelOutcome::AlreadyFinished, state: Some(job.state) }
+        }
     })
 }
 
 /// Long-polls until the jobs asked for are all finished, or the timeout passes.
-pub async fn wait(State(ctl): State<Arc<Controller>>, Query(q): Query<WaitQuery>) -> Result<axum::Json<WaitResponse>, ApiError> {
+pub async fn wait(
+    State(ctl): State<Arc<Controller>>,
+    Query(q): Query<WaitQuery>,
+) -> Result<axum::Json<WaitResponse>, ApiError> {
     let ids: Vec<JobId> = q
         .ids
         .split(',')

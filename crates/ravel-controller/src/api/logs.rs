@@ -10,7 +10,11 @@ use ravel_proto::{HEADER_FILE_SIZE, HEADER_JOB_STATE, HEADER_NEXT_OFFSET, LogsQu
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
-pub async fn read(State(ctl): State<Arc<Controller>>, Path(id): Path<JobId>, Query(q): Query<LogsQuery>) -> Result<Response, ApiError> {
+pub async fn read(
+    State(ctl): State<Arc<Controller>>,
+    Path(id): Path<JobId>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
     let job = ctl.store.job(id).await?.ok_or(ravel_store::StoreError::NotFound(id))?;
     let attempts = ctl.store.attempts(id).await?;
     let attempt = match q.attempt {

@@ -57,8 +57,12 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
-            StoreError::NotFound(id) => ApiError::not_found(format!("no job {id}: see `ravel queue --all` for the jobs there are")),
-            StoreError::Conflict { .. } => ApiError { status: StatusCode::CONFLICT, code: "conflict", message: e.to_string() },
+            StoreError::NotFound(id) => {
+                ApiError::not_found(format!("no job {id}: see `ravel queue --all` for the jobs there are"))
+            }
+            StoreError::Conflict { .. } => {
+                ApiError { status: StatusCode::CONFLICT, code: "conflict", message: e.to_string() }
+            }
             other => ApiError::internal(other.to_string()),
         }
     }

@@ -22,20 +22,15 @@ pub const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// target/<profile>/deps/<test> -> target/<profile>/examples/supervise.
 pub fn supervisor_exe() -> PathBuf {
     let test_exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = test_exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
+    let profile_dir = test_exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
     let exe = profile_dir.join("examples").join("supervise");
-    let built = fs::metadata(&exe)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} is missing: run `cargo test -p ravel-exec` (with `--test NAME` cargo does not \
+    let built = fs::metadata(&exe).and_then(|m| m.modified()).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run `cargo test -p ravel-exec` (with `--test NAME` cargo does not \
              build examples) or `cargo build -p ravel-exec --examples`",
-                exe.display()
-            )
-        });
+            exe.display()
+        )
+    });
     // Same trap: after a source change, `--test NAME` rebuilds the test but not the example,
     // and the tests would silently run the old supervisor.
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -54,11 +49,8 @@ fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
         .ok()?
         .filter_map(|e| {
             let path = e.ok()?.path();
-            let newest = if path.is_dir() {
-                newest_file(&path)?
-            } else {
-                (fs::metadata(&path).ok()?.modified().ok()?, path)
-            };
+            let newest =
+                if path.is_dir() { newest_file(&path)? } else { (fs::metadata(&path).ok()?.modified().ok()?, path) };
             Some(newest)
         })
         .max()
@@ -87,26 +79,16 @@ pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 
 /// Live (non-zombie) processes in group `pgid`.
 pub fn live_members(pgid: i32) -> Vec<ProcStat> {
-    procfs::group_members(pgid)
-        .into_iter()
-        .filter(|p| !p.is_zombie())
-        .collect()
+    procfs::group_members(pgid).into_iter().filter(|p| !p.is_zombie()).collect()
 }
 
 pub fn comm(pid: i32) -> String {
-    fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim_end()
-        .to_owned()
+    fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim_end().to_owned()
 }
 
 /// (pid, start time) of the live `sleep` processes in group `pgid`.
 pub fn sleepers(pgid: i32) -> Vec<(i32, u64)> {
-    live_members(pgid)
-        .into_iter()
-        .filter(|p| comm(p.pid) == "sleep")
-        .map(|p| (p.pid, p.start_time))
-        .collect()
+    live_members(pgid).into_iter().filter(|p| comm(p.pid) == "sleep").map(|p| (p.pid, p.start_time)).collect()
 }
 
 /// One launched attempt in its own temp run dir. Dropping it kills whatever is left of it.
@@ -121,14 +103,8 @@ pub struct Run {
 impl Run {
     pub fn start(spec: &LaunchSpec) -> Run {
         let dir = tempfile::tempdir().expect("tempdir");
-        let launched =
-            ravel_exec::launch(&supervisor_exe(), dir.path(), spec).expect("launch supervisor");
-        Run {
-            dir,
-            launched,
-            reaped: false,
-            extra: Vec::new(),
-        }
+        let launched = ravel_exec::launch(&supervisor_exe(), dir.path(), spec).expect("launch supervisor");
+        Run { dir, launched, reaped: false, extra: Vec::new() }
     }
 
     pub fn path(&self) -> &Path {
@@ -150,8 +126,7 @@ impl Run {
 
     /// Waits for the supervisor to exit, reaps it and returns the exit record.
     pub fn finish(&mut self) -> ExitRecord {
-        self.finish_without_record()
-            .expect("exit.json written before the supervisor exits")
+        self.finish_without_record().expect("exit.json written before the supervisor exits")
     }
 
     /// Waits for the supervisor to exit and reaps it; the exit record if there is one.
@@ -178,9 +153,7 @@ impl Drop for Run {
         // Job processes stay in the supervisor's session even after it died; a group is
         // only touched if it still holds such a process (its pgid cannot have been reused).
         if let Some(job) = ravel_exec::read_supervisor(self.path()).and_then(|r| r.job_pid)
-            && procfs::group_members(job)
-                .iter()
-                .any(|p| p.session == sup.pid)
+            && procfs::group_members(job).iter().any(|p| p.session == sup.pid)
         {
             ravel_exec::kill_group_and_wait(job, DEADLINE);
         }

@@ -12,9 +12,7 @@ use crate::{GpuInfo, GpuProcess, ProbeError};
 /// read as 0, or as no uuid. Apps on a uuid not in the GPU list are ignored.
 /// GPUs come back sorted by index.
 pub fn parse_smi(gpus_csv: &str, apps_csv: &str) -> Result<Vec<GpuInfo>, ProbeError> {
-    let mut gpus = non_blank_lines(gpus_csv)
-        .map(parse_gpu_line)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut gpus = non_blank_lines(gpus_csv).map(parse_gpu_line).collect::<Result<Vec<_>, _>>()?;
     for line in non_blank_lines(apps_csv) {
         let Some((uuid, process)) = parse_app_line(line)? else {
             continue;
@@ -23,11 +21,7 @@ pub fn parse_smi(gpus_csv: &str, apps_csv: &str) -> Result<Vec<GpuInfo>, ProbeEr
             Some(gpu) => gpu.processes.push(process),
             // The process list is sampled separately from the GPU list, so a
             // GPU can vanish in between (or have no uuid); that is not an error.
-            None => tracing::debug!(
-                uuid,
-                pid = process.pid,
-                "nvidia-smi app on unlisted GPU ignored"
-            ),
+            None => tracing::debug!(uuid, pid = process.pid, "nvidia-smi app on unlisted GPU ignored"),
         }
     }
     gpus.sort_by_key(|g| g.index);
@@ -39,33 +33,22 @@ fn non_blank_lines(text: &str) -> impl Iterator<Item = &str> {
 }
 
 fn parse_error(line: &str, reason: impl Into<String>) -> ProbeError {
-    ProbeError::SmiParse {
-        line: line.to_owned(),
-        reason: reason.into(),
-    }
+    ProbeError::SmiParse { line: line.to_owned(), reason: reason.into() }
 }
 
 /// `index, name, uuid, memory.total, memory.used, utilization.gpu`.
 ///
 /// Split from both ends so that a GPU name containing a comma stays whole.
 fn parse_gpu_line(line: &str) -> Result<GpuInfo, ProbeError> {
-    let (index, rest) = line
-        .split_once(',')
-        .ok_or_else(|| parse_error(line, "expected 6 comma-separated fields"))?;
+    let (index, rest) = line.split_once(',').ok_or_else(|| parse_error(line, "expected 6 comma-separated fields"))?;
     let mut from_right = rest.rsplitn(5, ',').map(str::trim);
-    let (Some(util), Some(used), Some(total), Some(uuid), Some(name)) = (
-        from_right.next(),
-        from_right.next(),
-        from_right.next(),
-        from_right.next(),
-        from_right.next(),
-    ) else {
+    let (Some(util), Some(used), Some(total), Some(uuid), Some(name)) =
+        (from_right.next(), from_right.next(), from_right.next(), from_right.next(), from_right.next())
+    else {
         return Err(parse_error(line, "expected 6 comma-separated fields"));
     };
-    let index = index
-        .trim()
-        .parse::<u32>()
-        .map_err(|e| parse_error(line, format!("GPU index {:?}: {e}", index.trim())))?;
+    let index =
+        index.trim().parse::<u32>().map_err(|e| parse_error(line, format!("GPU index {:?}: {e}", index.trim())))?;
     let utilization_pct = u32::try_from(number(line, "utilization", util)?)
         .map_err(|_| parse_error(line, format!("utilization {util:?} out of range")))?;
     Ok(GpuInfo {
@@ -91,24 +74,14 @@ fn parse_app_line(line: &str) -> Result<Option<(&str, GpuProcess)>, ProbeError> 
     let [uuid, pid, used] = fields[..] else {
         return Err(parse_error(line, "expected 3 comma-separated fields"));
     };
-    let pid = pid
-        .parse::<u32>()
-        .map_err(|e| parse_error(line, format!("pid {pid:?}: {e}")))?;
+    let pid = pid.parse::<u32>().map_err(|e| parse_error(line, format!("pid {pid:?}: {e}")))?;
     let used_memory_mib = number(line, "used_memory", used)?;
-    Ok(Some((
-        uuid,
-        GpuProcess {
-            pid,
-            used_memory_mib,
-        },
-    )))
+    Ok(Some((uuid, GpuProcess { pid, used_memory_mib })))
 }
 
 /// Placeholders nvidia-smi prints where a value is not available.
 fn unavailable(field: &str) -> bool {
-    field.is_empty()
-        || field.eq_ignore_ascii_case("N/A")
-        || (field.starts_with('[') && field.ends_with(']'))
+    field.is_empty() || field.eq_ignore_ascii_case("N/A") || (field.starts_with('[') && field.ends_with(']'))
 }
 
 /// A non-negative integer field; unavailable reads as 0. A trailing unit
@@ -117,12 +90,8 @@ fn number(line: &str, what: &str, field: &str) -> Result<u64, ProbeError> {
     if unavailable(field) {
         return Ok(0);
     }
-    let digits = field
-        .trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == '%')
-        .trim_end();
-    digits
-        .parse()
-        .map_err(|e| parse_error(line, format!("{what} {field:?}: {e}")))
+    let digits = field.trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == '%').trim_end();
+    digits.parse().map_err(|e| parse_error(line, format!("{what} {field:?}: {e}")))
 }
 
 #[cfg(test)]
@@ -154,13 +123,7 @@ mod tests {
         assert_eq!(gpus[1].index, 1);
         assert_eq!(gpus[1].memory_used_mib, 40312);
         assert_eq!(gpus[1].utilization_pct, 0, "[N/A] reads as 0");
-        assert_eq!(
-            gpus[1].processes,
-            [GpuProcess {
-                pid: 4242,
-                used_memory_mib: 40000
-            }]
-        );
+        assert_eq!(gpus[1].processes, [GpuProcess { pid: 4242, used_memory_mib: 40000 }]);
     }
 
     #[test]
@@ -174,10 +137,7 @@ mod tests {
         let g = &gpus[0];
         assert_eq!(g.name, "Tesla, T4 (rev, b)");
         assert_eq!(g.uuid, None);
-        assert_eq!(
-            (g.memory_total_mib, g.memory_used_mib, g.utilization_pct),
-            (15360, 0, 7)
-        );
+        assert_eq!((g.memory_total_mib, g.memory_used_mib, g.utilization_pct), (15360, 0, 7));
         assert!(g.processes.is_empty(), "app on an unknown uuid is dropped");
     }
 
@@ -204,10 +164,7 @@ mod tests {
         ] {
             let err = parse_smi(gpus, apps).unwrap_err();
             let bad_line = if apps.is_empty() { gpus } else { apps };
-            assert!(
-                matches!(err, ProbeError::SmiParse { ref line, .. } if line == bad_line),
-                "{err:?}"
-            );
+            assert!(matches!(err, ProbeError::SmiParse { ref line, .. } if line == bad_line), "{err:?}");
         }
     }
 }

@@ -20,7 +20,10 @@ pub fn daemon(home: &Home, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let s = daemon::start_detached(home, &opts)?;
-            println!("ravel daemon started (pid {}, {} CPU slots, {} GPUs via {})", s.pid, s.cpus_total, s.gpus_total, s.gpu_probe);
+            println!(
+                "ravel daemon started (pid {}, {} CPU slots, {} GPUs via {})",
+                s.pid, s.cpus_total, s.gpus_total, s.gpu_probe
+            );
             Ok(ExitCode::SUCCESS)
         }
         DaemonCommand::Stop { kill_jobs } => {
@@ -29,7 +32,9 @@ pub fn daemon(home: &Home, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
                 if kill_jobs || running == 0 {
                     println!("ravel daemon stopped");
                 } else {
-                    println!("ravel daemon stopped; {running} running job(s) keep running and are re-adopted on the next start");
+                    println!(
+                        "ravel daemon stopped; {running} running job(s) keep running and are re-adopted on the next start"
+                    );
                 }
             } else {
                 println!("ravel daemon is not running");
@@ -67,7 +72,10 @@ pub fn daemon(home: &Home, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
         DaemonCommand::Restart(opts) => {
             daemon::stop(home, false)?;
             let s = daemon::start_detached(home, &opts)?;
-            println!("ravel daemon restarted (pid {}, {} CPU slots, {} GPUs via {})", s.pid, s.cpus_total, s.gpus_total, s.gpu_probe);
+            println!(
+                "ravel daemon restarted (pid {}, {} CPU slots, {} GPUs via {})",
+                s.pid, s.cpus_total, s.gpus_total, s.gpu_probe
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -144,13 +144,20 @@ pub fn show(home: &Home, id: JobId, json: bool) -> anyhow::Result<ExitCode> {
                     a.n.to_string(),
                     a.state.to_string(),
                     a.node.clone(),
-                    if a.gpus.is_empty() { "-".into() } else { a.gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",") },
+                    if a.gpus.is_empty() {
+                        "-".into()
+                    } else {
+                        a.gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
+                    },
                     a.started_at.map(timestamp).unwrap_or_else(|| "-".into()),
                     match (a.started_at, a.finished_at) {
                         (Some(s), Some(f)) => duration(f - s),
                         _ => "-".into(),
                     },
-                    a.exit_code.map(|c| c.to_string()).or(a.signal.map(|s| format!("signal {s}"))).unwrap_or_else(|| "-".into()),
+                    a.exit_code
+                        .map(|c| c.to_string())
+                        .or(a.signal.map(|s| format!("signal {s}")))
+                        .unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
@@ -169,8 +176,12 @@ pub fn cancel(home: &Home, ids: Vec<JobId>, json: bool) -> anyhow::Result<ExitCo
         let state = r.state.map(|s| s.to_string()).unwrap_or_default();
         let line = match r.outcome {
             CancelOutcome::Canceled => format!("job {}: canceled", r.id),
-            CancelOutcome::Terminating => format!("job {}: terminating (SIGTERM to its process group, SIGKILL after the grace period)", r.id),
-            CancelOutcome::AlreadyFinished => format!("job {}: already finished ({state}); nothing to do", r.id),
+            CancelOutcome::Terminating => {
+                format!("job {}: terminating (SIGTERM to its process group, SIGKILL after the grace period)", r.id)
+            }
+            CancelOutcome::AlreadyFinished => {
+                format!("job {}: already finished ({state}); nothing to do", r.id)
+            }
             CancelOutcome::NotFound => {
                 missing = true;
                 format!("job {}: no such job", r.id)

@@ -21,8 +21,18 @@ struct Chunk {
     state: Option<JobState>,
 }
 
-fn fetch(client: &Client, id: JobId, stream: LogStream, offset: u64, limit: Option<u64>, attempt: Option<u32>) -> anyhow::Result<Chunk> {
-    let mut path = format!("/v1/jobs/{id}/logs?stream={}&offset={offset}", if stream == LogStream::Stdout { "stdout" } else { "stderr" });
+fn fetch(
+    client: &Client,
+    id: JobId,
+    stream: LogStream,
+    offset: u64,
+    limit: Option<u64>,
+    attempt: Option<u32>,
+) -> anyhow::Result<Chunk> {
+    let mut path = format!(
+        "/v1/jobs/{id}/logs?stream={}&offset={offset}",
+        if stream == LogStream::Stdout { "stdout" } else { "stderr" }
+    );
     if let Some(l) = limit {
         path.push_str(&format!("&limit={l}"));
     }
@@ -66,7 +76,12 @@ fn tail_offset(client: &Client, id: JobId, stream: LogStream, n: usize, attempt:
 }
 
 /// Prints whatever is new on each stream; returns whether anything was printed and the job state.
-fn drain(client: &Client, id: JobId, readers: &mut [Reader], attempt: Option<u32>) -> anyhow::Result<(bool, Option<JobState>)> {
+fn drain(
+    client: &Client,
+    id: JobId,
+    readers: &mut [Reader],
+    attempt: Option<u32>,
+) -> anyhow::Result<(bool, Option<JobState>)> {
     let mut printed = false;
     let mut state = None;
     for r in readers.iter_mut() {

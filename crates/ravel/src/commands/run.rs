@@ -24,9 +24,8 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => std::env::current_dir().map_err(|e| anyhow!("cannot read the current directory ({e}): pass --cwd"))?,
     };
-    let mut env: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let mut env: Vec<(String, String)> =
+        std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
     for kv in &args.env {
         let Some((k, v)) = kv.split_once('=') else {
             bail!("--env {kv:?} is not KEY=VALUE");
