@@ -49,11 +49,12 @@ pub async fn record_end(ctl: &Arc<Controller>, id: JobId, n: u32, outcome: Outco
     match ctl.store.finish(id, n, outcome, now_ms()).await {
         Ok(job) => {
             let store = ctl.store.clone();
+            let durable = ctl.cfg.durable;
             tokio::spawn(async move {
                 if let Ok(attempts) = store.attempts(job.id).await
                     && let Some(a) = attempts.into_iter().find(|a| a.n == n)
                 {
-                    runjson::write(job, a);
+                    runjson::write(job, a, durable);
                 }
             });
         }

@@ -38,6 +38,8 @@ pub struct Config {
     pub probe_interval: Duration,
     /// The binary that runs supervisors (`ravel __supervise`).
     pub exe: PathBuf,
+    /// Full durability: run-dir records are fsynced too (the store has its own setting).
+    pub durable: bool,
 }
 
 impl Config {

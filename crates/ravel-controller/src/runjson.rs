@@ -12,10 +12,12 @@ struct RunJson<'a> {
 }
 
 /// Writes run.json off the async threads; a failure is logged, never fatal to the job.
-pub fn write(job: Job, attempt: Attempt) {
+/// `durable` adds an fsync (the daemon's full durability mode).
+pub fn write(job: Job, attempt: Attempt, durable: bool) {
     tokio::task::spawn_blocking(move || {
         let path = Path::new(&attempt.run_dir).join("run.json");
-        if let Err(e) = ravel_exec::write_json_atomic(&path, &RunJson { job: &job, attempt: &attempt }) {
+        let durability = if durable { ravel_exec::Durability::Synced } else { ravel_exec::Durability::Unsynced };
+        if let Err(e) = ravel_exec::write_json(&path, &RunJson { job: &job, attempt: &attempt }, durability) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write run.json");
         }
     });

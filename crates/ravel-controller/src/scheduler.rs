@@ -3,7 +3,7 @@
 //! starts them.
 
 use crate::state::Active;
-use crate::{Controller, now_ms, runjson};
+use crate::{Controller, now_ms};
 use ravel_core::{Job, JobState, Outcome, Placement, QueuedJob};
 use ravel_exec::LaunchSpec;
 use ravel_store::{NewAttempt, StoreError};
@@ -127,15 +127,10 @@ async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJob) {
             if cancel == Some(true) {
                 ctl.agent.stop(l.pid, l.start_time);
             }
+            // run.json is written once, when the attempt ends: each file created on the
+            // dispatch path costs an inode allocation, and the store answers `ravel show` now.
             match ctl.store.mark_running(id, attempt.n, l.pid, l.start_time, now_ms()).await {
-                Ok(job) => {
-                    let mut attempt = attempt;
-                    attempt.state = JobState::Running;
-                    attempt.supervisor_pid = Some(l.pid);
-                    attempt.supervisor_start = Some(l.start_time);
-                    attempt.started_at = job.started_at;
-                    runjson::write(job, attempt);
-                }
+                Ok(_) => {}
                 // Its exit was recorded first; nothing is lost.
                 Err(StoreError::Conflict { .. }) => {}
                 Err(e) => tracing::error!(job = id, error = %e, "cannot record start"),
@@ -157,12 +152,20 @@ async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJob) {
 
 /// The job's complete environment: the submitter's, then Ravel's own variables.
 fn launch_spec(ctl: &Controller, job: &Job, gpus: &[u32], n: u32, run_dir: &std::path::Path) -> LaunchSpec {
-    const OURS: [&str; 5] =
-        ["CUDA_VISIBLE_DEVICES", "RAVEL_JOB_ID", "RAVEL_ATTEMPT", "RAVEL_RUN_DIR", "RAVEL_OUTPUT_DIR"];
+    const OURS: [&str; 6] = [
+        "CUDA_VISIBLE_DEVICES",
+        "CUDA_DEVICE_ORDER",
+        "RAVEL_JOB_ID",
+        "RAVEL_ATTEMPT",
+        "RAVEL_RUN_DIR",
+        "RAVEL_OUTPUT_DIR",
+    ];
     let mut env: Vec<(String, String)> =
         job.spec.env.iter().filter(|(k, _)| !OURS.contains(&k.as_str())).cloned().collect();
     let visible = gpus.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",");
     env.push(("CUDA_VISIBLE_DEVICES".into(), visible));
+    // Our indices are NVML's, which follow PCI bus order; CUDA's default order may not.
+    env.push(("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()));
     env.push(("RAVEL_JOB_ID".into(), job.id.to_string()));
     env.push(("RAVEL_ATTEMPT".into(), n.to_string()));
     env.push(("RAVEL_RUN_DIR".into(), run_dir.to_string_lossy().into_owned()));
@@ -172,6 +175,7 @@ fn launch_spec(ctl: &Controller, job: &Job, gpus: &[u32], n: u32, run_dir: &std:
         cwd: job.spec.cwd.clone(),
         env,
         kill_grace_ms: ctl.cfg.kill_grace.as_millis() as u64,
+        sync_records: ctl.cfg.durable,
     }
 }
 

@@ -1,9 +1,11 @@
 //! The scheduling policy: a pure function from a snapshot of nodes and queued jobs to placements.
 //!
 //! Order is priority (higher first), then submit time, then id. The order is strict without
-//! being wasteful: a job that does not fit *reserves* what is free of the resources it needs
-//! (up to its request), so no job behind it can take them, while jobs behind it may still use
-//! what is left over. A big job at the head therefore is never starved by small ones.
+//! being wasteful: on each node, the first job that does not fit *reserves* what is free of the
+//! resources it needs (up to its request), so no job behind it can take them, while jobs behind
+//! it may still use what is left over. A big job at the head therefore is never starved by small
+//! ones. Only that first blocked job reserves: if every waiting GPU job held back a CPU slot, a
+//! long queue of GPU jobs would idle the CPUs. The next blocked job reserves once the head starts.
 
 use crate::job::{JobId, Millis};
 use serde::{Deserialize, Serialize};
@@ -140,8 +142,9 @@ pub fn schedule<'a>(nodes: &[NodeView], queue: impl IntoIterator<Item = &'a Queu
                 .collect(),
         })
         .collect();
-    // Who reserved resources on a node during this pass (first blocked job wins the reservation).
+    // Per node: the job holding a reservation in this pass, and what it holds.
     let mut reserved_by: Vec<Option<JobId>> = vec![None; nodes.len()];
+    let mut held: Vec<(u32, u32)> = vec![(0, 0); nodes.len()];
     let mut out = Decisions::default();
 
     for job in queue {
@@ -156,8 +159,7 @@ pub fn schedule<'a>(nodes: &[NodeView], queue: impl IntoIterator<Item = &'a Queu
             out.placements.push(Placement { job: job.id, node: i, gpus, cpus: job.cpus });
             continue;
         }
-        // It does not fit anywhere. Explain why, against the node that comes closest, then
-        // reserve what that node has free of what the job needs.
+        // It does not fit anywhere. Explain why against the node that comes closest.
         let (i, _) = pools
             .iter()
             .enumerate()
@@ -166,20 +168,26 @@ pub fn schedule<'a>(nodes: &[NodeView], queue: impl IntoIterator<Item = &'a Queu
             .expect("schedule needs at least one node");
         let p = &mut pools[i];
         let free_gpus = p.free_gpus.len() as u32;
+        let (held_gpus, held_cpus) = held[i];
+        let fits_without_reservation = free_gpus + held_gpus >= job.gpus && p.free_cpus + held_cpus >= job.cpus;
         let reason = match reserved_by[i] {
-            Some(behind) => PendingReason::Priority { behind },
-            None if free_gpus < job.gpus && !p.busy.is_empty() => {
+            Some(behind) if fits_without_reservation => PendingReason::Priority { behind },
+            _ if free_gpus < job.gpus && !p.busy.is_empty() => {
                 let (index, why) = p.busy[0].clone();
                 PendingReason::GpuBusy { index, why, need_gpus: job.gpus, free_gpus }
             }
-            None => {
+            _ => {
                 PendingReason::Resources { need_gpus: job.gpus, free_gpus, need_cpus: job.cpus, free_cpus: p.free_cpus }
             }
         };
-        reserved_by[i].get_or_insert(job.id);
-        let hold = (job.gpus as usize).min(p.free_gpus.len());
-        p.free_gpus.drain(..hold);
-        p.free_cpus -= job.cpus.min(p.free_cpus);
+        if reserved_by[i].is_none() {
+            reserved_by[i] = Some(job.id);
+            let hold_gpus = job.gpus.min(free_gpus);
+            let hold_cpus = job.cpus.min(p.free_cpus);
+            p.free_gpus.drain(..hold_gpus as usize);
+            p.free_cpus -= hold_cpus;
+            held[i] = (hold_gpus, hold_cpus);
+        }
         out.pending.push((job.id, reason));
     }
     out
@@ -252,6 +260,19 @@ mod tests {
         let d = schedule(&[n], &q);
         let placed: Vec<JobId> = d.placements.iter().map(|p| p.job).collect();
         assert_eq!(placed, vec![2, 3], "one CPU stays reserved for the head");
+    }
+
+    #[test]
+    fn a_long_queue_of_waiting_gpu_jobs_does_not_idle_the_cpus() {
+        let mut n = node(1, 8);
+        n.gpus[0].allocated_to = Some(50);
+        n.cpus_used = 1;
+        let mut q: Vec<QueuedJob> = (1..=20).map(|i| job(i, 0, 1, 1)).collect();
+        q.extend((21..=30).map(|i| job(i, 0, 0, 1)));
+        let d = schedule(&[n], &ordered(q));
+        let placed: Vec<JobId> = d.placements.iter().map(|p| p.job).collect();
+        assert_eq!(placed, (21..=26).collect::<Vec<_>>(), "7 free CPUs, one held for the head");
+        assert_eq!(d.pending[1].1.to_string(), "Resources: needs 1 GPU, 0 free");
     }
 
     #[test]

@@ -15,10 +15,11 @@ use ravel_exec::{LaunchSpec, SUPERVISE_SUBCOMMAND};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [sub, run_dir] = args.as_slice()
+    if let [sub, run_dir, rest @ ..] = args.as_slice()
         && sub == SUPERVISE_SUBCOMMAND
     {
-        exit(ravel_exec::supervise_main(Path::new(run_dir)));
+        let from_stdin = rest.first().is_some_and(|a| a == ravel_exec::SPEC_FROM_STDIN);
+        exit(ravel_exec::supervise_main(Path::new(run_dir), from_stdin));
     }
     let rounds: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(30);
     let exe = std::env::current_exe().expect("current_exe");
@@ -48,6 +49,7 @@ fn one_launch(exe: &Path) -> (i64, i64) {
         cwd: "/".into(),
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         kill_grace_ms: 1000,
+        sync_records: false,
     };
     let t0 = now_ns();
     let launched = ravel_exec::launch(exe, dir.path(), &spec).expect("launch");

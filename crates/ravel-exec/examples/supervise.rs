@@ -8,7 +8,10 @@ fn main() {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     match args.as_slice() {
         [sub, run_dir] if sub == ravel_exec::SUPERVISE_SUBCOMMAND => {
-            exit(ravel_exec::supervise_main(Path::new(run_dir)))
+            exit(ravel_exec::supervise_main(Path::new(run_dir), false))
+        }
+        [sub, run_dir, from] if sub == ravel_exec::SUPERVISE_SUBCOMMAND && from == ravel_exec::SPEC_FROM_STDIN => {
+            exit(ravel_exec::supervise_main(Path::new(run_dir), true))
         }
         _ => exit(2),
     }

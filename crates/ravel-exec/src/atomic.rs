@@ -19,7 +19,7 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()>
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Durability {
+pub enum Durability {
     /// Survives a machine crash.
     Synced,
     /// Atomic for readers but not flushed: for files that are worthless after a crash anyway
@@ -27,7 +27,7 @@ pub(crate) enum Durability {
     Unsynced,
 }
 
-pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T, durability: Durability) -> io::Result<()> {
+pub fn write_json<T: Serialize>(path: &Path, value: &T, durability: Durability) -> io::Result<()> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     bytes.push(b'\n');
     let dir = parent_dir(path);

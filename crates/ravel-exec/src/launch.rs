@@ -1,15 +1,15 @@
 //! Starting a supervisor for one job attempt: preparing the run dir and spawning
-//! `EXE __supervise RUN_DIR` detached from the caller's session.
+//! `EXE __supervise RUN_DIR -` detached from the caller's session.
 
-use std::fs;
-use std::os::unix::process::CommandExt;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use crate::atomic::{self, Durability};
 use crate::error::ExecError;
-use crate::records::{LAUNCH_FILE, LaunchSpec, OUTPUTS_DIR};
-use crate::{fds, procfs, signals};
+use crate::records::{LaunchSpec, OUTPUTS_DIR};
+use crate::{procfs, signals, spawn};
 
 /// The hidden subcommand of the `ravel` binary that must call [`crate::supervise_main`].
 pub const SUPERVISE_SUBCOMMAND: &str = "__supervise";
@@ -21,10 +21,14 @@ pub struct Launched {
     pub start_time: u64,
 }
 
-/// Writes `launch.json`, creates `outputs/`, spawns `exe __supervise RUN_DIR` in a new
-/// session with stdio on /dev/null, and returns its pid and start time. The supervisor is
-/// the caller's child: the caller reaps it (see [`crate::reap`]). Returns once the
-/// supervisor has been exec'd; it does not wait for the job.
+/// Creates `outputs/`, spawns `exe __supervise RUN_DIR -` in a new session with stdio on
+/// /dev/null but for stdin, a pipe that carries the launch spec, and returns the supervisor's
+/// pid and start time. The supervisor is the caller's child: the caller reaps it (see
+/// [`crate::reap`]). Returns once the supervisor has been exec'd; it does not wait for the job.
+///
+/// `posix_spawn` (vfork-style in glibc) rather than fork: the daemon is multi-threaded, and
+/// fork would copy its page tables and shoot down TLBs on every launch. The spec goes through
+/// a pipe rather than a file to keep inode creation (costly on ext4) off the dispatch path.
 pub fn launch(exe: &Path, run_dir: &Path, spec: &LaunchSpec) -> Result<Launched, ExecError> {
     if spec.command.is_empty() {
         return Err(ExecError::EmptyCommand { run_dir: run_dir.to_owned() });
@@ -34,36 +38,37 @@ pub fn launch(exe: &Path, run_dir: &Path, spec: &LaunchSpec) -> Result<Launched,
     let run_dir = absolute(run_dir)?;
     let outputs = run_dir.join(OUTPUTS_DIR);
     fs::create_dir_all(&outputs).map_err(|source| ExecError::CreateDir { path: outputs, source })?;
-    let launch_file = run_dir.join(LAUNCH_FILE);
-    // Not fsynced: this is on the dispatch path, and after a machine crash the attempt is
-    // lost anyway, whatever launch.json says.
-    atomic::write_json(&launch_file, spec, Durability::Unsynced)
-        .map_err(|source| ExecError::WriteFile { path: launch_file, source })?;
-
-    let watched = signals::watched();
-    let mut command = Command::new(exe);
-    command.arg(SUPERVISE_SUBCOMMAND).arg(&run_dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    // SAFETY: the closure only makes async-signal-safe calls (setsid, close_range,
-    // sigprocmask), as
-    // required between fork and exec in a possibly multi-threaded caller.
-    unsafe {
-        command.pre_exec(move || {
-            // Own session: the supervisor survives the daemon's terminal, session and
-            // process group being signalled.
-            if libc::setsid() == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            fds::cloexec_above_stdio()?;
-            // The mask survives exec: a cancel arriving before the supervisor is ready stays
-            // pending instead of killing it (see `signals`).
-            signals::block(&watched)
-        });
-    }
-    let child = command.spawn().map_err(|source| ExecError::SpawnSupervisor { exe: exe.to_owned(), source })?;
-    let pid = child.id() as i32;
+    let json = serde_json::to_vec(spec)
+        .map_err(|e| ExecError::SpawnSupervisor { exe: exe.to_owned(), source: std::io::Error::other(e) })?;
+    let spawn_err = |source: std::io::Error| ExecError::SpawnSupervisor { exe: exe.to_owned(), source };
+    let (read_end, write_end) = pipe().map_err(spawn_err)?;
+    let pid = spawn::spawn_detached(
+        exe,
+        &[OsStr::new(SUPERVISE_SUBCOMMAND), run_dir.as_os_str(), OsStr::new(SPEC_FROM_STDIN)],
+        read_end.as_raw_fd(),
+        &signals::watched(),
+    )
+    .map_err(spawn_err)?;
+    drop(read_end);
+    // A supervisor that died before reading leaves EPIPE here; its end is noticed by the
+    // caller's watch like any other.
+    let _ = File::from(write_end).write_all(&json);
     // Not yet reaped, so /proc/PID exists even if the supervisor already exited.
     let start_time = procfs::process_start_time(pid).ok_or(ExecError::StartTime { pid })?;
     Ok(Launched { pid, start_time })
+}
+
+/// The argument after RUN_DIR that tells the supervisor to read its spec from stdin.
+pub const SPEC_FROM_STDIN: &str = "-";
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds on success; we take ownership of both.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, ExecError> {

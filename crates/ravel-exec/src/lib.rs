@@ -22,13 +22,14 @@ pub mod procfs;
 mod records;
 mod resolve;
 mod signals;
+mod spawn;
 mod supervise;
 mod wait;
 
-pub use atomic::write_json_atomic;
+pub use atomic::{Durability, write_json, write_json_atomic};
 pub use control::{kill_group_and_wait, pidfd_open, reap, request_cancel};
 pub use error::ExecError;
-pub use launch::{Launched, SUPERVISE_SUBCOMMAND, launch};
+pub use launch::{Launched, SPEC_FROM_STDIN, SUPERVISE_SUBCOMMAND, launch};
 pub use procfs::{is_same_process, process_start_time};
 pub use records::{
     EXIT_FILE, ExitRecord, LAUNCH_FILE, LaunchSpec, OUTPUTS_DIR, STDERR_FILE, STDOUT_FILE, SUPERVISOR_FILE,

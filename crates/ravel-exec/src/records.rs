@@ -2,7 +2,7 @@
 //! (`launch.json`), who is running it (`supervisor.json`) and how it ended (`exit.json`).
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
@@ -26,6 +26,9 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     /// How long a canceled job gets between SIGTERM and SIGKILL.
     pub kill_grace_ms: u64,
+    /// fsync `supervisor.json` and `exit.json` (the daemon's full durability mode).
+    #[serde(default)]
+    pub sync_records: bool,
 }
 
 /// Identity of the supervisor and of the job it spawned, so that a restarted daemon can tell
@@ -63,6 +66,18 @@ pub struct ExitRecord {
 pub fn read_launch(run_dir: &Path) -> Result<LaunchSpec, ExecError> {
     let path = run_dir.join(LAUNCH_FILE);
     let bytes = fs::read(&path).map_err(|source| ExecError::ReadFile { path: path.clone(), source })?;
+    serde_json::from_slice(&bytes).map_err(|source| ExecError::Parse { path, source })
+}
+
+/// Reads the launch spec from stdin to its end (the pipe `launch` writes it into).
+pub fn read_launch_from_stdin() -> Result<LaunchSpec, ExecError> {
+    use std::io::Read;
+    let path = PathBuf::from("<stdin>");
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut bytes)
+        .map_err(|source| ExecError::ReadFile { path: path.clone(), source })?;
     serde_json::from_slice(&bytes).map_err(|source| ExecError::Parse { path, source })
 }
 

@@ -7,28 +7,33 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::atomic::write_json_atomic;
+use crate::atomic::{self, Durability};
 use crate::records::{EXIT_FILE, ExitRecord, SUPERVISOR_FILE, SupervisorRecord, now_ms};
 use crate::wait::{JobEnd, Termination};
-use crate::{cleanup, job, procfs, records, signals, wait};
+use crate::{cleanup, fds, job, procfs, records, signals, wait};
 
 /// Runs the supervisor for `run_dir` and returns its own exit code: 0 once `exit.json`
 /// describes the attempt (whatever the job did), 1 if `launch.json` was unusable or
 /// `exit.json` could not be written.
-pub fn supervise_main(run_dir: &Path) -> i32 {
+pub fn supervise_main(run_dir: &Path, spec_from_stdin: bool) -> i32 {
     let watched = signals::watched();
     // Usually already blocked by `launch`; repeated in case the supervisor was started some
     // other way. Failure is not fatal: it only reopens the races `signals` describes.
     let _ = signals::block(&watched);
     signals::ignore_hangup_and_pipe();
 
-    let spec = match records::read_launch(run_dir) {
+    // Descriptors the spawner leaked (C libraries may open without close-on-exec) are not ours.
+    fds::close_above_stdio();
+    let spec = match if spec_from_stdin { records::read_launch_from_stdin() } else { records::read_launch(run_dir) } {
         Ok(spec) => spec,
         Err(e) => {
-            let _ = write_exit(run_dir, failed(e.to_string(), None));
+            let _ = write_exit(run_dir, failed(e.to_string(), None), Durability::Synced);
             return 1;
         }
     };
+    // Records are fsynced only when the daemon runs with full durability: after a power loss
+    // the job is gone anyway, and a missing record then reads as "supervisor vanished".
+    let durability = if spec.sync_records { Durability::Synced } else { Durability::Unsynced };
     // Orphaned descendants of the job re-parent to us instead of init, so that cleanup can
     // find and reap them. Failure only weakens cleanup.
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes integer arguments only.
@@ -46,22 +51,22 @@ pub fn supervise_main(run_dir: &Path) -> i32 {
     };
 
     if signals::cancel_pending() {
-        let _ = write_json_atomic(&run_dir.join(SUPERVISOR_FILE), &identity(None, now_ms()));
+        let _ = atomic::write_json(&run_dir.join(SUPERVISOR_FILE), &identity(None, now_ms()), durability);
         let record = ExitRecord { canceled: true, ..not_started() };
-        return exit_code_for(write_exit(run_dir, record));
+        return exit_code_for(write_exit(run_dir, record, durability));
     }
 
     let job_pid = match job::spawn(&spec, run_dir) {
         Ok(pid) => pid,
         Err(e) => {
-            let _ = write_json_atomic(&run_dir.join(SUPERVISOR_FILE), &identity(None, now_ms()));
-            return exit_code_for(write_exit(run_dir, failed(e.to_string(), e.job_exit_code())));
+            let _ = atomic::write_json(&run_dir.join(SUPERVISOR_FILE), &identity(None, now_ms()), durability);
+            return exit_code_for(write_exit(run_dir, failed(e.to_string(), e.job_exit_code()), durability));
         }
     };
     let started_at_ms = now_ms();
     // Without this record a restarted daemon cannot re-adopt the attempt, but the job is
     // already running and still gets supervised and recorded, so carry on.
-    let _ = write_json_atomic(&run_dir.join(SUPERVISOR_FILE), &identity(Some(job_pid), started_at_ms));
+    let _ = atomic::write_json(&run_dir.join(SUPERVISOR_FILE), &identity(Some(job_pid), started_at_ms), durability);
 
     let grace = Duration::from_millis(spec.kill_grace_ms);
     let JobEnd { termination, canceled } = wait::wait_for_job(job_pid, grace, &watched);
@@ -80,7 +85,7 @@ pub fn supervise_main(run_dir: &Path) -> i32 {
         started_at_ms: Some(started_at_ms),
         finished_at_ms: now_ms(),
     };
-    exit_code_for(write_exit(run_dir, record))
+    exit_code_for(write_exit(run_dir, record, durability))
 }
 
 /// The record of a job that was never spawned.
@@ -100,8 +105,8 @@ fn failed(error: String, exit_code: Option<i32>) -> ExitRecord {
     ExitRecord { exit_code, error: Some(error), ..not_started() }
 }
 
-fn write_exit(run_dir: &Path, record: ExitRecord) -> std::io::Result<()> {
-    write_json_atomic(&run_dir.join(EXIT_FILE), &record)
+fn write_exit(run_dir: &Path, record: ExitRecord, durability: Durability) -> std::io::Result<()> {
+    atomic::write_json(&run_dir.join(EXIT_FILE), &record, durability)
 }
 
 fn exit_code_for(written: std::io::Result<()>) -> i32 {

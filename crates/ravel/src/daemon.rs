@@ -171,6 +171,9 @@ pub fn stop(home: &Home, kill_jobs: bool) -> anyhow::Result<bool> {
     if let Err(e) = asked {
         // It holds the lock but does not answer: fall back to SIGTERM (also a graceful stop).
         eprintln!("ravel: the daemon did not answer ({e}); sending SIGTERM to pid {pid}");
+        if kill_jobs {
+            eprintln!("ravel: running jobs were not stopped; cancel them after the next start");
+        }
         // SAFETY: plain kill(2).
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     }
@@ -188,6 +191,13 @@ pub fn stop(home: &Home, kill_jobs: bool) -> anyhow::Result<bool> {
 pub fn run_foreground(home: &Home, opts: &DaemonOpts) -> anyhow::Result<()> {
     home.ensure()?;
     let saved = Saved::load(home).merge(opts);
+    // Checked before anything is saved, so a bad value never sticks in daemon.json.
+    if saved.cpus == Some(0) {
+        bail!("--cpus must be at least 1");
+    }
+    if let Some(g) = saved.kill_grace.filter(|g| !g.is_finite() || *g < 0.0) {
+        bail!("--kill-grace must be a number of seconds >= 0, not {g}");
+    }
     let mut pid_file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -227,9 +237,6 @@ fn log_level() -> tracing::Level {
 
 async fn serve(home: &Home, saved: &Saved) -> anyhow::Result<()> {
     let cpus = saved.cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1));
-    if cpus == 0 {
-        bail!("--cpus must be at least 1");
-    }
     let durability = match saved.durability {
         Some(DurabilityArg::Full) => ravel_store::Durability::Full,
         _ => ravel_store::Durability::Normal,
@@ -247,17 +254,24 @@ async fn serve(home: &Home, saved: &Saved) -> anyhow::Result<()> {
         kill_grace: Duration::from_secs_f64(saved.kill_grace.unwrap_or(10.0).max(0.0)),
         probe_interval: Duration::from_secs(1),
         exe: std::env::current_exe().context("cannot find the ravel binary")?,
+        durable: durability == ravel_store::Durability::Full,
     };
-    let store = ravel_store::SqliteStore::open(&cfg.db_path, durability).map_err(|e| anyhow!("{e}"))?;
-    let probe = ravel_gpu::detect();
-    let ctl = ravel_controller::Controller::start(cfg, Arc::new(store), probe).await.map_err(|e| anyhow!(e))?;
-
+    // Bind first: if the socket cannot be had, fail before any job is touched. Clients that
+    // connect during recovery wait in the backlog until the API serves.
     let socket = home.socket();
     // The lock is ours, so any socket file left here belongs to a dead daemon.
     let _ = std::fs::remove_file(&socket);
     let listener =
         tokio::net::UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
     set_mode(&socket, 0o600)?;
+
+    let store = ravel_store::SqliteStore::open(&cfg.db_path, durability).map_err(|e| anyhow!("{e}"))?;
+    // Jobs' environments are stored here and in run dirs: keep them to their owner.
+    let _ = set_mode(&cfg.db_path, 0o600);
+    let probe = ravel_gpu::detect();
+    let runs = cfg.runs_dir();
+    let ctl = ravel_controller::Controller::start(cfg, Arc::new(store), probe).await.map_err(|e| anyhow!(e))?;
+    let _ = set_mode(&runs, 0o700);
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "ravel daemon ready");
 
     let stop = {

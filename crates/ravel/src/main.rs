@@ -20,7 +20,8 @@ fn main() -> ExitCode {
             eprintln!("usage: ravel {} RUN_DIR", ravel_exec::SUPERVISE_SUBCOMMAND);
             return ExitCode::from(2);
         };
-        let code = ravel_exec::supervise_main(std::path::Path::new(&run_dir));
+        let from_stdin = args.next().is_some_and(|a| a == ravel_exec::SPEC_FROM_STDIN);
+        let code = ravel_exec::supervise_main(std::path::Path::new(&run_dir), from_stdin);
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
     let cli = cli::Cli::parse();
@@ -28,7 +29,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ravel: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<commands::UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }

@@ -72,7 +72,8 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
     assert!(err.contains("/no/such/dir") && err.contains("does not exist"), "{err}");
     errors.push(err);
 
-    let (_, err) = d.fails(&["run", "--"]);
+    let (code, err) = d.fails(&["run", "--"]);
+    assert_eq!(code, 2, "a usage error");
     assert!(err.contains("no command"), "{err}");
     errors.push(err);
 
@@ -89,6 +90,36 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
         assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
     }
     assert_eq!(d.ok(&["queue", "--all", "--json"]), before, "bad input changed the queue");
+}
+
+#[test]
+fn api_errors_are_json_with_a_code() {
+    let d = TestDaemon::builder(BIN).start();
+    let client = ravel_client::Client::local(d.home().join("ravel.sock"));
+    for (method, path, status, code) in [
+        ("GET", "/v1/jobs/abc", 400, "bad_request"),
+        ("GET", "/v1/jobs/77", 404, "not_found"),
+        ("DELETE", "/v1/jobs", 405, "bad_request"),
+        ("GET", "/v1/nope", 404, "not_found"),
+    ] {
+        match client.raw(method, path, None) {
+            Err(ravel_client::ClientError::Api { status: s, body }) => {
+                assert_eq!((s, body.code.as_str()), (status, code), "{method} {path}: {}", body.error);
+                assert!(!body.error.is_empty());
+            }
+            other => panic!("{method} {path}: {other:?}"),
+        }
+    }
+    match client.raw("POST", "/v1/jobs", Some(b"{not json")) {
+        Err(ravel_client::ClientError::Api { status: 400, body }) => assert!(body.error.contains("bad request body")),
+        other => panic!("{other:?}"),
+    }
+    let big = vec![b' '; 5 << 20];
+    match client.raw("POST", "/v1/jobs", Some(&big)) {
+        Err(ravel_client::ClientError::Api { status: 413, body }) => assert_eq!(body.code, "too_large"),
+        Err(ravel_client::ClientError::Io { .. }) => {} // the server may close before reading it all
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

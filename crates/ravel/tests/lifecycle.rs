@@ -32,6 +32,7 @@ fn cancel_kills_the_whole_process_tree() {
     assert!(out.contains("terminating"), "{out}");
     let v = d.wait_state(id, "canceled");
     assert_eq!(v["reason"], "canceled by user");
+    assert_eq!(v["signal"], 15, "sh died of the SIGTERM");
     assert!(eventually(Duration::from_secs(5), || !group_alive(pgid)), "processes of job {id} survived cancel");
     // Canceling again changes nothing and says so.
     assert!(d.ok(&["cancel", &id.to_string()]).contains("already finished"));

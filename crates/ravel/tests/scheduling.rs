@@ -14,7 +14,7 @@ fn file_arg(p: &std::path::Path) -> String {
 fn jobs_get_distinct_free_gpus_and_ravel_variables() {
     let d = TestDaemon::builder(BIN).gpus(FakeGpus::Count(4)).start();
     let dir = d.scratch("env");
-    let script = "echo \"$CUDA_VISIBLE_DEVICES|$RAVEL_JOB_ID|$RAVEL_ATTEMPT|$RAVEL_RUN_DIR|$RAVEL_OUTPUT_DIR|$MY_VAR|$(pwd)\" > \"$OUT\"; sleep 2";
+    let script = "echo \"$CUDA_VISIBLE_DEVICES|$RAVEL_JOB_ID|$RAVEL_ATTEMPT|$RAVEL_RUN_DIR|$RAVEL_OUTPUT_DIR|$MY_VAR|$(pwd)|$CUDA_DEVICE_ORDER\" > \"$OUT\"; sleep 2";
     let mut ids = vec![];
     for i in 0..2 {
         let out = dir.join(format!("job{i}"));
@@ -46,14 +46,21 @@ fn jobs_get_distinct_free_gpus_and_ravel_variables() {
         assert_eq!(f[4], format!("{}/outputs", f[3]));
         assert_eq!(f[5], "hello");
         assert_eq!(f[6], file_arg(&dir));
+        assert_eq!(f[7], "PCI_BUS_ID");
         let shown = d.show(*id);
         assert_eq!(shown["gpus_assigned"].as_array().unwrap().len(), 2);
     }
     seen.sort();
     assert_eq!(seen, vec![0, 1, 2, 3], "two jobs must hold four distinct GPUs");
-    // run.json is in the run dir.
+    // When the attempt ends, run.json in its run dir records it.
+    d.wait_state(ids[0], "succeeded");
     let run_dir = d.show(ids[0])["run_dir"].as_str().unwrap().to_string();
-    assert!(std::path::Path::new(&run_dir).join("run.json").exists());
+    let run_json = std::path::Path::new(&run_dir).join("run.json");
+    assert!(ravel_test_support::eventually(Duration::from_secs(5), || run_json.exists()));
+    let run: serde_json::Value = serde_json::from_slice(&std::fs::read(&run_json).unwrap()).unwrap();
+    assert_eq!(run["attempt"]["state"], "succeeded");
+    assert_eq!(run["attempt"]["exit_code"], 0);
+    assert_eq!(run["job"]["id"], ids[0]);
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! Jobs: submit, list, show, cancel, wait.
 
-use super::{ApiError, Json, Query};
+use super::{ApiError, Json, Path, Query};
 use crate::scheduler::queued_job;
 use crate::{Controller, now_ms};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use ravel_core::{Job, JobId, PendingReason};
 use ravel_proto::{
     CancelOutcome, CancelRequest, CancelResponse, CancelResult, JobBrief, JobView, QueueQuery, QueueResponse,
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Finished jobs `ravel queue` shows without `--all`.
-const DEFAULT_RECENT: u32 = 20;
+const DEFAULT_RECENT: u32 = 10;
 /// Longest a `wait` request is held open.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -82,7 +82,9 @@ fn view(ctl: &Controller, job: Job) -> JobView {
     let pending_reason = if job.state == ravel_core::JobState::Queued {
         let st = ctl.lock();
         Some(match st.reasons.get(&job.id) {
-            Some(PendingReason::NotYetScheduled) | None if st.exhausted => "Resources: no free CPU slots".to_string(),
+            Some(PendingReason::NotYetScheduled) | None if st.exhausted => {
+                "Resources: waiting for CPU slots".to_string()
+            }
             Some(r) => r.to_string(),
             None => PendingReason::NotYetScheduled.to_string(),
         })

@@ -1,8 +1,8 @@
 //! `GET /v1/jobs/{id}/logs`: a byte range of an attempt's stdout or stderr file.
 
-use super::{ApiError, Query};
+use super::{ApiError, Path, Query};
 use crate::Controller;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use ravel_core::JobId;

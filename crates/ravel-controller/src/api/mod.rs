@@ -7,7 +7,7 @@ mod logs;
 
 use crate::Controller;
 use axum::Router;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -28,6 +28,13 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/wait", get(jobs::wait))
         .route("/v1/gpus", get(gpus::list))
         .fallback(|| async { ApiError::not_found("no such API route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                code: "bad_request",
+                message: "method not allowed on this route".into(),
+            }
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ctl)
 }
@@ -90,6 +97,19 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> 
             }),
             Err(e) => Err(ApiError::bad_request(format!("bad request body: {}", e.body_text()))),
         }
+    }
+}
+
+/// `axum::extract::Path` with `ApiError` rejections (`/v1/jobs/abc` says the id is bad, in JSON).
+pub struct Path<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|e: PathRejection| ApiError::bad_request(format!("bad path: {}", e.body_text())))
     }
 }
 

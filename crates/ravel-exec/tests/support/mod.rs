@@ -62,6 +62,7 @@ pub fn spec(command: &[&str], cwd: &Path) -> LaunchSpec {
         cwd: cwd.display().to_string(),
         env: vec![("PATH".to_owned(), PATH.to_owned())],
         kill_grace_ms: 5_000,
+        sync_records: true,
     }
 }
 

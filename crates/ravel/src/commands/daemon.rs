@@ -70,6 +70,11 @@ pub fn daemon(home: &Home, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
             }
         },
         DaemonCommand::Restart(opts) => {
+            if opts.foreground {
+                super::usage!(
+                    "restart always detaches; use `ravel daemon stop` then `ravel daemon start --foreground`"
+                );
+            }
             daemon::stop(home, false)?;
             let s = daemon::start_detached(home, &opts)?;
             println!(

@@ -200,7 +200,7 @@ pub fn cancel(home: &Home, ids: Vec<JobId>, json: bool) -> anyhow::Result<ExitCo
 
 pub fn wait(home: &Home, args: WaitArgs) -> anyhow::Result<ExitCode> {
     if args.ids.is_empty() && !args.all {
-        anyhow::bail!("give job ids to wait for, or --all");
+        super::usage!("give job ids to wait for, or --all");
     }
     let ids = args.ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
     let deadline = args.timeout.map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));

@@ -164,6 +164,7 @@ pub fn follow_to_end(home: &Home, id: JobId, stdout: bool, stderr: bool) -> anyh
     let v: JobView = client.get(&format!("/v1/jobs/{id}"))?;
     Ok(match (v.job.state, v.job.exit_code, v.job.signal) {
         (JobState::Succeeded, _, _) => ExitCode::SUCCESS,
+        (JobState::Canceled, _, _) => code(130),
         (_, Some(c), _) => code(c.clamp(0, 255) as u8),
         (_, None, Some(s)) => code((128 + s).clamp(0, 255) as u8),
         _ => ExitCode::FAILURE,

@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 success; 1 an error (or, for `wait`, a job that did not succeed); 2 bad usage;
 //! 3 `daemon status` found no daemon; 124 `wait --timeout` ran out; `run --wait` exits with the
-//! job's own code (128+N if a signal N killed it).
+//! job's own code (128+N if a signal N killed it, 130 if it was canceled).
 
 mod daemon;
 mod gpus;
@@ -27,6 +27,26 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Daemon(cmd) => daemon::daemon(&home, cmd),
     }
 }
+
+/// A mistake in how ravel was called (exit code 2, like clap's own usage errors).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Returns early with a usage error.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err($crate::commands::UsageError(format!($($arg)*)).into())
+    };
+}
+pub(crate) use usage;
 
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {

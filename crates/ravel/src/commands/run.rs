@@ -1,7 +1,7 @@
 //! `ravel run`: build the spec from the command line and the caller's environment, submit it
 //! (starting the daemon if none answers), print the id; with `--wait`, stream and exit like the job.
 
-use super::print_json;
+use super::{print_json, usage};
 use crate::cli::RunArgs;
 use crate::daemon;
 use crate::home::Home;
@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.command.is_empty() {
-        bail!("no command given: put it after `--`, e.g. `ravel run --gpus 1 -- python train.py`");
+        usage!("no command given: put it after `--`, e.g. `ravel run --gpus 1 -- python train.py`");
     }
     let cwd = match &args.cwd {
         Some(dir) => {
@@ -28,7 +28,7 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
         std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
     for kv in &args.env {
         let Some((k, v)) = kv.split_once('=') else {
-            bail!("--env {kv:?} is not KEY=VALUE");
+            usage!("--env {kv:?} is not KEY=VALUE");
         };
         env.retain(|(ek, _)| ek != k);
         env.push((k.to_string(), v.to_string()));
