@@ -78,8 +78,26 @@ impl LocalAgent {
 
     /// Takes back an attempt after a controller restart.
     pub fn adopt(&self, job: JobId, attempt: u32, run_dir: &Path, known: Option<(i32, u64)>) -> Adoption {
-        let record = read_supervisor(run_dir);
-        let Some((pid, start_time)) = known.or(record.as_ref().map(|r| (r.supervisor_pid, r.supervisor_start))) else {
+        let mut record = read_supervisor(run_dir);
+        let from_record = |r: &Option<SupervisorRecord>| r.as_ref().map(|r| (r.supervisor_pid, r.supervisor_start));
+        let mut found = known.or(from_record(&record));
+        if found.is_none() && run_dir.join(ravel_exec::OUTPUTS_DIR).exists() {
+            // `launch` got as far as preparing the run dir, so a supervisor may have started
+            // without having written its record yet: look for it before declaring the attempt
+            // unlaunched, or the job could run twice.
+            found = ravel_exec::procfs::find_supervisor(run_dir).map(|p| (p.pid, p.start_time));
+            if found.is_none() {
+                record = read_supervisor(run_dir);
+                found = from_record(&record);
+            }
+            if found.is_none() && ravel_exec::read_exit(run_dir).is_some() {
+                // It ran and ended (spawn failed, or a cancel before spawn) while no one watched.
+                let exit = ravel_exec::read_exit(run_dir);
+                let _ = self.events.send(AgentEvent::Ended { job, attempt, exit });
+                return Adoption::Ended;
+            }
+        }
+        let Some((pid, start_time)) = found else {
             return Adoption::NeverLaunched;
         };
         // Open the pidfd before checking identity, so a pid reused after the check cannot fool us.

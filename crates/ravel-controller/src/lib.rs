@@ -40,6 +40,9 @@ pub struct Config {
     pub exe: PathBuf,
     /// Full durability: run-dir records are fsynced too (the store has its own setting).
     pub durable: bool,
+    /// Crash-test hook: abort the process at this named point (`after_allocate`, `after_launch`).
+    /// Set from `RAVEL_FAILPOINT` by the daemon; tests use it to prove recovery from each point.
+    pub failpoint: Option<String>,
 }
 
 impl Config {
@@ -89,6 +92,7 @@ impl Controller {
             probe_kind,
         });
         scheduler::probe_now(&ctl).await;
+        ctl.register_node().await;
         recovery::recover(&ctl).await?;
         tokio::spawn(events::run(ctl.clone(), rx));
         tokio::spawn(scheduler::run(ctl.clone()));
@@ -105,6 +109,30 @@ impl Controller {
     pub async fn shutdown_requested(&self) {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Records this node and its GPUs in the store.
+    async fn register_node(&self) {
+        let node = {
+            let st = self.lock();
+            ravel_store::NodeRecord {
+                name: self.cfg.node_name.clone(),
+                cpus: st.cpus_total,
+                gpus: st
+                    .inventory
+                    .iter()
+                    .map(|g| ravel_store::GpuRecord {
+                        index: g.index,
+                        name: g.name.clone(),
+                        uuid: g.uuid.clone(),
+                        memory_total_mib: g.memory_total_mib,
+                    })
+                    .collect(),
+            }
+        };
+        if let Err(e) = self.store.register_node(node, now_ms()).await {
+            tracing::warn!(error = %e, "cannot record the node");
+        }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -109,6 +109,7 @@ async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJob) {
             return;
         }
     };
+    failpoint(&ctl, "after_allocate");
     let run_dir = PathBuf::from(&attempt.run_dir);
     if let Some(a) = ctl.lock().active.get_mut(&id) {
         a.attempt = attempt.n;
@@ -117,6 +118,7 @@ async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJob) {
     let spec = launch_spec(&ctl, &job, &attempt.gpus, attempt.n, &run_dir);
     match ctl.agent.launch(id, attempt.n, run_dir, spec).await {
         Ok(l) => {
+            failpoint(&ctl, "after_launch");
             let cancel = {
                 let mut st = ctl.lock();
                 st.active.get_mut(&id).map(|a| {
@@ -147,6 +149,14 @@ async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJob) {
             };
             crate::events::record_end(&ctl, id, attempt.n, outcome).await;
         }
+    }
+}
+
+/// Dies here if the daemon was started with `RAVEL_FAILPOINT=<name>` (crash tests only).
+fn failpoint(ctl: &Controller, name: &str) {
+    if ctl.cfg.failpoint.as_deref() == Some(name) {
+        tracing::error!(failpoint = name, "failpoint reached: aborting");
+        std::process::abort();
     }
 }
 

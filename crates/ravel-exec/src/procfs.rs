@@ -4,6 +4,7 @@
 //! processes are identified by pid + start time (clock ticks since boot, fixed at fork).
 
 use std::fs;
+use std::path::Path;
 
 /// The fields of `/proc/PID/stat` this crate uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +74,17 @@ pub fn all_processes() -> Vec<ProcStat> {
     entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()).filter_map(read_stat).collect()
 }
 
+/// A live supervisor of `run_dir`, found by its command line (`... __supervise RUN_DIR ...`).
+/// For the window between spawning a supervisor and it writing `supervisor.json`.
+pub fn find_supervisor(run_dir: &Path) -> Option<ProcStat> {
+    let want = run_dir.as_os_str().as_encoded_bytes();
+    all_processes().into_iter().filter(|p| !p.is_zombie()).find(|p| {
+        let Ok(cmdline) = fs::read(format!("/proc/{}/cmdline", p.pid)) else { return false };
+        let mut args = cmdline.split(|b| *b == 0);
+        args.any(|a| a == crate::SUPERVISE_SUBCOMMAND.as_bytes()) && args.next() == Some(want)
+    })
+}
+
 /// Processes (zombies included) whose process group is `pgid`.
 pub fn group_members(pgid: i32) -> Vec<ProcStat> {
     all_processes().into_iter().filter(|p| p.pgrp == pgid).collect()
@@ -126,5 +138,21 @@ mod tests {
         assert!(!is_same_process(me, s.start_time + 1));
         assert!(read_stat(0).is_none());
         assert!(read_stat(-1).is_none());
+    }
+
+    #[test]
+    fn finds_a_supervisor_by_its_run_dir() {
+        let dir = format!("/tmp/ravel-find-supervisor-{}", std::process::id());
+        // `sh -c CMD NAME ARG` puts NAME and ARG on the command line like `ravel __supervise DIR`.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5", crate::SUPERVISE_SUBCOMMAND, &dir])
+            .spawn()
+            .unwrap();
+        let found = find_supervisor(Path::new(&dir)).map(|p| p.pid);
+        let other = find_supervisor(Path::new(&format!("{dir}-other")));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, Some(child.id() as i32));
+        assert!(other.is_none());
     }
 }

@@ -39,6 +39,22 @@ pub struct NewAttempt {
     pub run_dir_template: String,
 }
 
+/// A node and its GPUs as last seen, for the `nodes` and `gpus` tables.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeRecord {
+    pub name: String,
+    pub cpus: u32,
+    pub gpus: Vec<GpuRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuRecord {
+    pub index: u32,
+    pub name: String,
+    pub uuid: Option<String>,
+    pub memory_total_mib: u64,
+}
+
 /// What `request_cancel` did, in the same transaction that looked.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CancelEffect {
@@ -85,4 +101,8 @@ pub trait Store: Send + Sync + 'static {
     fn requeue(&self, id: JobId, n: u32, reason: String, now: Millis) -> StoreFuture<'_, Job>;
     /// Cancels a job that has not started, or marks a started one for stopping.
     fn request_cancel(&self, id: JobId, now: Millis) -> StoreFuture<'_, CancelEffect>;
+    /// Records a node's resources (replacing its GPU list) and when it was seen.
+    fn register_node(&self, node: NodeRecord, now: Millis) -> StoreFuture<'_, ()>;
+    /// Nodes as recorded, with their GPUs.
+    fn nodes(&self) -> StoreFuture<'_, Vec<NodeRecord>>;
 }

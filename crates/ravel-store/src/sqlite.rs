@@ -5,7 +5,7 @@
 //! rolls back only itself. Its caller hears the result only after the whole batch committed.
 
 use crate::migrations;
-use crate::{CancelEffect, JobFilter, NewAttempt, Store, StoreError, StoreFuture};
+use crate::{CancelEffect, GpuRecord, JobFilter, NewAttempt, NodeRecord, Store, StoreError, StoreFuture};
 use ravel_core::{Attempt, Job, JobId, JobSpec, JobState, Millis, Outcome};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::{Path, PathBuf};
@@ -538,11 +538,75 @@ impl Store for SqliteStore {
             }
         })
     }
+
+    fn register_node(&self, node: NodeRecord, now: Millis) -> StoreFuture<'_, ()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO nodes (name, cpus, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET cpus = excluded.cpus, last_seen = excluded.last_seen",
+            )
+            .map_err(db)?
+            .execute(params![node.name, node.cpus, now])
+            .map_err(db)?;
+            conn.prepare_cached("DELETE FROM gpus WHERE node = ?1").map_err(db)?.execute([&node.name]).map_err(db)?;
+            let mut insert = conn
+                .prepare_cached(
+                    "INSERT INTO gpus (node, idx, name, uuid, memory_total_mib) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(db)?;
+            for g in &node.gpus {
+                insert.execute(params![node.name, g.index, g.name, g.uuid, g.memory_total_mib as i64]).map_err(db)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn nodes(&self) -> StoreFuture<'_, Vec<NodeRecord>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached("SELECT name, cpus FROM nodes ORDER BY name").map_err(db)?;
+            let nodes: Vec<(String, u32)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db)?
+                .collect::<Result<_, _>>()
+                .map_err(db)?;
+            let mut gpus = conn
+                .prepare_cached("SELECT idx, name, uuid, memory_total_mib FROM gpus WHERE node = ?1 ORDER BY idx")
+                .map_err(db)?;
+            nodes
+                .into_iter()
+                .map(|(name, cpus)| {
+                    let list = gpus
+                        .query_map([&name], |r| {
+                            Ok(GpuRecord {
+                                index: r.get(0)?,
+                                name: r.get(1)?,
+                                uuid: r.get(2)?,
+                                memory_total_mib: r.get::<_, i64>(3)? as u64,
+                            })
+                        })
+                        .map_err(db)?
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(db)?;
+                    Ok(NodeRecord { name, cpus, gpus: list })
+                })
+                .collect()
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn nodes_and_their_gpus_are_recorded_and_replaced() {
+        let (_dir, store) = open();
+        let gpu = |index| GpuRecord { index, name: "Fake GPU".into(), uuid: None, memory_total_mib: 81920 };
+        store.register_node(NodeRecord { name: "a".into(), cpus: 8, gpus: vec![gpu(0), gpu(1)] }, 1).await.unwrap();
+        store.register_node(NodeRecord { name: "a".into(), cpus: 4, gpus: vec![gpu(0)] }, 2).await.unwrap();
+        let nodes = store.nodes().await.unwrap();
+        assert_eq!(nodes, vec![NodeRecord { name: "a".into(), cpus: 4, gpus: vec![gpu(0)] }]);
+    }
 
     fn spec(cmd: &str) -> JobSpec {
         JobSpec {

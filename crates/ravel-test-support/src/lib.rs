@@ -125,8 +125,17 @@ impl TestDaemon {
     }
 
     pub fn start_daemon(&self) {
-        let out =
-            self.cmd().args(["daemon", "start"]).args(&self.daemon_args).output().expect("run ravel daemon start");
+        self.start_daemon_with_env(&[]);
+    }
+
+    /// Starts the daemon with extra environment (e.g. `RAVEL_FAILPOINT`).
+    pub fn start_daemon_with_env(&self, env: &[(&str, &str)]) {
+        let mut cmd = self.cmd();
+        cmd.args(["daemon", "start"]).args(&self.daemon_args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run ravel daemon start");
         assert!(out.status.success(), "daemon start failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 

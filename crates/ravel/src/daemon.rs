@@ -255,6 +255,7 @@ async fn serve(home: &Home, saved: &Saved) -> anyhow::Result<()> {
         probe_interval: Duration::from_secs(1),
         exe: std::env::current_exe().context("cannot find the ravel binary")?,
         durable: durability == ravel_store::Durability::Full,
+        failpoint: std::env::var("RAVEL_FAILPOINT").ok().filter(|f| !f.is_empty()),
     };
     // Bind first: if the socket cannot be had, fail before any job is touched. Clients that
     // connect during recovery wait in the backlog until the API serves.

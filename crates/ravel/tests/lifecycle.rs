@@ -147,3 +147,38 @@ fn fifty_concurrent_clients_get_distinct_ids_and_each_job_runs_once() {
     let daemons = std::fs::read_to_string(d.home().join("daemon.log")).unwrap().matches("ravel daemon ready").count();
     assert_eq!(daemons, 1);
 }
+
+/// Crashes the daemon at a failpoint between placing a job and recording its start, restarts it,
+/// and checks the job ran exactly once.
+fn crash_at(failpoint: &str) -> (TestDaemon, i64, std::path::PathBuf) {
+    let d = TestDaemon::builder(BIN).prepare();
+    d.start_daemon_with_env(&[("RAVEL_FAILPOINT", failpoint)]);
+    let log = d.scratch("crash").join("runs.log");
+    let pid = d.daemon_pid().unwrap();
+    let id = d.submit(&["--", "sh", "-c", &format!("echo ran >> {}; sleep 0.3", log.display())]);
+    // The daemon aborts at the failpoint right after the job is placed.
+    assert!(eventually(Duration::from_secs(10), || d.daemon_pid().is_none()), "daemon {pid} did not hit {failpoint}");
+    d.start_daemon();
+    d.wait_state(id, "succeeded");
+    // Give a wrongly duplicated run time to show itself.
+    std::thread::sleep(Duration::from_millis(500));
+    let runs = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(runs.lines().count(), 1, "the job ran {} times", runs.lines().count());
+    (d, id, log)
+}
+
+#[test]
+fn a_crash_after_placing_before_launch_requeues_the_job_once() {
+    let (d, id, _) = crash_at("after_allocate");
+    let attempts = d.show(id)["attempts"].as_array().unwrap().clone();
+    assert_eq!(attempts.len(), 2, "attempt 1 never launched; attempt 2 ran: {attempts:?}");
+    assert_eq!(attempts[0]["state"], "lost");
+    assert_eq!(attempts[1]["state"], "succeeded");
+}
+
+#[test]
+fn a_crash_right_after_launch_adopts_the_running_job() {
+    let (d, id, _) = crash_at("after_launch");
+    let attempts = d.show(id)["attempts"].as_array().unwrap().clone();
+    assert_eq!(attempts.len(), 1, "the launched attempt is adopted, not run again: {attempts:?}");
+}

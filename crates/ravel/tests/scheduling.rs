@@ -74,8 +74,10 @@ fn a_waiting_job_starts_promptly_when_a_gpu_frees() {
         let holder =
             d.submit(&["--gpus", "1", "--", "sh", "-c", &format!("sleep 0.5; date +%s%N > {}", file_arg(&end))]);
         let waiter = d.submit(&["--gpus", "1", "--", "sh", "-c", &format!("date +%s%N > {}", file_arg(&start))]);
-        // While the only GPU is held, the second job waits, and says why.
-        let v = d.show(waiter);
+        // While the only GPU is held, the second job waits, and (once a pass looked at it) says why.
+        let v = d.wait_for(waiter, Duration::from_secs(5), |v| {
+            v["state"] != "queued" || v["pending_reason"].as_str().is_some_and(|r| r != "Queued")
+        });
         if v["state"] == "queued" {
             let reason = v["pending_reason"].as_str().unwrap_or_default();
             assert!(reason.contains("GPU"), "pending reason {reason:?}");
