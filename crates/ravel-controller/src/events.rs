@@ -1,6 +1,6 @@
 //! Turns the agent's reports into recorded outcomes, frees resources and wakes the scheduler.
 
-use crate::{Controller, now_ms, runjson};
+use crate::{Controller, admission, now_ms, runjson};
 use ravel_agent::AgentEvent;
 use ravel_core::{JobId, JobState, Outcome};
 use ravel_exec::ExitRecord;
@@ -25,17 +25,22 @@ pub async fn run(ctl: Arc<Controller>, mut rx: mpsc::UnboundedReceiver<AgentEven
 /// What an exit record means for the job.
 fn outcome(exit: Option<&ExitRecord>, cancel_requested: bool) -> Outcome {
     let Some(e) = exit else {
+        // Its process is gone and nothing says how it ended (supervisor killed, machine
+        // rebooted while the daemon was down): lost, and retried if it has retries.
         return Outcome {
-            state: JobState::Failed,
+            state: JobState::Lost,
             exit_code: None,
             signal: None,
-            reason: Some("its supervisor vanished without recording an exit status (killed with SIGKILL?)".into()),
+            reason: Some("its supervisor vanished without recording an exit status".into()),
             started_at: None,
         };
     };
     let canceled = e.canceled && cancel_requested;
     let mut o = Outcome::from_exit(e.exit_code, e.signal, canceled);
-    if let Some(err) = &e.error {
+    if e.timed_out {
+        o.state = JobState::Failed;
+        o.reason = Some("timeout".into());
+    } else if let Some(err) = &e.error {
         o.reason = Some(err.clone());
     } else if e.canceled && !cancel_requested {
         o.reason = Some("terminated: its supervisor got SIGTERM from outside ravel".into());
@@ -46,10 +51,24 @@ fn outcome(exit: Option<&ExitRecord>, cancel_requested: bool) -> Outcome {
 
 /// Records the end of attempt `n`, then frees what it held and tells the scheduler and waiters.
 pub async fn record_end(ctl: &Arc<Controller>, id: JobId, n: u32, outcome: Outcome) {
-    match ctl.store.finish(id, n, outcome, now_ms()).await {
+    let now = now_ms();
+    let mut ended = None;
+    match ctl.store.finish(id, n, outcome, now, true).await {
         Ok(job) => {
+            // Fair share: charge the user for the GPU time this attempt held.
+            let half_life = ctl.half_life_ms();
+            let mut st = ctl.lock();
+            let held = st.active.get(&id).filter(|a| a.attempt == n && !a.gpus.is_empty());
+            if let Some((user, gpu_secs)) =
+                held.map(|a| (a.user, a.gpus.len() as f64 * (now - a.started_at).max(0) as f64 / 1000.0))
+            {
+                st.users.charge(user, gpu_secs, now, half_life);
+            }
+            drop(st);
+            ended = Some(job.clone());
             let store = ctl.store.clone();
             let durable = ctl.cfg.durable;
+            let job = job.clone();
             tokio::spawn(async move {
                 if let Ok(attempts) = store.attempts(job.id).await
                     && let Some(a) = attempts.into_iter().find(|a| a.n == n)
@@ -68,6 +87,12 @@ pub async fn record_end(ctl: &Arc<Controller>, id: JobId, n: u32, outcome: Outco
             st.release(id);
         }
     }
+    match ended {
+        // Retried: it waits for its backoff like any parked job.
+        Some(job) if job.state == JobState::Queued => admission::admit(ctl, &job).await,
+        Some(job) if job.state.is_terminal() => admission::job_ended(ctl.clone(), job.id).await,
+        _ => {}
+    }
     ctl.wake.notify_one();
     ctl.finished.send_modify(|c| *c += 1);
 }
@@ -77,7 +102,15 @@ mod tests {
     use super::*;
 
     fn exit(code: Option<i32>, signal: Option<i32>, canceled: bool) -> ExitRecord {
-        ExitRecord { exit_code: code, signal, canceled, error: None, started_at_ms: Some(5), finished_at_ms: 9 }
+        ExitRecord {
+            exit_code: code,
+            signal,
+            canceled,
+            timed_out: false,
+            error: None,
+            started_at_ms: Some(5),
+            finished_at_ms: 9,
+        }
     }
 
     #[test]
@@ -87,6 +120,11 @@ mod tests {
         let o = outcome(Some(&exit(None, Some(15), true)), false);
         assert_eq!(o.state, JobState::Failed);
         assert!(o.reason.unwrap().contains("outside ravel"));
-        assert!(outcome(None, false).reason.unwrap().contains("vanished"));
+        let lost = outcome(None, false);
+        assert_eq!(lost.state, JobState::Lost);
+        assert!(lost.reason.unwrap().contains("vanished"));
+        let mut timed = exit(None, Some(15), false);
+        timed.timed_out = true;
+        assert_eq!(outcome(Some(&timed), false).reason.as_deref(), Some("timeout"));
     }
 }

@@ -4,6 +4,7 @@
 //! In local mode the daemon is this controller with one in-process [`LocalAgent`]. Entry point:
 //! [`Controller::start`] then [`serve`] on a listener until the shutdown future resolves.
 
+mod admission;
 mod api;
 mod clock;
 mod events;
@@ -40,6 +41,12 @@ pub struct Config {
     pub exe: PathBuf,
     /// Full durability: run-dir records are fsynced too (the store has its own setting).
     pub durable: bool,
+    /// Memory tags for `--memory-tag` (`RAVEL_MEMORY_LIMITS`): (tag, MiB).
+    pub memory_limits: Vec<(String, u64)>,
+    /// Fair-share weights per user (default 1.0).
+    pub fair_share_weights: Vec<(String, f64)>,
+    /// Half-life of recorded GPU usage for fair share.
+    pub fair_share_half_life: Duration,
     /// Crash-test hook: abort the process at this named point (`after_allocate`, `after_launch`).
     /// Set from `RAVEL_FAILPOINT` by the daemon; tests use it to prove recovery from each point.
     pub failpoint: Option<String>,
@@ -133,6 +140,16 @@ impl Controller {
         if let Err(e) = self.store.register_node(node, now_ms()).await {
             tracing::warn!(error = %e, "cannot record the node");
         }
+    }
+
+    /// The interned id of a user (by name; `None` is the anonymous user `-`).
+    pub(crate) fn user_id(&self, name: Option<&str>) -> ravel_core::policy::UserId {
+        let weights = &self.cfg.fair_share_weights;
+        self.lock().users.id(name, |n| weights.iter().find(|(u, _)| u == n).map(|(_, w)| *w).unwrap_or(1.0))
+    }
+
+    pub(crate) fn half_life_ms(&self) -> f64 {
+        self.cfg.fair_share_half_life.as_millis() as f64
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, State> {

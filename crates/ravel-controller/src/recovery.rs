@@ -2,9 +2,8 @@
 //! queue; attempts with a live supervisor are watched again; attempts that ended while no one
 //! watched are recorded from their exit files; placements never launched go back to the queue.
 
-use crate::scheduler::queued_job;
 use crate::state::Active;
-use crate::{Controller, now_ms};
+use crate::{Controller, admission, now_ms};
 use ravel_agent::Adoption;
 use ravel_core::JobState;
 use std::path::PathBuf;
@@ -13,9 +12,12 @@ use std::sync::Arc;
 pub async fn recover(ctl: &Arc<Controller>) -> Result<(), String> {
     let active = ctl.store.active().await.map_err(|e| format!("cannot read active jobs: {e}"))?;
     let (mut queued, mut adopted, mut requeued) = (0, 0, 0);
+    rebuild_usage(ctl).await;
+    let mut waiting = vec![];
     for (job, attempt) in active {
-        if job.state == JobState::Queued {
-            ctl.lock().enqueue(queued_job(&job));
+        if matches!(job.state, JobState::Queued | JobState::Blocked) {
+            // Admitted after every active job is known, so dependencies read as live.
+            waiting.push(job);
             queued += 1;
             continue;
         }
@@ -28,15 +30,22 @@ pub async fn recover(ctl: &Arc<Controller>) -> Result<(), String> {
         };
         let run_dir = PathBuf::from(&a.run_dir);
         let known = a.supervisor_pid.zip(a.supervisor_start);
+        let user = ctl.user_id(job.spec.user.as_deref());
+        let started_at = a.started_at.unwrap_or(a.created_at);
         ctl.lock().hold(
             job.id,
             Active {
                 attempt: a.n,
                 gpus: a.gpus.clone(),
+                gpu_mem_mib: job.spec.gpu_mem_mib,
                 cpus: a.cpus,
                 run_dir: run_dir.clone(),
                 supervisor: known,
                 cancel_requested: job.cancel_requested,
+                user,
+                ends_by: job.spec.timeout_ms.map(|t| started_at + t as i64),
+                array: job.array_id,
+                started_at,
             },
         );
         match ctl.agent.adopt(job.id, a.n, &run_dir, known) {
@@ -57,9 +66,8 @@ pub async fn recover(ctl: &Arc<Controller>) -> Result<(), String> {
                 let reason = "the controller stopped before this attempt was launched".to_string();
                 match ctl.store.requeue(job.id, a.n, reason, now_ms()).await {
                     Ok(job) => {
-                        let mut st = ctl.lock();
-                        st.release(job.id);
-                        st.enqueue(queued_job(&job));
+                        ctl.lock().release(job.id);
+                        waiting.push(job);
                         requeued += 1;
                     }
                     Err(e) => {
@@ -69,6 +77,27 @@ pub async fn recover(ctl: &Arc<Controller>) -> Result<(), String> {
             }
         }
     }
+    for job in &waiting {
+        admission::admit(ctl, job).await;
+    }
     tracing::info!(queued, adopted, requeued, "recovered state from the store");
     Ok(())
+}
+
+/// Fair-share usage from the attempts that finished within a few half-lives.
+async fn rebuild_usage(ctl: &Arc<Controller>) {
+    let now = now_ms();
+    let half_life = ctl.half_life_ms();
+    let since = now - (half_life * 8.0) as i64;
+    match ctl.store.usage_since(since).await {
+        Ok(records) => {
+            ctl.lock().users.decay(now, half_life);
+            for r in records {
+                let user = ctl.user_id(r.user.as_deref());
+                let gpu_secs = r.gpus as f64 * (r.finished_at - r.started_at).max(0) as f64 / 1000.0;
+                ctl.lock().users.charge(user, gpu_secs, r.finished_at, half_life);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read recent usage; fair share starts from zero"),
+    }
 }

@@ -2,9 +2,11 @@
 //! re-probes GPUs. Each pass asks the pure policy (`ravel_core::schedule`) for placements and
 //! starts them.
 
+use crate::admission;
 use crate::state::Active;
 use crate::{Controller, now_ms};
-use ravel_core::{Job, JobState, Outcome, Placement, QueuedJob};
+use ravel_core::policy::{Placement, QueuedJob, Snapshot};
+use ravel_core::{Job, JobState, Outcome};
 use ravel_exec::LaunchSpec;
 use ravel_store::{NewAttempt, StoreError};
 use std::path::PathBuf;
@@ -13,23 +15,47 @@ use std::time::Instant;
 
 pub async fn run(ctl: Arc<Controller>) {
     loop {
+        // Sleep until woken, the next probe, or the next parked job's time, whichever is first.
+        let next_timer = ctl.lock().timers.first().map(|(t, _)| *t);
+        let mut sleep = ctl.cfg.probe_interval;
+        if let Some(t) = next_timer {
+            sleep = sleep.min(std::time::Duration::from_millis((t - now_ms()).max(0) as u64));
+        }
         tokio::select! {
             _ = ctl.wake.notified() => {}
-            _ = tokio::time::sleep(ctl.cfg.probe_interval) => {}
+            _ = tokio::time::sleep(sleep) => {}
         }
+        admission::wake_due(&ctl).await;
         pass(&ctl).await;
     }
 }
 
-/// Reads the GPU inventory into the state. A failed probe keeps the last good inventory.
+/// Reads the GPU inventory into the state, and which part of each GPU's memory is used by
+/// processes outside Ravel. A failed probe keeps the last good inventory.
 pub async fn probe_now(ctl: &Controller) {
     let result = ctl.agent.inventory().await;
+    let sessions: Vec<i32> = ctl.lock().active.values().filter_map(|a| a.supervisor.map(|s| s.0)).collect();
+    let foreign: Option<Vec<u64>> = result.as_ref().ok().map(|gpus| {
+        gpus.iter()
+            .map(|g| {
+                if g.processes.is_empty() {
+                    // No per-process view: all use counts as foreign unless a Ravel job is on
+                    // it, in which case it cannot be told apart (and thresholds do not apply).
+                    let ours = ctl.lock().jobs_on_gpu(g.index);
+                    if ours.0.is_some() || !ours.1.is_empty() { 0 } else { g.memory_used_mib }
+                } else {
+                    g.processes.iter().filter(|p| !is_ours(p.pid as i32, &sessions)).map(|p| p.used_memory_mib).sum()
+                }
+            })
+            .collect()
+    });
     let mut st = ctl.lock();
     st.last_probe = Some(Instant::now());
     st.released_since_probe = false;
     match result {
         Ok(gpus) => {
             st.inventory = gpus;
+            st.foreign_used_mib = foreign.unwrap_or_default();
             st.probe_error = None;
         }
         Err(e) => {
@@ -41,6 +67,12 @@ pub async fn probe_now(ctl: &Controller) {
     }
 }
 
+/// A GPU process belongs to a Ravel job if it is in the session of one of our supervisors
+/// (each supervisor leads its own session; its job and the job's children stay in it).
+fn is_ours(pid: i32, sessions: &[i32]) -> bool {
+    ravel_exec::procfs::read_stat(pid).is_some_and(|s| sessions.contains(&s.session))
+}
+
 async fn pass(ctl: &Arc<Controller>) {
     let stale = {
         let st = ctl.lock();
@@ -50,17 +82,23 @@ async fn pass(ctl: &Arc<Controller>) {
     if stale {
         probe_now(ctl).await;
     }
+    let now = now_ms();
     let placed: Vec<(Placement, QueuedJob)> = {
-        let mut st = ctl.lock();
+        let mut guard = ctl.lock();
+        let st = &mut *guard;
         if !st.accepting || st.queue.is_empty() {
             return;
         }
+        st.users.decay(now, ctl.half_life_ms());
         let node = st.node_view(&ctl.cfg.node_name, &ctl.cfg.thresholds);
-        let d = ravel_core::schedule(std::slice::from_ref(&node), st.queue.values());
-        st.exhausted = d.exhausted;
-        for (id, reason) in d.pending {
-            st.reasons.insert(id, reason);
+        let queue: Vec<QueuedJob> = st.queue.values().cloned().collect();
+        let snap = Snapshot { now, nodes: std::slice::from_ref(&node), queue: &queue, users: &st.users.shares };
+        let d = ravel_core::policy::schedule(&snap);
+        st.reasons.clear();
+        for (i, (id, reason)) in d.pending.into_iter().enumerate() {
+            st.reasons.insert(id, (reason, i as u32 + 1));
         }
+        st.estimates = d.estimated_start.into_iter().collect();
         let mut placed = Vec::with_capacity(d.placements.len());
         for p in d.placements {
             let Some(q) = st.dequeue(p.job) else { continue };
@@ -69,10 +107,15 @@ async fn pass(ctl: &Arc<Controller>) {
                 Active {
                     attempt: 0,
                     gpus: p.gpus.clone(),
+                    gpu_mem_mib: p.gpu_mem_mib,
                     cpus: p.cpus,
                     run_dir: PathBuf::new(),
                     supervisor: None,
                     cancel_requested: false,
+                    user: q.user,
+                    ends_by: q.timeout_ms.map(|t| now + t as i64),
+                    array: q.array.map(|(a, _)| a),
+                    started_at: now,
                 },
             );
             placed.push((p, q));
@@ -180,21 +223,18 @@ fn launch_spec(ctl: &Controller, job: &Job, gpus: &[u32], n: u32, run_dir: &std:
     env.push(("RAVEL_ATTEMPT".into(), n.to_string()));
     env.push(("RAVEL_RUN_DIR".into(), run_dir.to_string_lossy().into_owned()));
     env.push(("RAVEL_OUTPUT_DIR".into(), run_dir.join(ravel_exec::OUTPUTS_DIR).to_string_lossy().into_owned()));
+    if let Some(mib) = job.spec.gpu_mem_mib {
+        env.push(("RAVEL_GPU_MEM_MIB".into(), mib.to_string()));
+    }
+    if let Some(i) = job.spec.array_index {
+        env.push(("RAVEL_ARRAY_INDEX".into(), i.to_string()));
+    }
     LaunchSpec {
         command: job.spec.command.clone(),
         cwd: job.spec.cwd.clone(),
         env,
         kill_grace_ms: ctl.cfg.kill_grace.as_millis() as u64,
         sync_records: ctl.cfg.durable,
-    }
-}
-
-pub fn queued_job(job: &Job) -> QueuedJob {
-    QueuedJob {
-        id: job.id,
-        priority: job.spec.priority,
-        submitted_at: job.submitted_at,
-        gpus: job.spec.gpus,
-        cpus: job.spec.cpus,
+        timeout_ms: job.spec.timeout_ms,
     }
 }

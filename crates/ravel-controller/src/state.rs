@@ -1,11 +1,13 @@
-//! The controller's in-memory view of what is queued and what holds resources.
+//! The controller's in-memory view of what waits and what holds resources.
 //!
 //! The store is the truth that survives; this is the fast index the scheduler reads. Finished
 //! jobs are not kept here: memory grows with the active queue only.
 
-use ravel_core::{GpuSlot, JobId, NodeView, PendingReason, QueueKey, QueuedJob};
+use ravel_core::Millis;
+use ravel_core::policy::{GpuSlot, NodeView, PendingReason, QueueKey, QueuedJob, RunningJob, UserId, UserShare};
+use ravel_core::{Job, JobId};
 use ravel_gpu::{GpuInfo, Thresholds};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -14,22 +16,96 @@ use std::time::Instant;
 pub struct Active {
     pub attempt: u32,
     pub gpus: Vec<u32>,
+    pub gpu_mem_mib: Option<u64>,
     pub cpus: u32,
     pub run_dir: PathBuf,
     /// Known once the supervisor started.
     pub supervisor: Option<(i32, u64)>,
     pub cancel_requested: bool,
+    pub user: UserId,
+    /// Start + time limit, once started with a limit.
+    pub ends_by: Option<Millis>,
+    pub array: Option<JobId>,
+    pub started_at: Millis,
 }
 
+/// A queued or blocked job that is not eligible yet, and what it waits for.
+#[derive(Debug, Clone)]
+pub struct Parked {
+    pub job: QueuedJob,
+    pub after: Vec<JobId>,
+    pub after_any: Vec<JobId>,
+    pub held: bool,
+    pub not_before: Option<Millis>,
+    pub reason: PendingReason,
+}
+
+/// Users interned to small ids, with their fair-share standing.
+#[derive(Default)]
+pub struct Users {
+    names: Vec<String>,
+    ids: HashMap<String, UserId>,
+    pub shares: Vec<UserShare>,
+    /// Time the usages were last decayed to.
+    decayed_to: Millis,
+}
+
+impl Users {
+    pub fn id(&mut self, name: Option<&str>, weight: impl Fn(&str) -> f64) -> UserId {
+        let name = name.unwrap_or("-");
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as UserId;
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        self.shares.push(UserShare { weight: weight(name), usage: 0.0 });
+        id
+    }
+
+    /// Decays every usage to `now` with half-life `half_life_ms`.
+    pub fn decay(&mut self, now: Millis, half_life_ms: f64) {
+        let dt = (now - self.decayed_to).max(0) as f64;
+        if dt > 0.0 && half_life_ms > 0.0 {
+            let f = 0.5f64.powf(dt / half_life_ms);
+            for s in &mut self.shares {
+                s.usage *= f;
+            }
+        }
+        self.decayed_to = self.decayed_to.max(now);
+    }
+
+    /// Adds `gpu_seconds` of use that ended at `at` (decayed from then to now).
+    pub fn charge(&mut self, user: UserId, gpu_seconds: f64, at: Millis, half_life_ms: f64) {
+        let age = (self.decayed_to - at).max(0) as f64;
+        let f = if half_life_ms > 0.0 { 0.5f64.powf(age / half_life_ms) } else { 1.0 };
+        if let Some(s) = self.shares.get_mut(user as usize) {
+            s.usage += gpu_seconds * f;
+        }
+    }
+}
+
+/// Who is on a GPU: the job holding it whole, and the jobs sharing it with their reservations (MiB).
+pub type GpuUse = (Option<JobId>, Vec<(JobId, u64)>);
+
 pub struct State {
+    /// Eligible jobs in queue order.
     pub queue: BTreeMap<QueueKey, QueuedJob>,
     pub queued_keys: HashMap<JobId, QueueKey>,
-    pub reasons: HashMap<JobId, PendingReason>,
+    /// Jobs waiting for a release, a time, or dependencies.
+    pub parked: HashMap<JobId, Parked>,
+    /// Parked jobs with a time to wake at.
+    pub timers: BTreeSet<(Millis, JobId)>,
+    /// Dependency → parked jobs that wait for it.
+    pub waiting_on: HashMap<JobId, Vec<JobId>>,
+    /// Reasons and positions from the last pass.
+    pub reasons: HashMap<JobId, (PendingReason, u32)>,
+    pub estimates: HashMap<JobId, Millis>,
     pub active: HashMap<JobId, Active>,
-    pub gpu_owner: HashMap<u32, JobId>,
     pub cpus_total: u32,
-    pub cpus_used: u32,
     pub inventory: Vec<GpuInfo>,
+    /// Per inventory entry: MiB used by processes that are not Ravel jobs.
+    pub foreign_used_mib: Vec<u64>,
     pub probe_error: Option<String>,
     pub last_probe: Option<Instant>,
     /// A GPU was released since the last probe: its last reading may show the finished job's
@@ -37,8 +113,7 @@ pub struct State {
     pub released_since_probe: bool,
     /// False once a shutdown started: no new submissions, no new launches.
     pub accepting: bool,
-    /// The last pass stopped early: every queued job it did not look at waits for resources.
-    pub exhausted: bool,
+    pub users: Users,
 }
 
 impl State {
@@ -46,83 +121,188 @@ impl State {
         State {
             queue: BTreeMap::new(),
             queued_keys: HashMap::new(),
+            parked: HashMap::new(),
+            timers: BTreeSet::new(),
+            waiting_on: HashMap::new(),
             reasons: HashMap::new(),
+            estimates: HashMap::new(),
             active: HashMap::new(),
-            gpu_owner: HashMap::new(),
             cpus_total,
-            cpus_used: 0,
             inventory: Vec::new(),
+            foreign_used_mib: Vec::new(),
             probe_error: None,
             last_probe: None,
             released_since_probe: false,
             accepting: true,
-            exhausted: false,
+            users: Users::default(),
         }
     }
 
     pub fn enqueue(&mut self, job: QueuedJob) {
         let key = job.order_key();
         self.queued_keys.insert(job.id, key);
-        self.reasons.insert(job.id, PendingReason::NotYetScheduled);
+        self.reasons.insert(job.id, (PendingReason::NotYetScheduled, 0));
         self.queue.insert(key, job);
     }
 
+    /// Takes a job out of the eligible queue.
     pub fn dequeue(&mut self, id: JobId) -> Option<QueuedJob> {
         self.reasons.remove(&id);
+        self.estimates.remove(&id);
         let key = self.queued_keys.remove(&id)?;
         self.queue.remove(&key)
     }
 
+    pub fn park(&mut self, p: Parked) {
+        let id = p.job.id;
+        self.unpark(id);
+        if let Some(t) = p.not_before.filter(|_| matches!(p.reason, PendingReason::BeginTime { .. })) {
+            self.timers.insert((t, id));
+        }
+        if let PendingReason::Dependency { job } = p.reason {
+            self.waiting_on.entry(job).or_default().push(id);
+        }
+        self.parked.insert(id, p);
+    }
+
+    pub fn unpark(&mut self, id: JobId) -> Option<Parked> {
+        let p = self.parked.remove(&id)?;
+        if let Some(t) = p.not_before {
+            self.timers.remove(&(t, id));
+        }
+        if let PendingReason::Dependency { job } = p.reason
+            && let Some(list) = self.waiting_on.get_mut(&job)
+        {
+            list.retain(|j| *j != id);
+            if list.is_empty() {
+                self.waiting_on.remove(&job);
+            }
+        }
+        Some(p)
+    }
+
+    /// Takes a job out of wherever it waits (eligible queue or parked).
+    pub fn forget_waiting(&mut self, id: JobId) -> Option<QueuedJob> {
+        self.dequeue(id).or_else(|| self.unpark(id).map(|p| p.job))
+    }
+
     /// Marks resources as held by `id` (a placement, or an attempt re-adopted at start).
     pub fn hold(&mut self, id: JobId, active: Active) {
-        for g in &active.gpus {
-            self.gpu_owner.insert(*g, id);
-        }
-        self.cpus_used += active.cpus;
         self.active.insert(id, active);
     }
 
     pub fn release(&mut self, id: JobId) -> Option<Active> {
         let a = self.active.remove(&id)?;
-        for g in &a.gpus {
-            if self.gpu_owner.get(g) == Some(&id) {
-                self.gpu_owner.remove(g);
-            }
-        }
         if !a.gpus.is_empty() {
             self.released_since_probe = true;
         }
-        self.cpus_used = self.cpus_used.saturating_sub(a.cpus);
         Some(a)
+    }
+
+    pub fn cpus_used(&self) -> u32 {
+        self.active.values().map(|a| a.cpus).sum()
+    }
+
+    /// Jobs on each GPU index.
+    fn gpu_use(&self) -> HashMap<u32, GpuUse> {
+        let mut m: HashMap<u32, GpuUse> = HashMap::new();
+        for (id, a) in &self.active {
+            for g in &a.gpus {
+                let e = m.entry(*g).or_default();
+                match a.gpu_mem_mib {
+                    Some(mib) => e.1.push((*id, mib)),
+                    None => e.0 = Some(*id),
+                }
+            }
+        }
+        for e in m.values_mut() {
+            e.1.sort();
+        }
+        m
     }
 
     /// The node as the scheduler sees it.
     pub fn node_view(&self, name: &str, t: &Thresholds) -> NodeView {
-        NodeView {
-            name: name.to_string(),
-            gpus: self
-                .inventory
-                .iter()
-                .map(|g| {
-                    let allocated_to = self.gpu_owner.get(&g.index).copied();
-                    GpuSlot {
-                        index: g.index,
-                        allocated_to,
-                        foreign_busy: if allocated_to.is_none() { g.foreign_busy(t) } else { None },
-                    }
-                })
-                .collect(),
-            cpus_total: self.cpus_total,
-            cpus_used: self.cpus_used,
-        }
+        let mut used = self.gpu_use();
+        let gpus = self
+            .inventory
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let (whole, shared) = used.remove(&g.index).unwrap_or_default();
+                let ours = whole.is_some() || !shared.is_empty();
+                GpuSlot {
+                    index: g.index,
+                    memory_total_mib: g.memory_total_mib,
+                    foreign_used_mib: self.foreign_used_mib.get(i).copied().unwrap_or(0),
+                    foreign_busy: !ours && g.foreign_busy(t).is_some(),
+                    whole,
+                    shared,
+                }
+            })
+            .collect();
+        let mut running: Vec<RunningJob> = self
+            .active
+            .iter()
+            .map(|(id, a)| RunningJob {
+                job: *id,
+                user: a.user,
+                gpus: a.gpus.clone(),
+                gpu_mem_mib: a.gpu_mem_mib,
+                cpus: a.cpus,
+                ends_by: a.ends_by,
+                array: a.array,
+            })
+            .collect();
+        running.sort_by_key(|r| r.job);
+        NodeView { name: name.to_string(), gpus, cpus_total: self.cpus_total, cpus_used: self.cpus_used(), running }
+    }
+
+    /// The job holding GPU `index` whole, and the jobs sharing it with their reservations.
+    pub fn jobs_on_gpu(&self, index: u32) -> GpuUse {
+        self.gpu_use().remove(&index).unwrap_or_default()
+    }
+
+    /// The Ravel job a GPU process belongs to: the one whose supervisor leads its session.
+    pub fn job_of_process(&self, pid: u32) -> Option<JobId> {
+        let session = ravel_exec::procfs::read_stat(pid as i32)?.session;
+        self.active.iter().find(|(_, a)| a.supervisor.is_some_and(|(s, _)| s == session)).map(|(id, _)| *id)
+    }
+
+    /// GPUs with at least one Ravel job on them.
+    pub fn gpus_in_use(&self) -> usize {
+        self.gpu_use().len()
     }
 
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.active.is_empty()
+        self.queue.is_empty() && self.active.is_empty() && self.parked.is_empty()
     }
 
-    /// True if `id` is queued or holds an attempt.
+    /// True if `id` waits or holds an attempt.
     pub fn is_live(&self, id: JobId) -> bool {
-        self.queued_keys.contains_key(&id) || self.active.contains_key(&id)
+        self.queued_keys.contains_key(&id) || self.active.contains_key(&id) || self.parked.contains_key(&id)
+    }
+
+    /// Why `id` waits, and its position, if it waits.
+    pub fn pending(&self, id: JobId) -> Option<(PendingReason, Option<u32>)> {
+        if let Some(p) = self.parked.get(&id) {
+            return Some((p.reason.clone(), None));
+        }
+        self.reasons.get(&id).map(|(r, pos)| (r.clone(), (*pos > 0).then_some(*pos)))
+    }
+}
+
+/// The scheduler's view of a job record.
+pub fn queued_job(job: &Job, user: UserId) -> QueuedJob {
+    QueuedJob {
+        id: job.id,
+        priority: job.spec.priority,
+        submitted_at: job.submitted_at,
+        user,
+        gpus: job.spec.gpus,
+        gpu_mem_mib: job.spec.gpu_mem_mib,
+        cpus: job.spec.cpus,
+        timeout_ms: job.spec.timeout_ms,
+        array: job.array_id.map(|a| (a, job.spec.array_limit.unwrap_or(u32::MAX))),
     }
 }

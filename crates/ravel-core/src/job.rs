@@ -26,9 +26,81 @@ pub struct JobSpec {
     pub cpus: u32,
     #[serde(default)]
     pub priority: i32,
-    /// Submitting user's name, for display.
+    /// Submitting user's name: for display, and the unit of fair share.
     #[serde(default)]
     pub user: Option<String>,
+    /// Per-GPU memory reservation in MiB: the job shares GPUs instead of taking whole ones.
+    #[serde(default)]
+    pub gpu_mem_mib: Option<u64>,
+    /// The memory tag the reservation came from (`--memory-tag small`), for display.
+    #[serde(default)]
+    pub memory_tag: Option<String>,
+    /// Start only after these jobs succeeded.
+    #[serde(default)]
+    pub after: Vec<JobId>,
+    /// Start only after these jobs ended, however they ended.
+    #[serde(default)]
+    pub after_any: Vec<JobId>,
+    /// Automatic retries after a failure (a new attempt each).
+    #[serde(default)]
+    pub retries: u32,
+    /// First retry's delay; each further retry doubles it (capped at an hour).
+    #[serde(default)]
+    pub retry_delay_ms: Option<u64>,
+    /// Kill the job's process tree after this long; it ends `failed` with reason `timeout`.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Submit held: it waits until `ravel release`.
+    #[serde(default)]
+    pub hold: bool,
+    /// Not eligible before this time.
+    #[serde(default)]
+    pub begin_at: Option<Millis>,
+    /// Element of a job array: its index (`RAVEL_ARRAY_INDEX`).
+    #[serde(default)]
+    pub array_index: Option<u32>,
+    /// Most elements of its array that may run at once.
+    #[serde(default)]
+    pub array_limit: Option<u32>,
+}
+
+impl Default for JobSpec {
+    fn default() -> JobSpec {
+        JobSpec {
+            command: vec![],
+            name: None,
+            cwd: "/".into(),
+            env: vec![],
+            gpus: 0,
+            cpus: 1,
+            priority: 0,
+            user: None,
+            gpu_mem_mib: None,
+            memory_tag: None,
+            after: vec![],
+            after_any: vec![],
+            retries: 0,
+            retry_delay_ms: None,
+            timeout_ms: None,
+            hold: false,
+            begin_at: None,
+            array_index: None,
+            array_limit: None,
+        }
+    }
+}
+
+/// Default first retry delay.
+pub const DEFAULT_RETRY_DELAY_MS: u64 = 10_000;
+/// Longest retry backoff.
+pub const MAX_RETRY_DELAY_MS: u64 = 3_600_000;
+
+impl JobSpec {
+    /// Backoff before retry number `n` (1-based): delay × 2^(n-1), capped.
+    pub fn retry_backoff_ms(&self, n: u32) -> u64 {
+        let base = self.retry_delay_ms.unwrap_or(DEFAULT_RETRY_DELAY_MS);
+        base.saturating_mul(1u64 << (n.saturating_sub(1)).min(30)).min(MAX_RETRY_DELAY_MS)
+    }
 }
 
 fn one() -> u32 {
@@ -83,6 +155,18 @@ impl JobSpec {
         }
         if self.cpus == 0 {
             return err("--cpus must be at least 1".into());
+        }
+        if self.gpu_mem_mib == Some(0) {
+            return err("--gpu-mem must be more than 0".into());
+        }
+        if self.gpu_mem_mib.is_some() && self.gpus == 0 {
+            return err("--gpu-mem needs --gpus N (the memory is reserved on each of the N GPUs)".into());
+        }
+        if self.timeout_ms == Some(0) {
+            return err("--timeout must be more than 0".into());
+        }
+        if self.array_limit == Some(0) {
+            return err("an array's running limit (%N) must be at least 1".into());
         }
         Ok(())
     }
@@ -161,6 +245,7 @@ impl JobState {
                 | (Allocated, Running)
                 | (Allocated, Queued)
                 | (Allocated, Canceled)
+                | (Allocated, Lost)
                 | (Allocated, Succeeded)
                 | (Allocated, Failed)
                 | (Starting, Running)
@@ -172,8 +257,11 @@ impl JobState {
                 | (Running, Failed)
                 | (Running, Canceled)
                 | (Running, Lost)
+                // A retry, automatic (failed, lost) or asked for (`ravel retry`, any end).
                 | (Failed, Queued)
                 | (Lost, Queued)
+                | (Succeeded, Queued)
+                | (Canceled, Queued)
         )
     }
 }
@@ -204,6 +292,18 @@ pub struct Job {
     /// Why the job ended as it did, when the exit code alone does not say.
     pub reason: Option<String>,
     pub cancel_requested: bool,
+    /// Held by the user: not scheduled until released.
+    #[serde(default)]
+    pub held: bool,
+    /// Not eligible before this time (`--begin`, or a retry's backoff).
+    #[serde(default)]
+    pub not_before: Option<Millis>,
+    /// The array this job is an element of (the id of its first element).
+    #[serde(default)]
+    pub array_id: Option<JobId>,
+    /// Automatic retries used so far.
+    #[serde(default)]
+    pub retries_used: u32,
 }
 
 /// One start of a job on a node.
@@ -263,25 +363,22 @@ mod tests {
     use super::*;
 
     fn spec() -> JobSpec {
-        JobSpec {
-            command: vec!["true".into()],
-            name: None,
-            cwd: "/tmp".into(),
-            env: vec![],
-            gpus: 0,
-            cpus: 1,
-            priority: 0,
-            user: None,
-        }
+        JobSpec { command: vec!["true".into()], cwd: "/tmp".into(), ..JobSpec::default() }
+    }
+
+    #[test]
+    fn retry_backoff_doubles_and_is_capped() {
+        let mut s = spec();
+        s.retry_delay_ms = Some(1000);
+        assert_eq!((s.retry_backoff_ms(1), s.retry_backoff_ms(2), s.retry_backoff_ms(3)), (1000, 2000, 4000));
+        assert_eq!(s.retry_backoff_ms(40), MAX_RETRY_DELAY_MS);
     }
 
     #[test]
     fn terminal_states_only_leave_for_a_retry() {
         for from in JobState::ALL.into_iter().filter(|s| s.is_terminal()) {
             for to in JobState::ALL {
-                let legal = from.can_become(to);
-                let retry = matches!(from, JobState::Failed | JobState::Lost) && to == JobState::Queued;
-                assert_eq!(legal, retry, "{from} -> {to}");
+                assert_eq!(from.can_become(to), to == JobState::Queued, "{from} -> {to}");
             }
         }
     }

@@ -3,7 +3,7 @@
 //! This crate is pure: no I/O, no clock, no threads. Callers pass in the time and the world.
 
 pub mod job;
-pub mod schedule;
+pub mod policy;
+pub mod units;
 
 pub use job::{Attempt, Job, JobId, JobSpec, JobState, Millis, Outcome, SpecError};
-pub use schedule::{Decisions, GpuSlot, NodeView, PendingReason, Placement, QueueKey, QueuedJob, schedule};

@@ -50,6 +50,7 @@ fn one_launch(exe: &Path) -> (i64, i64) {
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         kill_grace_ms: 1000,
         sync_records: false,
+        timeout_ms: None,
     };
     let t0 = now_ns();
     let launched = ravel_exec::launch(exe, dir.path(), &spec).expect("launch");

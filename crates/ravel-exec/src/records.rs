@@ -29,6 +29,11 @@ pub struct LaunchSpec {
     /// fsync `supervisor.json` and `exit.json` (the daemon's full durability mode).
     #[serde(default)]
     pub sync_records: bool,
+    /// Longest the job may run, counted on the monotonic clock from its spawn. Past it the
+    /// supervisor ends the job as it would on a cancel (SIGTERM to the group, SIGKILL after
+    /// `kill_grace_ms`), also while no daemon is running. None: no limit.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Identity of the supervisor and of the job it spawned, so that a restarted daemon can tell
@@ -54,6 +59,10 @@ pub struct ExitRecord {
     pub signal: Option<i32>,
     /// A cancel request reached the supervisor (the job may still have exited on its own).
     pub canceled: bool,
+    /// The supervisor ended the job because it outran `LaunchSpec::timeout_ms`. Never true
+    /// together with `canceled`: whichever came first is recorded.
+    #[serde(default)]
+    pub timed_out: bool,
     /// Why the job could not be started or run to completion cleanly (spawn failure,
     /// unreadable launch spec, processes that survived SIGKILL).
     pub error: Option<String>,

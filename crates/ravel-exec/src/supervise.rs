@@ -5,7 +5,7 @@
 //! configuration beyond `launch.json`, so that it starts the job within a few milliseconds.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::atomic::{self, Durability};
 use crate::records::{EXIT_FILE, ExitRecord, SUPERVISOR_FILE, SupervisorRecord, now_ms};
@@ -63,13 +63,17 @@ pub fn supervise_main(run_dir: &Path, spec_from_stdin: bool) -> i32 {
             return exit_code_for(write_exit(run_dir, failed(e.to_string(), e.job_exit_code()), durability));
         }
     };
+    // The deadline runs on the monotonic clock (Instant is CLOCK_MONOTONIC): wall-clock steps
+    // must neither cut a job short nor extend it. A limit too large to represent is none.
+    let spawned = Instant::now();
+    let deadline = spec.timeout_ms.and_then(|ms| spawned.checked_add(Duration::from_millis(ms)));
     let started_at_ms = now_ms();
     // Without this record a restarted daemon cannot re-adopt the attempt, but the job is
     // already running and still gets supervised and recorded, so carry on.
     let _ = atomic::write_json(&run_dir.join(SUPERVISOR_FILE), &identity(Some(job_pid), started_at_ms), durability);
 
     let grace = Duration::from_millis(spec.kill_grace_ms);
-    let JobEnd { termination, canceled } = wait::wait_for_job(job_pid, grace, &watched);
+    let JobEnd { termination, canceled, timed_out } = wait::wait_for_job(job_pid, grace, deadline, &watched);
     let cleanup = cleanup::clear_leftovers(job_pid, &watched);
 
     let (exit_code, signal, lost) = match termination {
@@ -81,6 +85,7 @@ pub fn supervise_main(run_dir: &Path, spec_from_stdin: bool) -> i32 {
         exit_code,
         signal,
         canceled,
+        timed_out,
         error: lost.or(cleanup.err()),
         started_at_ms: Some(started_at_ms),
         finished_at_ms: now_ms(),
@@ -94,6 +99,7 @@ fn not_started() -> ExitRecord {
         exit_code: None,
         signal: None,
         canceled: false,
+        timed_out: false,
         error: None,
         started_at_ms: None,
         finished_at_ms: now_ms(),

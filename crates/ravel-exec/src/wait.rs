@@ -1,5 +1,5 @@
-//! Waiting for the job's main process to end, and escalating a cancel request from SIGTERM
-//! to SIGKILL for the job's whole process group.
+//! Waiting for the job's main process to end, and ending the job's whole process group on a
+//! cancel request or when its timeout expires: SIGTERM, then SIGKILL after the grace period.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -19,13 +19,26 @@ pub(crate) enum Termination {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct JobEnd {
     pub termination: Termination,
+    /// A cancel request arrived before the timeout expired (if there was one).
     pub canceled: bool,
+    /// The timeout expired first and the supervisor started ending the job.
+    pub timed_out: bool,
 }
 
-/// Where a cancel request stands.
-enum Cancel {
-    NotRequested,
-    /// SIGTERM sent; SIGKILL at the deadline.
+/// Why the supervisor is ending the job. The first reason sticks: a cancel arriving while a
+/// timed-out job is already being terminated changes nothing, and vice versa.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    Canceled,
+    TimedOut,
+}
+
+/// Where the supervisor stands in ending the job.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// Nothing asked for yet; the job may still time out.
+    Running,
+    /// SIGTERM sent; SIGKILL at `kill_at`.
     Terminating {
         kill_at: Instant,
     },
@@ -33,39 +46,77 @@ enum Cancel {
 }
 
 /// Waits until the job's main process `pid` has exited, without reaping it: the zombie keeps
-/// `pid` (the group id) reserved while the caller kills what is left of the group. `watched`
-/// must be blocked.
-pub(crate) fn wait_for_job(pid: i32, grace: Duration, watched: &libc::sigset_t) -> JobEnd {
-    let mut cancel = Cancel::NotRequested;
+/// `pid` (the group id) reserved while the caller kills what is left of the group. A cancel
+/// request, or reaching `deadline` (a monotonic instant; None means no timeout), starts
+/// ending the group: SIGTERM, then SIGKILL once `grace` has passed. `watched` must be blocked.
+///
+/// No polling: each wait is a `sigtimedwait` bounded by the next instant something is due
+/// (the deadline, or the SIGKILL), recomputed after every wake-up so that SIGCHLDs of other
+/// children or EINTR never push it back.
+pub(crate) fn wait_for_job(pid: i32, grace: Duration, deadline: Option<Instant>, watched: &libc::sigset_t) -> JobEnd {
+    let mut stop = Stop::Running;
+    let mut reason = None;
     loop {
-        let canceled = !matches!(cancel, Cancel::NotRequested);
-        match peek_exit(pid) {
-            Ok(Some(termination)) => {
-                return JobEnd { termination, canceled };
-            }
-            Ok(None) => {}
-            Err(e) => {
-                let termination = Termination::Lost(format!("cannot wait for job {pid}: {e}"));
-                return JobEnd { termination, canceled };
-            }
-        }
-        let timeout = match cancel {
-            Cancel::Terminating { kill_at } => {
-                let now = Instant::now();
-                if now >= kill_at {
-                    // ESRCH only means everything already exited.
-                    let _ = group::signal(pid, libc::SIGKILL);
-                    cancel = Cancel::Killed;
-                    continue;
-                }
-                Some(kill_at - now)
-            }
-            Cancel::NotRequested | Cancel::Killed => None,
+        let termination = match peek_exit(pid) {
+            Ok(Some(termination)) => Some(termination),
+            Ok(None) => None,
+            Err(e) => Some(Termination::Lost(format!("cannot wait for job {pid}: {e}"))),
         };
-        if signals::wait(watched, timeout) == Wake::Cancel && matches!(cancel, Cancel::NotRequested) {
-            let _ = group::signal(pid, libc::SIGTERM);
-            cancel = Cancel::Terminating { kill_at: Instant::now() + grace };
+        if let Some(termination) = termination {
+            return JobEnd {
+                termination,
+                canceled: reason == Some(Reason::Canceled),
+                timed_out: reason == Some(Reason::TimedOut),
+            };
         }
+        let due = match stop {
+            Stop::Running => deadline,
+            Stop::Terminating { kill_at } => Some(kill_at),
+            Stop::Killed => None,
+        };
+        // Once `due` has passed this is a zero timeout: sigtimedwait then only collects what
+        // is already pending, so a cancel (or the job's exit) that came in before the deadline
+        // was noticed still counts first.
+        let timeout = due.map(|at| at.saturating_duration_since(Instant::now()));
+        match signals::wait(watched, timeout) {
+            Wake::Cancel => {
+                if let Stop::Running = stop {
+                    stop = terminate(pid, grace);
+                    reason = Some(Reason::Canceled);
+                }
+            }
+            Wake::Timeout => {
+                let now = Instant::now();
+                match stop {
+                    Stop::Running if deadline.is_some_and(|at| now >= at) => {
+                        stop = terminate(pid, grace);
+                        reason = Some(Reason::TimedOut);
+                    }
+                    Stop::Terminating { kill_at } if now >= kill_at => {
+                        // ESRCH only means everything already exited.
+                        let _ = group::signal(pid, libc::SIGKILL);
+                        stop = Stop::Killed;
+                    }
+                    // Woke before what was due (should not happen): wait again.
+                    _ => {}
+                }
+            }
+            // Look at the job again.
+            Wake::Child => {}
+        }
+    }
+}
+
+/// Sends SIGTERM to the job's group and schedules the SIGKILL.
+fn terminate(pid: i32, grace: Duration) -> Stop {
+    // ESRCH only means everything already exited.
+    let _ = group::signal(pid, libc::SIGTERM);
+    let now = Instant::now();
+    match now.checked_add(grace) {
+        Some(kill_at) => Stop::Terminating { kill_at },
+        // A grace period beyond the clock's range: SIGKILL would never be due, so nothing is
+        // left to do but wait for the job to end.
+        None => Stop::Killed,
     }
 }
 

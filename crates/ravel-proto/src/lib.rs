@@ -13,11 +13,33 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SubmitRequest {
     pub spec: JobSpec,
+    /// Submit a job array: one job per index, at most `limit` running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<ArrayRequest>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ArrayRequest {
+    pub indices: Vec<u32>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Largest job array.
+pub const MAX_ARRAY_SIZE: usize = 100_000;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SubmitResponse {
+    /// The job's id (for an array: the array's id, which is its first element's).
     pub id: JobId,
+    /// Every job created (one, or the array's elements in index order).
+    #[serde(default)]
+    pub ids: Vec<JobId>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PriorityRequest {
+    pub priority: i32,
 }
 
 /// A job as the API shows it: the record plus what the scheduler knows now.
@@ -25,9 +47,15 @@ pub struct SubmitResponse {
 pub struct JobView {
     #[serde(flatten)]
     pub job: Job,
-    /// For queued jobs: why it is not running yet.
+    /// For queued and blocked jobs: why it is not running yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<String>,
+    /// For eligible queued jobs: 1 = next to be considered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u32>,
+    /// When it is expected to start, if running jobs' time limits bound it (UTC ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_start: Option<i64>,
     /// Run dir of the current attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_dir: Option<String>,
@@ -161,8 +189,14 @@ pub struct GpuView {
     pub memory_total_mib: u64,
     pub memory_used_mib: u64,
     pub utilization_pct: u32,
-    /// The Ravel job holding it.
+    /// The Ravel job holding it whole.
     pub allocated_to: Option<JobId>,
+    /// Memory reservations of Ravel jobs sharing it: (job, MiB).
+    #[serde(default)]
+    pub shared: Vec<(JobId, u64)>,
+    /// Sum of the reservations.
+    #[serde(default)]
+    pub reserved_mib: u64,
     /// Set when use outside Ravel keeps it out of scheduling.
     pub foreign_busy: Option<String>,
     pub processes: Vec<GpuProcessView>,

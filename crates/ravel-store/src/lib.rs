@@ -73,9 +73,21 @@ pub struct JobFilter {
     pub recent_finished: u32,
 }
 
+/// One finished attempt, for rebuilding fair-share usage after a restart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageRecord {
+    pub user: Option<String>,
+    pub gpus: u32,
+    pub started_at: Millis,
+    pub finished_at: Millis,
+}
+
 pub trait Store: Send + Sync + 'static {
-    /// Records a new job as queued. Resolves after commit, with its id.
-    fn submit(&self, spec: JobSpec, now: Millis) -> StoreFuture<'_, Job>;
+    /// Records new jobs in one transaction, each in state `initial` (`queued`, or `blocked` when
+    /// it waits for dependencies), held if its spec says so, not before its begin time. With
+    /// `array`, they are the elements of one array whose id is the first job's id. Resolves
+    /// after commit.
+    fn submit(&self, specs: Vec<JobSpec>, initial: JobState, array: bool, now: Millis) -> StoreFuture<'_, Vec<Job>>;
     fn job(&self, id: JobId) -> StoreFuture<'_, Option<Job>>;
     fn attempts(&self, id: JobId) -> StoreFuture<'_, Vec<Attempt>>;
     /// Jobs that are not terminal, with their current attempt if they hold one, in id order.
@@ -95,12 +107,26 @@ pub trait Store: Send + Sync + 'static {
         supervisor_start: u64,
         now: Millis,
     ) -> StoreFuture<'_, Job>;
-    /// Ends attempt `n` (which must be the current one and not yet ended) with `outcome`.
-    fn finish(&self, id: JobId, n: u32, outcome: Outcome, now: Millis) -> StoreFuture<'_, Job>;
+    /// Ends attempt `n` (which must be the current one and not yet ended) with `outcome`. With
+    /// `allow_retry`, a failed or lost attempt of a job with retries left sends the job back to
+    /// `queued`, not before its backoff (`JobSpec::retry_backoff_ms`), instead of ending it.
+    fn finish(&self, id: JobId, n: u32, outcome: Outcome, now: Millis, allow_retry: bool) -> StoreFuture<'_, Job>;
     /// allocated|starting → queued: attempt `n` never started and never will.
     fn requeue(&self, id: JobId, n: u32, reason: String, now: Millis) -> StoreFuture<'_, Job>;
-    /// Cancels a job that has not started, or marks a started one for stopping.
-    fn request_cancel(&self, id: JobId, now: Millis) -> StoreFuture<'_, CancelEffect>;
+    /// Cancels a job that has not started (recording `reason`), or marks a started one for stopping.
+    fn request_cancel(&self, id: JobId, reason: String, now: Millis) -> StoreFuture<'_, CancelEffect>;
+    /// Holds or releases a queued or blocked job.
+    fn set_held(&self, id: JobId, held: bool) -> StoreFuture<'_, Job>;
+    /// Changes the priority of a queued or blocked job.
+    fn set_priority(&self, id: JobId, priority: i32) -> StoreFuture<'_, Job>;
+    /// blocked → queued: its dependencies are satisfied.
+    fn unblock(&self, id: JobId) -> StoreFuture<'_, Job>;
+    /// A finished job back to `queued` for a new attempt (`ravel retry`).
+    fn retry(&self, id: JobId, now: Millis) -> StoreFuture<'_, Job>;
+    /// Jobs that named `id` in `after` or `after_any`.
+    fn dependents(&self, id: JobId) -> StoreFuture<'_, Vec<JobId>>;
+    /// Attempts that held GPUs and finished at or after `since`.
+    fn usage_since(&self, since: Millis) -> StoreFuture<'_, Vec<UsageRecord>>;
     /// Records a node's resources (replacing its GPU list) and when it was seen.
     fn register_node(&self, node: NodeRecord, now: Millis) -> StoreFuture<'_, ()>;
     /// Nodes as recorded, with their GPUs.

@@ -63,4 +63,14 @@ pub const SQLITE: &[&str] = &[
         PRIMARY KEY (node, idx)
     );
     "#,
+    // 2: holds, begin times and retry backoff, arrays, retries, the user as a column (fair share).
+    r#"
+    ALTER TABLE jobs ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN not_before INTEGER;
+    ALTER TABLE jobs ADD COLUMN array_id INTEGER;
+    ALTER TABLE jobs ADD COLUMN retries_used INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN user TEXT;
+    CREATE INDEX job_deps_depends_on ON job_deps(depends_on);
+    CREATE INDEX attempts_finished ON attempts(finished_at) WHERE finished_at IS NOT NULL;
+    "#,
 ];

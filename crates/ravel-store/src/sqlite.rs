@@ -5,7 +5,7 @@
 //! rolls back only itself. Its caller hears the result only after the whole batch committed.
 
 use crate::migrations;
-use crate::{CancelEffect, GpuRecord, JobFilter, NewAttempt, NodeRecord, Store, StoreError, StoreFuture};
+use crate::{CancelEffect, GpuRecord, JobFilter, NewAttempt, NodeRecord, Store, StoreError, StoreFuture, UsageRecord};
 use ravel_core::{Attempt, Job, JobId, JobSpec, JobState, Millis, Outcome};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::{Path, PathBuf};
@@ -186,7 +186,7 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<WriteOp>) {
 }
 
 const JOB_COLUMNS: &str = "id, spec, state, submitted_at, started_at, finished_at, attempt, gpus_assigned, node, \
-                           exit_code, signal, reason, cancel_requested";
+                           exit_code, signal, reason, cancel_requested, held, not_before, array_id, retries_used";
 
 fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
     let spec: String = r.get(1)?;
@@ -207,6 +207,10 @@ fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
         signal: r.get(10)?,
         reason: r.get(11)?,
         cancel_requested: r.get(12)?,
+        held: r.get(13)?,
+        not_before: r.get(14)?,
+        array_id: r.get(15)?,
+        retries_used: r.get(16)?,
     })
 }
 
@@ -279,31 +283,73 @@ fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> String {
 }
 
 impl Store for SqliteStore {
-    fn submit(&self, spec: JobSpec, now: Millis) -> StoreFuture<'_, Job> {
+    fn submit(&self, specs: Vec<JobSpec>, initial: JobState, array: bool, now: Millis) -> StoreFuture<'_, Vec<Job>> {
         self.write(move |conn| {
-            let spec_json = to_json(&spec);
-            let id: JobId = conn
-                .prepare_cached(
-                    "INSERT INTO jobs (spec, state, priority, submitted_at) VALUES (?1, 'queued', ?2, ?3) RETURNING id",
-                )
-                .map_err(db)?
-                .query_row(params![spec_json, spec.priority, now], |r| r.get(0))
-                .map_err(db)?;
-            Ok(Job {
-                id,
-                spec,
-                state: JobState::Queued,
-                submitted_at: now,
-                started_at: None,
-                finished_at: None,
-                attempt: 0,
-                gpus_assigned: vec![],
-                node: None,
-                exit_code: None,
-                signal: None,
-                reason: None,
-                cancel_requested: false,
-            })
+            let mut jobs = Vec::with_capacity(specs.len());
+            let mut array_id = None;
+            for spec in specs {
+                let spec_json = to_json(&spec);
+                let id: JobId = conn
+                    .prepare_cached(
+                        "INSERT INTO jobs (spec, state, priority, submitted_at, held, not_before, array_id, user) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+                    )
+                    .map_err(db)?
+                    .query_row(
+                        params![
+                            spec_json,
+                            initial.as_str(),
+                            spec.priority,
+                            now,
+                            spec.hold,
+                            spec.begin_at,
+                            array_id,
+                            spec.user
+                        ],
+                        |r| r.get(0),
+                    )
+                    .map_err(db)?;
+                if array {
+                    let aid = *array_id.get_or_insert(id);
+                    if aid == id {
+                        conn.prepare_cached("UPDATE jobs SET array_id = ?1 WHERE id = ?1")
+                            .map_err(db)?
+                            .execute([id])
+                            .map_err(db)?;
+                    }
+                }
+                let mut dep = conn
+                    .prepare_cached("INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?1, ?2)")
+                    .map_err(db)?;
+                for d in spec.after.iter().chain(&spec.after_any) {
+                    dep.execute(params![id, d]).map_err(|e| match e {
+                        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                            StoreError::NotFound(*d)
+                        }
+                        e => db(e),
+                    })?;
+                }
+                jobs.push(Job {
+                    id,
+                    state: initial,
+                    submitted_at: now,
+                    started_at: None,
+                    finished_at: None,
+                    attempt: 0,
+                    gpus_assigned: vec![],
+                    node: None,
+                    exit_code: None,
+                    signal: None,
+                    reason: None,
+                    cancel_requested: false,
+                    held: spec.hold,
+                    not_before: spec.begin_at,
+                    array_id,
+                    retries_used: 0,
+                    spec,
+                });
+            }
+            Ok(jobs)
         })
     }
 
@@ -449,25 +495,14 @@ impl Store for SqliteStore {
         })
     }
 
-    fn finish(&self, id: JobId, n: u32, outcome: Outcome, now: Millis) -> StoreFuture<'_, Job> {
+    fn finish(&self, id: JobId, n: u32, outcome: Outcome, now: Millis, allow_retry: bool) -> StoreFuture<'_, Job> {
         self.write(move |conn| {
             let mut job = job_in(conn, id, &[JobState::Allocated, JobState::Starting, JobState::Running])?;
             check_attempt(&job, n)?;
             if !outcome.state.is_terminal() || !job.state.can_become(outcome.state) {
-                return Err(StoreError::Conflict {
-                    id,
-                    expected: format!("a way to {}", outcome.state),
-                    found: job.state,
-                });
+                return Err(StoreError::Conflict { id, expected: format!("a way to {}", outcome.state), found: job.state });
             }
             let state = outcome.state.as_str();
-            conn.prepare_cached(
-                "UPDATE jobs SET state = ?2, finished_at = ?3, exit_code = ?4, signal = ?5, reason = ?6, \
-                 started_at = COALESCE(started_at, ?7) WHERE id = ?1",
-            )
-            .map_err(db)?
-            .execute(params![id, state, now, outcome.exit_code, outcome.signal, outcome.reason, outcome.started_at])
-            .map_err(db)?;
             conn.prepare_cached(
                 "UPDATE attempts SET state = ?3, finished_at = ?4, exit_code = ?5, signal = ?6, reason = ?7, \
                  started_at = COALESCE(started_at, ?8) WHERE job_id = ?1 AND n = ?2",
@@ -475,12 +510,42 @@ impl Store for SqliteStore {
             .map_err(db)?
             .execute(params![id, n, state, now, outcome.exit_code, outcome.signal, outcome.reason, outcome.started_at])
             .map_err(db)?;
-            job.state = outcome.state;
-            job.finished_at = Some(now);
+            let retry = allow_retry
+                && matches!(outcome.state, JobState::Failed | JobState::Lost)
+                && !job.cancel_requested
+                && job.retries_used < job.spec.retries;
             job.exit_code = outcome.exit_code;
             job.signal = outcome.signal;
-            job.reason = outcome.reason;
             job.started_at = job.started_at.or(outcome.started_at);
+            if retry {
+                let used = job.retries_used + 1;
+                let at = now + job.spec.retry_backoff_ms(used) as i64;
+                let reason = format!("retry {used} of {}: attempt {n} {}", job.spec.retries, outcome.reason.as_deref().unwrap_or(state));
+                conn.prepare_cached(
+                    "UPDATE jobs SET state = 'queued', retries_used = ?2, not_before = ?3, exit_code = ?4, signal = ?5, \
+                     reason = ?6, gpus_assigned = '[]', node = NULL, finished_at = NULL WHERE id = ?1",
+                )
+                .map_err(db)?
+                .execute(params![id, used, at, outcome.exit_code, outcome.signal, reason])
+                .map_err(db)?;
+                job.state = JobState::Queued;
+                job.retries_used = used;
+                job.not_before = Some(at);
+                job.reason = Some(reason);
+                job.gpus_assigned.clear();
+                job.node = None;
+                return Ok(job);
+            }
+            conn.prepare_cached(
+                "UPDATE jobs SET state = ?2, finished_at = ?3, exit_code = ?4, signal = ?5, reason = ?6, \
+                 started_at = COALESCE(started_at, ?7) WHERE id = ?1",
+            )
+            .map_err(db)?
+            .execute(params![id, state, now, outcome.exit_code, outcome.signal, outcome.reason, outcome.started_at])
+            .map_err(db)?;
+            job.state = outcome.state;
+            job.finished_at = Some(now);
+            job.reason = outcome.reason;
             Ok(job)
         })
     }
@@ -506,13 +571,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn request_cancel(&self, id: JobId, now: Millis) -> StoreFuture<'_, CancelEffect> {
+    fn request_cancel(&self, id: JobId, reason: String, now: Millis) -> StoreFuture<'_, CancelEffect> {
         self.write(move |conn| {
             let mut job = get_job(conn, id)?.ok_or(StoreError::NotFound(id))?;
             match job.state {
                 s if s.is_terminal() => Ok(CancelEffect::AlreadyFinished(job)),
                 JobState::Blocked | JobState::Queued => {
-                    let reason = "canceled by user";
                     conn.prepare_cached(
                         "UPDATE jobs SET state = 'canceled', finished_at = ?2, reason = ?3, cancel_requested = 1 WHERE id = ?1",
                     )
@@ -521,7 +585,7 @@ impl Store for SqliteStore {
                     .map_err(db)?;
                     job.state = JobState::Canceled;
                     job.finished_at = Some(now);
-                    job.reason = Some(reason.into());
+                    job.reason = Some(reason);
                     job.cancel_requested = true;
                     Ok(CancelEffect::Canceled(job))
                 }
@@ -536,6 +600,100 @@ impl Store for SqliteStore {
                     Ok(CancelEffect::MustStop(job, attempt))
                 }
             }
+        })
+    }
+
+    fn set_held(&self, id: JobId, held: bool) -> StoreFuture<'_, Job> {
+        self.write(move |conn| {
+            let mut job = job_in(conn, id, &[JobState::Queued, JobState::Blocked])?;
+            conn.prepare_cached("UPDATE jobs SET held = ?2 WHERE id = ?1")
+                .map_err(db)?
+                .execute(params![id, held])
+                .map_err(db)?;
+            job.held = held;
+            Ok(job)
+        })
+    }
+
+    fn set_priority(&self, id: JobId, priority: i32) -> StoreFuture<'_, Job> {
+        self.write(move |conn| {
+            let mut job = job_in(conn, id, &[JobState::Queued, JobState::Blocked])?;
+            job.spec.priority = priority;
+            conn.prepare_cached("UPDATE jobs SET priority = ?2, spec = ?3 WHERE id = ?1")
+                .map_err(db)?
+                .execute(params![id, priority, to_json(&job.spec)])
+                .map_err(db)?;
+            Ok(job)
+        })
+    }
+
+    fn unblock(&self, id: JobId) -> StoreFuture<'_, Job> {
+        self.write(move |conn| {
+            let mut job = job_in(conn, id, &[JobState::Blocked])?;
+            conn.prepare_cached("UPDATE jobs SET state = 'queued' WHERE id = ?1")
+                .map_err(db)?
+                .execute([id])
+                .map_err(db)?;
+            job.state = JobState::Queued;
+            Ok(job)
+        })
+    }
+
+    fn retry(&self, id: JobId, _now: Millis) -> StoreFuture<'_, Job> {
+        self.write(move |conn| {
+            let mut job = job_in(conn, id, &[JobState::Succeeded, JobState::Failed, JobState::Canceled, JobState::Lost])?;
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'queued', held = 0, not_before = NULL, cancel_requested = 0, exit_code = NULL, \
+                 signal = NULL, reason = NULL, started_at = NULL, finished_at = NULL, gpus_assigned = '[]', node = NULL \
+                 WHERE id = ?1",
+            )
+            .map_err(db)?
+            .execute([id])
+            .map_err(db)?;
+            job.state = JobState::Queued;
+            job.held = false;
+            job.not_before = None;
+            job.cancel_requested = false;
+            job.exit_code = None;
+            job.signal = None;
+            job.reason = None;
+            job.started_at = None;
+            job.finished_at = None;
+            job.gpus_assigned.clear();
+            job.node = None;
+            Ok(job)
+        })
+    }
+
+    fn dependents(&self, id: JobId) -> StoreFuture<'_, Vec<JobId>> {
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT job_id FROM job_deps WHERE depends_on = ?1 ORDER BY job_id").map_err(db)?;
+            let rows = stmt.query_map([id], |r| r.get(0)).map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
+    fn usage_since(&self, since: Millis) -> StoreFuture<'_, Vec<UsageRecord>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT j.user, a.gpus, a.started_at, a.finished_at FROM attempts a JOIN jobs j ON j.id = a.job_id \
+                     WHERE a.finished_at >= ?1 AND a.started_at IS NOT NULL AND a.gpus != '[]'",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([since], |r| {
+                    let gpus: String = r.get(1)?;
+                    Ok(UsageRecord {
+                        user: r.get(0)?,
+                        gpus: serde_json::from_str::<Vec<u32>>(&gpus).map(|g| g.len() as u32).unwrap_or(0),
+                        started_at: r.get(2)?,
+                        finished_at: r.get(3)?,
+                    })
+                })
+                .map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
         })
     }
 
@@ -611,14 +769,78 @@ mod tests {
     fn spec(cmd: &str) -> JobSpec {
         JobSpec {
             command: vec![cmd.into()],
-            name: None,
             cwd: "/tmp".into(),
             env: vec![("A".into(), "1".into())],
             gpus: 1,
-            cpus: 1,
-            priority: 0,
-            user: None,
+            ..JobSpec::default()
         }
+    }
+
+    async fn submit(store: &SqliteStore, spec: JobSpec, now: Millis) -> Job {
+        store.submit(vec![spec], JobState::Queued, false, now).await.unwrap().remove(0)
+    }
+
+    async fn run_attempt(store: &SqliteStore, id: JobId, code: i32, now: Millis) -> Job {
+        let (_, a) = store.allocate(id, new_attempt(), now).await.unwrap();
+        store.mark_running(id, a.n, 1, 1, now).await.unwrap();
+        store.finish(id, a.n, Outcome::from_exit(Some(code), None, false), now + 1000, true).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_is_retried_with_backoff_until_retries_run_out() {
+        let (_dir, store) = open();
+        let mut s = spec("x");
+        s.retries = 2;
+        s.retry_delay_ms = Some(100);
+        let job = submit(&store, s, 0).await;
+        let j = run_attempt(&store, job.id, 1, 10).await;
+        assert_eq!((j.state, j.retries_used, j.not_before), (JobState::Queued, 1, Some(1010 + 100)));
+        assert!(j.reason.unwrap().contains("retry 1 of 2"));
+        let j = run_attempt(&store, job.id, 1, 2000).await;
+        assert_eq!((j.state, j.retries_used, j.not_before), (JobState::Queued, 2, Some(3000 + 200)));
+        let j = run_attempt(&store, job.id, 1, 4000).await;
+        assert_eq!(j.state, JobState::Failed, "no retries left");
+        let attempts = store.attempts(job.id).await.unwrap();
+        assert_eq!(attempts.iter().map(|a| a.state).collect::<Vec<_>>(), vec![JobState::Failed; 3]);
+        // A success is never retried, and `ravel retry` starts a finished job again.
+        let j = store.retry(job.id, 5000).await.unwrap();
+        assert_eq!(j.state, JobState::Queued);
+        let j = run_attempt(&store, job.id, 0, 6000).await;
+        assert_eq!((j.state, j.attempt), (JobState::Succeeded, 4));
+    }
+
+    #[tokio::test]
+    async fn dependencies_holds_priorities_and_arrays() {
+        let (_dir, store) = open();
+        let first = submit(&store, spec("a"), 1).await;
+        let mut s = spec("b");
+        s.after = vec![first.id];
+        let dep = store.submit(vec![s.clone()], JobState::Blocked, false, 2).await.unwrap().remove(0);
+        assert_eq!(dep.state, JobState::Blocked);
+        assert_eq!(store.dependents(first.id).await.unwrap(), vec![dep.id]);
+        s.after = vec![999];
+        assert_eq!(store.submit(vec![s], JobState::Blocked, false, 3).await.unwrap_err(), StoreError::NotFound(999));
+        assert_eq!(store.active().await.unwrap().len(), 2, "the refused submit left nothing behind");
+        assert_eq!(store.unblock(dep.id).await.unwrap().state, JobState::Queued);
+        assert!(store.unblock(dep.id).await.is_err(), "only blocked jobs unblock");
+        assert!(store.set_held(dep.id, true).await.unwrap().held);
+        assert_eq!(store.set_priority(dep.id, 7).await.unwrap().spec.priority, 7);
+        assert_eq!(store.job(dep.id).await.unwrap().unwrap().spec.priority, 7);
+        store.request_cancel(first.id, "canceled by user".into(), 4).await.unwrap();
+        assert!(store.set_held(first.id, true).await.is_err(), "a finished job cannot be held");
+        let elems = store.submit(vec![spec("e"), spec("e"), spec("e")], JobState::Queued, true, 5).await.unwrap();
+        assert!(elems.iter().all(|j| j.array_id == Some(elems[0].id)));
+        assert_eq!(store.job(elems[2].id).await.unwrap().unwrap().array_id, Some(elems[0].id));
+    }
+
+    #[tokio::test]
+    async fn usage_counts_finished_gpu_attempts() {
+        let (_dir, store) = open();
+        let job = submit(&store, spec("a"), 0).await;
+        run_attempt(&store, job.id, 0, 100).await;
+        let usage = store.usage_since(0).await.unwrap();
+        assert_eq!(usage, vec![UsageRecord { user: None, gpus: 1, started_at: 100, finished_at: 1100 }]);
+        assert!(store.usage_since(5000).await.unwrap().is_empty());
     }
 
     fn new_attempt() -> NewAttempt {
@@ -634,7 +856,7 @@ mod tests {
     #[tokio::test]
     async fn a_job_walks_the_state_machine_and_survives_reopen() {
         let (dir, store) = open();
-        let job = store.submit(spec("true"), 10).await.unwrap();
+        let job = submit(&store, spec("true"), 10).await;
         assert_eq!(job.state, JobState::Queued);
         let (_, a) = store.allocate(job.id, new_attempt(), 11).await.unwrap();
         assert_eq!((a.n, a.run_dir.as_str()), (1, "/runs/x/1"));
@@ -643,8 +865,8 @@ mod tests {
         assert!(matches!(err, StoreError::Conflict { found: JobState::Allocated, .. }), "{err:?}");
         store.mark_running(job.id, 1, 4242, 99, 13).await.unwrap();
         // A stale attempt number changes nothing.
-        assert!(store.finish(job.id, 2, Outcome::from_exit(Some(0), None, false), 14).await.is_err());
-        let done = store.finish(job.id, 1, Outcome::from_exit(Some(3), None, false), 15).await.unwrap();
+        assert!(store.finish(job.id, 2, Outcome::from_exit(Some(0), None, false), 14, false).await.is_err());
+        let done = store.finish(job.id, 1, Outcome::from_exit(Some(3), None, false), 15, false).await.unwrap();
         assert_eq!((done.state, done.exit_code), (JobState::Failed, Some(3)));
         drop(store);
 
@@ -666,7 +888,9 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let s = store.clone();
-                tokio::spawn(async move { s.submit(spec(&format!("job{i}")), i).await.unwrap().id })
+                tokio::spawn(async move {
+                    s.submit(vec![spec(&format!("job{i}"))], JobState::Queued, false, i).await.unwrap().remove(0).id
+                })
             })
             .collect();
         let mut ids = Vec::new();
@@ -682,31 +906,37 @@ mod tests {
     #[tokio::test]
     async fn cancel_of_queued_and_running_jobs() {
         let (_dir, store) = open();
-        let queued = store.submit(spec("a"), 1).await.unwrap();
-        let running = store.submit(spec("b"), 2).await.unwrap();
+        let queued = submit(&store, spec("a"), 1).await;
+        let running = submit(&store, spec("b"), 2).await;
         store.allocate(running.id, new_attempt(), 3).await.unwrap();
         store.mark_running(running.id, 1, 7, 8, 4).await.unwrap();
 
         assert!(
-            matches!(store.request_cancel(queued.id, 5).await.unwrap(), CancelEffect::Canceled(j) if j.state == JobState::Canceled)
+            matches!(store.request_cancel(queued.id, "canceled by user".into(), 5).await.unwrap(), CancelEffect::Canceled(j) if j.state == JobState::Canceled)
         );
         // Once canceled it cannot be allocated.
         assert!(store.allocate(queued.id, new_attempt(), 6).await.is_err());
-        match store.request_cancel(running.id, 5).await.unwrap() {
+        match store.request_cancel(running.id, "canceled by user".into(), 5).await.unwrap() {
             CancelEffect::MustStop(job, attempt) => {
                 assert!(job.cancel_requested);
                 assert_eq!(attempt.supervisor_pid, Some(7));
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(store.request_cancel(queued.id, 7).await.unwrap(), CancelEffect::AlreadyFinished(_)));
-        assert_eq!(store.request_cancel(999, 7).await.unwrap_err(), StoreError::NotFound(999));
+        assert!(matches!(
+            store.request_cancel(queued.id, "canceled by user".into(), 7).await.unwrap(),
+            CancelEffect::AlreadyFinished(_)
+        ));
+        assert_eq!(
+            store.request_cancel(999, "canceled by user".into(), 7).await.unwrap_err(),
+            StoreError::NotFound(999)
+        );
     }
 
     #[tokio::test]
     async fn requeue_returns_an_unstarted_attempt_to_the_queue() {
         let (_dir, store) = open();
-        let job = store.submit(spec("a"), 1).await.unwrap();
+        let job = submit(&store, spec("a"), 1).await;
         store.allocate(job.id, new_attempt(), 2).await.unwrap();
         let job = store.requeue(job.id, 1, "daemon restarted before launch".into(), 3).await.unwrap();
         assert_eq!(job.state, JobState::Queued);
@@ -718,9 +948,9 @@ mod tests {
     async fn listing_shows_active_jobs_and_bounded_history() {
         let (_dir, store) = open();
         for i in 0..10 {
-            let j = store.submit(spec("x"), i).await.unwrap();
+            let j = submit(&store, spec("x"), i).await;
             if i < 8 {
-                store.request_cancel(j.id, 100 + i).await.unwrap();
+                store.request_cancel(j.id, "canceled by user".into(), 100 + i).await.unwrap();
             }
         }
         let recent = store.list(JobFilter { all: false, recent_finished: 3 }).await.unwrap();

@@ -43,6 +43,27 @@ pub enum Command {
     },
     /// Wait until jobs finish. Exits 0 if all of them succeeded, 1 otherwise
     Wait(WaitArgs),
+    /// Hold queued jobs: they wait until released
+    Hold {
+        #[arg(required = true)]
+        ids: Vec<JobId>,
+    },
+    /// Release held jobs
+    Release {
+        #[arg(required = true)]
+        ids: Vec<JobId>,
+    },
+    /// Run finished jobs again, each as a new attempt
+    Retry {
+        #[arg(required = true)]
+        ids: Vec<JobId>,
+    },
+    /// Change the priority of a queued job (higher runs first)
+    Priority {
+        id: JobId,
+        #[arg(allow_negative_numbers = true)]
+        priority: i32,
+    },
     /// Show the GPUs of this node: memory, utilization, and who uses each
     Gpus {
         #[arg(long)]
@@ -73,10 +94,43 @@ pub struct RunArgs {
     /// Working directory of the job (default: the current directory)
     #[arg(long)]
     pub cwd: Option<PathBuf>,
+    /// Reserve this much memory on each of its GPUs and share them with other such jobs (e.g. 12G)
+    #[arg(long, value_name = "SIZE", help_heading = "GPU memory")]
+    pub gpu_mem: Option<String>,
+    /// Reserve the memory of a tag from the daemon's --memory-limits (e.g. small)
+    #[arg(long, value_name = "TAG", conflicts_with = "gpu_mem", help_heading = "GPU memory")]
+    pub memory_tag: Option<String>,
+    /// Start only after these jobs succeeded (ids, comma-separated or repeated)
+    #[arg(long, value_name = "ID,...", value_delimiter = ',', help_heading = "Ordering")]
+    pub after: Vec<JobId>,
+    /// Start only after these jobs ended, however they ended
+    #[arg(long, value_name = "ID,...", value_delimiter = ',', help_heading = "Ordering")]
+    pub after_any: Vec<JobId>,
+    /// Submit held: it waits until `ravel release`
+    #[arg(long, help_heading = "Ordering")]
+    pub hold: bool,
+    /// Not before this time: `+30m`, or a local time like 2026-12-01T02:00
+    #[arg(long, value_name = "WHEN", help_heading = "Ordering")]
+    pub begin: Option<String>,
+    /// Retry a failed attempt up to N times
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Failures")]
+    pub retries: u32,
+    /// Delay before the first retry, doubled for each further one (default 10s)
+    #[arg(long, value_name = "DURATION", help_heading = "Failures")]
+    pub retry_delay: Option<String>,
+    /// Kill the job's process tree after this long (e.g. 2h, 30m); it ends failed with reason timeout
+    #[arg(long, value_name = "DURATION", help_heading = "Failures")]
+    pub timeout: Option<String>,
+    /// Submit a job array: 0-99%8 runs indices 0..99, at most 8 at once (index in RAVEL_ARRAY_INDEX)
+    #[arg(long, value_name = "SPEC")]
+    pub array: Option<String>,
     /// Stream the job's output and exit with its exit code
     #[arg(long)]
     pub wait: bool,
-    /// Print {"id": N} instead of the bare id
+    /// Print only the id (for `--after $(ravel run -q ...)`); with --wait, only the job's output
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print {"id": N, "ids": [...]} instead of the bare id
     #[arg(long)]
     pub json: bool,
     /// The command and its arguments, after `--`
@@ -92,6 +146,9 @@ pub struct QueueArgs {
     /// How many recently finished jobs to show
     #[arg(long, default_value_t = 10)]
     pub recent: u32,
+    /// Show each element of job arrays on its own line
+    #[arg(long)]
+    pub expand: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -169,6 +226,15 @@ pub struct DaemonOpts {
     /// normal: commits survive any process crash; full: also power loss (fsync per commit)
     #[arg(long)]
     pub durability: Option<DurabilityArg>,
+    /// Memory tags for `run --memory-tag`, e.g. small=8G,medium=20G,large=40G
+    #[arg(long, env = "RAVEL_MEMORY_LIMITS", value_name = "TAG=SIZE,...")]
+    pub memory_limits: Option<String>,
+    /// Fair-share weights per user, e.g. alice=2,bob=1 (default 1 each)
+    #[arg(long, env = "RAVEL_FAIRSHARE_WEIGHTS", value_name = "USER=W,...")]
+    pub fair_share_weights: Option<String>,
+    /// Half-life of past GPU usage in fair share (default 24h)
+    #[arg(long, env = "RAVEL_FAIRSHARE_HALF_LIFE", value_name = "DURATION")]
+    pub fair_share_half_life: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -27,9 +27,42 @@ pub struct Saved {
     pub gpu_mem_threshold: Option<u32>,
     pub kill_grace: Option<f64>,
     pub durability: Option<DurabilityArg>,
+    #[serde(default)]
+    pub memory_limits: Option<String>,
+    #[serde(default)]
+    pub fair_share_weights: Option<String>,
+    #[serde(default)]
+    pub fair_share_half_life: Option<String>,
 }
 
+type Policy = (Vec<(String, u64)>, Vec<(String, f64)>, Duration);
+
 impl Saved {
+    /// Memory tags, fair-share weights and half-life, checked.
+    fn policy(&self) -> anyhow::Result<Policy> {
+        let limits = match &self.memory_limits {
+            Some(s) => ravel_core::units::parse_memory_limits(s).map_err(|e| anyhow!("--memory-limits: {e}"))?,
+            None => vec![],
+        };
+        let mut weights = vec![];
+        for part in self.fair_share_weights.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|p| !p.is_empty()) {
+            let (user, w) =
+                part.split_once('=').ok_or_else(|| anyhow!("--fair-share-weights: {part:?} is not USER=WEIGHT"))?;
+            let w: f64 = w
+                .trim()
+                .parse()
+                .ok()
+                .filter(|w: &f64| w.is_finite() && *w > 0.0)
+                .ok_or_else(|| anyhow!("--fair-share-weights: the weight of {user} must be a number above 0"))?;
+            weights.push((user.trim().to_string(), w));
+        }
+        let half_life = match &self.fair_share_half_life {
+            Some(s) => ravel_core::units::parse_duration_ms(s).map_err(|e| anyhow!("--fair-share-half-life: {e}"))?,
+            None => 24 * 3_600_000,
+        };
+        Ok((limits, weights, Duration::from_millis(half_life.max(1))))
+    }
+
     fn load(home: &Home) -> Saved {
         std::fs::read(home.daemon_config()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
     }
@@ -42,6 +75,9 @@ impl Saved {
             gpu_mem_threshold: o.gpu_mem_threshold.or(self.gpu_mem_threshold),
             kill_grace: o.kill_grace.or(self.kill_grace),
             durability: o.durability.or(self.durability),
+            memory_limits: o.memory_limits.clone().or(self.memory_limits),
+            fair_share_weights: o.fair_share_weights.clone().or(self.fair_share_weights),
+            fair_share_half_life: o.fair_share_half_life.clone().or(self.fair_share_half_life),
         }
     }
 
@@ -61,6 +97,9 @@ impl Saved {
             "--durability",
             self.durability.map(|d| if d == DurabilityArg::Full { "full" } else { "normal" }.to_string()),
         );
+        push("--memory-limits", self.memory_limits.clone());
+        push("--fair-share-weights", self.fair_share_weights.clone());
+        push("--fair-share-half-life", self.fair_share_half_life.clone());
         a
     }
 }
@@ -198,6 +237,7 @@ pub fn run_foreground(home: &Home, opts: &DaemonOpts) -> anyhow::Result<()> {
     if let Some(g) = saved.kill_grace.filter(|g| !g.is_finite() || *g < 0.0) {
         bail!("--kill-grace must be a number of seconds >= 0, not {g}");
     }
+    saved.policy()?;
     let mut pid_file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -242,6 +282,7 @@ async fn serve(home: &Home, saved: &Saved) -> anyhow::Result<()> {
         _ => ravel_store::Durability::Normal,
     };
     let defaults = ravel_gpu::Thresholds::default();
+    let policy = saved.policy()?;
     let cfg = ravel_controller::Config {
         home: home.dir.clone(),
         db_path: home.db(),
@@ -256,6 +297,9 @@ async fn serve(home: &Home, saved: &Saved) -> anyhow::Result<()> {
         exe: std::env::current_exe().context("cannot find the ravel binary")?,
         durable: durability == ravel_store::Durability::Full,
         failpoint: std::env::var("RAVEL_FAILPOINT").ok().filter(|f| !f.is_empty()),
+        memory_limits: policy.0,
+        fair_share_weights: policy.1,
+        fair_share_half_life: policy.2,
     };
     // Bind first: if the socket cannot be had, fail before any job is touched. Clients that
     // connect during recovery wait in the backlog until the API serves.

@@ -8,6 +8,7 @@ mod commands;
 mod daemon;
 mod home;
 mod output;
+mod when;
 
 use clap::Parser;
 use std::process::ExitCode;

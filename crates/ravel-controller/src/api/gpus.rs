@@ -11,7 +11,8 @@ pub async fn list(State(ctl): State<Arc<Controller>>) -> axum::Json<GpusResponse
         .inventory
         .iter()
         .map(|g| {
-            let allocated_to = st.gpu_owner.get(&g.index).copied();
+            let (allocated_to, shared) = st.jobs_on_gpu(g.index);
+            let on_gpu = allocated_to.or(shared.first().map(|(j, _)| *j));
             GpuView {
                 index: g.index,
                 name: g.name.clone(),
@@ -19,7 +20,9 @@ pub async fn list(State(ctl): State<Arc<Controller>>) -> axum::Json<GpusResponse
                 memory_used_mib: g.used_memory_mib(),
                 utilization_pct: g.utilization_pct,
                 allocated_to,
-                foreign_busy: if allocated_to.is_none() { g.foreign_busy(&ctl.cfg.thresholds) } else { None },
+                reserved_mib: shared.iter().map(|(_, m)| m).sum(),
+                foreign_busy: if on_gpu.is_none() { g.foreign_busy(&ctl.cfg.thresholds) } else { None },
+                shared,
                 processes: g
                     .processes
                     .iter()
@@ -27,7 +30,7 @@ pub async fn list(State(ctl): State<Arc<Controller>>) -> axum::Json<GpusResponse
                         pid: p.pid,
                         used_memory_mib: p.used_memory_mib,
                         user: process_user(p.pid),
-                        job: allocated_to,
+                        job: st.job_of_process(p.pid),
                     })
                     .collect(),
             }

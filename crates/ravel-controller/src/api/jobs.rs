@@ -1,13 +1,13 @@
-//! Jobs: submit, list, show, cancel, wait.
+//! Jobs: submit, list, show, cancel, wait, hold, release, retry, priority.
 
 use super::{ApiError, Json, Path, Query};
-use crate::scheduler::queued_job;
-use crate::{Controller, now_ms};
+use crate::{Controller, admission, now_ms};
 use axum::extract::State;
-use ravel_core::{Job, JobId, PendingReason};
+use ravel_core::policy::{DepState, PendingReason};
+use ravel_core::{Job, JobId, JobState};
 use ravel_proto::{
-    CancelOutcome, CancelRequest, CancelResponse, CancelResult, JobBrief, JobView, QueueQuery, QueueResponse,
-    SubmitRequest, SubmitResponse, WaitQuery, WaitResponse,
+    CancelOutcome, CancelRequest, CancelResponse, CancelResult, JobBrief, JobView, MAX_ARRAY_SIZE, PriorityRequest,
+    QueueQuery, QueueResponse, SubmitRequest, SubmitResponse, WaitQuery, WaitResponse,
 };
 use ravel_store::{CancelEffect, JobFilter};
 use std::sync::Arc;
@@ -22,41 +22,106 @@ pub async fn submit(
     State(ctl): State<Arc<Controller>>,
     Json(req): Json<SubmitRequest>,
 ) -> Result<axum::Json<SubmitResponse>, ApiError> {
-    let spec = req.spec;
+    let mut spec = req.spec;
+    if let Some(tag) = &spec.memory_tag {
+        let limits = &ctl.cfg.memory_limits;
+        let Some((_, mib)) = limits.iter().find(|(t, _)| t == tag) else {
+            let known = limits.iter().map(|(t, m)| format!("{t}={m}M")).collect::<Vec<_>>().join(", ");
+            return Err(ApiError::bad_request(if known.is_empty() {
+                format!(
+                    "unknown memory tag {tag:?}: no tags are set (start the daemon with RAVEL_MEMORY_LIMITS=small=8G,...)"
+                )
+            } else {
+                format!("unknown memory tag {tag:?}; known tags: {known}")
+            }));
+        };
+        if spec.gpu_mem_mib.is_some_and(|m| m != *mib) {
+            return Err(ApiError::bad_request("give --gpu-mem or --memory-tag, not both"));
+        }
+        spec.gpu_mem_mib = Some(*mib);
+        if spec.gpus == 0 {
+            spec.gpus = 1;
+        }
+    }
     spec.validate().map_err(|e| ApiError::bad_request(e.0))?;
     match std::fs::metadata(&spec.cwd) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            return Err(ApiError::bad_request(format!("working directory {} is not a directory", spec.cwd)));
-        }
-        Err(_) => {
-            return Err(ApiError::bad_request(format!("working directory {} does not exist", spec.cwd)));
+        Ok(_) => return Err(ApiError::bad_request(format!("working directory {} is not a directory", spec.cwd))),
+        Err(_) => return Err(ApiError::bad_request(format!("working directory {} does not exist", spec.cwd))),
+    }
+    check_resources(&ctl, &spec)?;
+    let mut blocked = false;
+    for d in spec.after.iter().chain(&spec.after_any) {
+        match admission::dep_state(&ctl, *d).await? {
+            DepState::Missing => {
+                return Err(ApiError::bad_request(format!("no job {d} to depend on (see `ravel queue --all`)")));
+            }
+            DepState::Pending => blocked = true,
+            DepState::Ended(_) => {}
         }
     }
-    {
-        let st = ctl.lock();
-        if !st.accepting {
-            return Err(ApiError::unavailable("the daemon is shutting down; submit again after `ravel daemon start`"));
+    let specs = match &req.array {
+        None => vec![spec],
+        Some(a) => {
+            if a.indices.is_empty() || a.indices.len() > MAX_ARRAY_SIZE {
+                return Err(ApiError::bad_request(format!(
+                    "an array needs 1 to {MAX_ARRAY_SIZE} indices, not {}",
+                    a.indices.len()
+                )));
+            }
+            if a.limit == Some(0) {
+                return Err(ApiError::bad_request("an array's running limit (%N) must be at least 1"));
+            }
+            a.indices
+                .iter()
+                .map(|i| {
+                    let mut s = spec.clone();
+                    s.array_index = Some(*i);
+                    s.array_limit = a.limit;
+                    s
+                })
+                .collect()
         }
-        let have = st.inventory.len() as u32;
-        if spec.gpus > have {
-            return Err(ApiError::bad_request(format!(
-                "this node has {have} GPU{}; the job asks for {} (see `ravel gpus`)",
-                if have == 1 { "" } else { "s" },
-                spec.gpus
-            )));
-        }
-        if spec.cpus > st.cpus_total {
-            return Err(ApiError::bad_request(format!(
-                "this node has {} CPU slots; the job asks for {} (start the daemon with --cpus to change the slots)",
-                st.cpus_total, spec.cpus
-            )));
-        }
+    };
+    if !ctl.lock().accepting {
+        return Err(ApiError::unavailable("the daemon is shutting down; submit again after `ravel daemon start`"));
     }
-    let job = ctl.store.submit(spec, now_ms()).await?;
-    ctl.lock().enqueue(queued_job(&job));
+    let initial = if blocked { JobState::Blocked } else { JobState::Queued };
+    let jobs = ctl.store.submit(specs, initial, req.array.is_some(), now_ms()).await?;
+    for job in &jobs {
+        admission::admit(&ctl, job).await;
+    }
     ctl.wake.notify_one();
-    Ok(axum::Json(SubmitResponse { id: job.id }))
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    Ok(axum::Json(SubmitResponse { id: ids[0], ids }))
+}
+
+/// Refuses what this node can never run.
+fn check_resources(ctl: &Controller, spec: &ravel_core::JobSpec) -> Result<(), ApiError> {
+    let st = ctl.lock();
+    let have = st.inventory.len() as u32;
+    if spec.gpus > have {
+        return Err(ApiError::bad_request(format!(
+            "this node has {have} GPU{}; the job asks for {} (see `ravel gpus`)",
+            if have == 1 { "" } else { "s" },
+            spec.gpus
+        )));
+    }
+    if let Some(mib) = spec.gpu_mem_mib {
+        let biggest = st.inventory.iter().map(|g| g.memory_total_mib).max().unwrap_or(0);
+        if mib > biggest {
+            return Err(ApiError::bad_request(format!(
+                "--gpu-mem {mib} MiB is more than any GPU here has ({biggest} MiB)"
+            )));
+        }
+    }
+    if spec.cpus > st.cpus_total {
+        return Err(ApiError::bad_request(format!(
+            "this node has {} CPU slots; the job asks for {} (start the daemon with --cpus to change the slots)",
+            st.cpus_total, spec.cpus
+        )));
+    }
+    Ok(())
 }
 
 pub async fn list(
@@ -78,20 +143,33 @@ pub async fn show(State(ctl): State<Arc<Controller>>, Path(id): Path<JobId>) -> 
     Ok(axum::Json(v))
 }
 
-fn view(ctl: &Controller, job: Job) -> JobView {
-    let pending_reason = if job.state == ravel_core::JobState::Queued {
-        let st = ctl.lock();
-        Some(match st.reasons.get(&job.id) {
-            Some(PendingReason::NotYetScheduled) | None if st.exhausted => {
-                "Resources: waiting for CPU slots".to_string()
-            }
-            Some(r) => r.to_string(),
-            None => PendingReason::NotYetScheduled.to_string(),
-        })
-    } else {
-        None
+pub(super) fn view(ctl: &Controller, job: Job) -> JobView {
+    let st = ctl.lock();
+    let (pending_reason, position) = match st.pending(job.id) {
+        Some((r, pos)) => (Some(describe(&st, &r)), pos),
+        None if matches!(job.state, JobState::Queued | JobState::Blocked) => {
+            (Some(PendingReason::NotYetScheduled.to_string()), None)
+        }
+        None => (None, None),
     };
-    JobView { job, pending_reason, run_dir: None, attempts: vec![] }
+    let estimated_start = st.estimates.get(&job.id).copied();
+    drop(st);
+    JobView { job, pending_reason, position, estimated_start, run_dir: None, attempts: vec![] }
+}
+
+/// A reason as people read it: GPU-busy reasons say who keeps the GPU busy.
+fn describe(st: &crate::state::State, r: &PendingReason) -> String {
+    if let PendingReason::GpuBusy { index, need_gpus, free_gpus } = r {
+        let why = st
+            .inventory
+            .iter()
+            .find(|g| g.index == *index)
+            .and_then(|g| g.foreign_busy(&ravel_gpu::Thresholds::default()).or(Some("foreign use".into())))
+            .unwrap_or_default();
+        let s = if *need_gpus == 1 { "" } else { "s" };
+        return format!("GPU {index} busy: {why} (needs {need_gpus} GPU{s}, {free_gpus} free)");
+    }
+    r.to_string()
 }
 
 pub async fn cancel(
@@ -115,12 +193,13 @@ pub async fn cancel(
 }
 
 pub async fn cancel_one(ctl: &Arc<Controller>, id: JobId) -> Result<CancelResult, ravel_store::StoreError> {
-    let effect = ctl.store.request_cancel(id, now_ms()).await?;
+    let effect = ctl.store.request_cancel(id, "canceled by user".into(), now_ms()).await?;
     Ok(match effect {
         CancelEffect::Canceled(job) => {
-            ctl.lock().dequeue(id);
+            ctl.lock().forget_waiting(id);
             ctl.finished.send_modify(|c| *c += 1);
             ctl.wake.notify_one();
+            admission::job_ended(ctl.clone(), id).await;
             CancelResult { id, outcome: CancelOutcome::Canceled, state: Some(job.state) }
         }
         CancelEffect::MustStop(job, _attempt) => {
@@ -193,4 +272,57 @@ pub async fn wait(
         }
     }
     Ok(axum::Json(WaitResponse { done, jobs }))
+}
+
+/// `POST /v1/jobs/{id}/hold`: a queued or blocked job waits until released.
+pub async fn hold(State(ctl): State<Arc<Controller>>, Path(id): Path<JobId>) -> Result<axum::Json<JobView>, ApiError> {
+    let job = ctl.store.set_held(id, true).await.map_err(not_waiting("hold"))?;
+    ctl.lock().forget_waiting(id);
+    admission::admit(&ctl, &job).await;
+    Ok(axum::Json(view(&ctl, job)))
+}
+
+/// `POST /v1/jobs/{id}/release`.
+pub async fn release(
+    State(ctl): State<Arc<Controller>>,
+    Path(id): Path<JobId>,
+) -> Result<axum::Json<JobView>, ApiError> {
+    let job = ctl.store.set_held(id, false).await.map_err(not_waiting("release"))?;
+    ctl.lock().forget_waiting(id);
+    admission::admit(&ctl, &job).await;
+    Ok(axum::Json(view(&ctl, job)))
+}
+
+/// `POST /v1/jobs/{id}/priority`.
+pub async fn priority(
+    State(ctl): State<Arc<Controller>>,
+    Path(id): Path<JobId>,
+    Json(req): Json<PriorityRequest>,
+) -> Result<axum::Json<JobView>, ApiError> {
+    let job = ctl.store.set_priority(id, req.priority).await.map_err(not_waiting("change the priority of"))?;
+    ctl.lock().forget_waiting(id);
+    admission::admit(&ctl, &job).await;
+    Ok(axum::Json(view(&ctl, job)))
+}
+
+/// `POST /v1/jobs/{id}/retry`: a finished job runs again as a new attempt.
+pub async fn retry(State(ctl): State<Arc<Controller>>, Path(id): Path<JobId>) -> Result<axum::Json<JobView>, ApiError> {
+    let job = ctl.store.retry(id, now_ms()).await.map_err(|e| match e {
+        ravel_store::StoreError::Conflict { found, .. } => {
+            ApiError::conflict(format!("job {id} is {found}; only a finished job can be retried"))
+        }
+        e => e.into(),
+    })?;
+    admission::admit(&ctl, &job).await;
+    Ok(axum::Json(view(&ctl, job)))
+}
+
+/// Maps "not in a waiting state" to a clear conflict error.
+fn not_waiting(what: &'static str) -> impl Fn(ravel_store::StoreError) -> ApiError {
+    move |e| match e {
+        ravel_store::StoreError::Conflict { id, found, .. } => {
+            ApiError::conflict(format!("cannot {what} job {id}: it is {found}; only queued or blocked jobs can be"))
+        }
+        e => e.into(),
+    }
 }

@@ -25,6 +25,10 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/jobs/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}", get(jobs::show))
         .route("/v1/jobs/{id}/logs", get(logs::read))
+        .route("/v1/jobs/{id}/hold", post(jobs::hold))
+        .route("/v1/jobs/{id}/release", post(jobs::release))
+        .route("/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/v1/jobs/{id}/priority", post(jobs::priority))
         .route("/v1/wait", get(jobs::wait))
         .route("/v1/gpus", get(gpus::list))
         .fallback(|| async { ApiError::not_found("no such API route") })
@@ -55,6 +59,9 @@ impl ApiError {
     }
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: message.into() }
+    }
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::CONFLICT, code: "conflict", message: message.into() }
     }
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: message.into() }

@@ -63,6 +63,7 @@ pub fn spec(command: &[&str], cwd: &Path) -> LaunchSpec {
         env: vec![("PATH".to_owned(), PATH.to_owned())],
         kill_grace_ms: 5_000,
         sync_records: true,
+        timeout_ms: None,
     }
 }
 

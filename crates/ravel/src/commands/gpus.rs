@@ -25,6 +25,10 @@ pub fn gpus(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
         .map(|g| {
             let who = match (&g.allocated_to, &g.foreign_busy) {
                 (Some(job), _) => format!("job {job}"),
+                (None, _) if !g.shared.is_empty() => {
+                    let jobs = g.shared.iter().map(|(j, m)| format!("job {j} ({m}M)")).collect::<Vec<_>>().join(", ");
+                    format!("shared: {jobs}")
+                }
                 (None, Some(why)) => format!("busy: {why}"),
                 (None, None) if !g.processes.is_empty() => "free (light foreign use)".into(),
                 _ => "free".into(),

@@ -7,7 +7,9 @@ use crate::output::{command_line, duration, table, timestamp, truncate};
 use ravel_client::encode_query_value;
 use ravel_controller::now_ms;
 use ravel_core::{Job, JobId, JobState};
-use ravel_proto::{CancelOutcome, CancelRequest, CancelResponse, JobView, QueueResponse, WaitResponse};
+use ravel_proto::{
+    CancelOutcome, CancelRequest, CancelResponse, JobView, PriorityRequest, QueueResponse, WaitResponse,
+};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -19,22 +21,33 @@ pub fn queue(home: &Home, args: QueueArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let now = now_ms();
-    let rows: Vec<Vec<String>> = resp
-        .jobs
-        .iter()
-        .map(|v| {
-            let j = &v.job;
-            vec![
-                j.id.to_string(),
-                truncate(j.spec.name.as_deref().unwrap_or("-"), 20),
-                j.state.to_string(),
-                gpus_cell(j),
-                time_cell(j, now),
-                truncate(&command_line(&j.spec.command), 48),
-                info_cell(v),
-            ]
-        })
-        .collect();
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut i = 0;
+    while i < resp.jobs.len() {
+        let v = &resp.jobs[i];
+        let j = &v.job;
+        if let (Some(aid), false) = (j.array_id, args.expand) {
+            // One line per array: its elements are consecutive in id order.
+            let n = resp.jobs[i..].iter().take_while(|e| e.job.array_id == Some(aid)).count();
+            rows.push(array_row(&resp.jobs[i..i + n], aid));
+            i += n;
+            continue;
+        }
+        let id = match (j.array_id, j.spec.array_index) {
+            (Some(aid), Some(ix)) => format!("{}[{aid}:{ix}]", j.id),
+            _ => j.id.to_string(),
+        };
+        rows.push(vec![
+            id,
+            truncate(j.spec.name.as_deref().unwrap_or("-"), 20),
+            j.state.to_string(),
+            gpus_cell(j),
+            time_cell(j, now),
+            truncate(&command_line(&j.spec.command), 48),
+            info_cell(v),
+        ]);
+        i += 1;
+    }
     if rows.is_empty() {
         println!("no jobs (submit one with `ravel run -- COMMAND`)");
     } else {
@@ -43,9 +56,34 @@ pub fn queue(home: &Home, args: QueueArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `12[100]  array  8 running, 80 queued, 12 succeeded`.
+fn array_row(elems: &[JobView], aid: JobId) -> Vec<String> {
+    let first = &elems[0].job;
+    let mut counts: Vec<(JobState, usize)> = vec![];
+    for e in elems {
+        match counts.iter_mut().find(|(s, _)| *s == e.job.state) {
+            Some(c) => c.1 += 1,
+            None => counts.push((e.job.state, 1)),
+        }
+    }
+    counts.sort_by_key(|(s, _)| JobState::ALL.iter().position(|x| x == s));
+    let summary = counts.iter().map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", ");
+    vec![
+        format!("{aid}[{}]", elems.len()),
+        truncate(first.spec.name.as_deref().unwrap_or("-"), 20),
+        "array".into(),
+        gpus_cell(first),
+        "-".into(),
+        truncate(&command_line(&first.spec.command), 48),
+        format!("{summary} (--expand to list)"),
+    ]
+}
+
 fn gpus_cell(j: &Job) -> String {
     if !j.gpus_assigned.is_empty() && !matches!(j.state, JobState::Queued | JobState::Blocked) {
         j.gpus_assigned.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
+    } else if let Some(m) = j.spec.gpu_mem_mib {
+        format!("({}x{m}M)", j.spec.gpus)
     } else if j.spec.gpus > 0 {
         format!("({})", j.spec.gpus)
     } else {
@@ -66,7 +104,10 @@ fn time_cell(j: &Job, now: i64) -> String {
 fn info_cell(v: &JobView) -> String {
     let j = &v.job;
     if let Some(r) = &v.pending_reason {
-        return r.clone();
+        return match v.position {
+            Some(p) => format!("#{p} {r}"),
+            None => r.clone(),
+        };
     }
     match j.state {
         JobState::Succeeded | JobState::Failed => match (j.exit_code, j.signal, &j.reason) {
@@ -98,8 +139,40 @@ pub fn show(home: &Home, id: JobId, json: bool) -> anyhow::Result<ExitCode> {
         ("cpus", j.spec.cpus.to_string()),
         ("submitted", timestamp(j.submitted_at)),
     ];
+    if let Some(m) = j.spec.gpu_mem_mib {
+        let tag = j.spec.memory_tag.as_ref().map(|t| format!(" (tag {t})")).unwrap_or_default();
+        lines.push(("gpu memory", format!("{m} MiB per GPU, shared{tag}")));
+    }
+    if !j.spec.after.is_empty() {
+        lines.push(("after", ids_text(&j.spec.after) + " (success)"));
+    }
+    if !j.spec.after_any.is_empty() {
+        lines.push(("after any", ids_text(&j.spec.after_any)));
+    }
+    if let Some(aid) = j.array_id {
+        let limit = j.spec.array_limit.map(|l| format!(", at most {l} running")).unwrap_or_default();
+        lines.push(("array", format!("{aid}, index {}{limit}", j.spec.array_index.unwrap_or(0))));
+    }
+    if j.spec.retries > 0 {
+        lines.push(("retries", format!("{} of {} used", j.retries_used, j.spec.retries)));
+    }
+    if let Some(t) = j.spec.timeout_ms {
+        lines.push(("timeout", duration(t as i64)));
+    }
+    if j.held {
+        lines.push(("held", "yes (`ravel release` to let it run)".into()));
+    }
+    if let Some(t) = j.not_before.filter(|_| !j.state.is_terminal()) {
+        lines.push(("not before", timestamp(t)));
+    }
     if let Some(r) = &v.pending_reason {
         lines.push(("pending", r.clone()));
+    }
+    if let Some(p) = v.position {
+        lines.push(("position", p.to_string()));
+    }
+    if let Some(t) = v.estimated_start {
+        lines.push(("est. start", timestamp(t)));
     }
     if let Some(s) = j.started_at {
         lines.push(("started", timestamp(s)));
@@ -235,4 +308,37 @@ pub fn wait(home: &Home, args: WaitArgs) -> anyhow::Result<ExitCode> {
             return Ok(code(124));
         }
     }
+}
+
+fn ids_text(ids: &[JobId]) -> String {
+    ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// `ravel hold|release|retry ID...`: one line per job; exit 1 if any was refused.
+pub fn act(home: &Home, ids: Vec<JobId>, verb: &str) -> anyhow::Result<ExitCode> {
+    let client = home.client();
+    let mut failed = false;
+    for id in ids {
+        match client.post::<_, JobView>(&format!("/v1/jobs/{id}/{verb}"), &serde_json::json!({})) {
+            Ok(v) => {
+                let what = match verb {
+                    "hold" => "held".to_string(),
+                    "release" => format!("released ({})", v.pending_reason.as_deref().unwrap_or(v.job.state.as_str())),
+                    _ => format!("queued again as attempt {}", v.job.attempt + 1),
+                };
+                println!("job {id}: {what}");
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("ravel: job {id}: {e}");
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+pub fn priority(home: &Home, id: JobId, priority: i32) -> anyhow::Result<ExitCode> {
+    let v: JobView = home.client().post(&format!("/v1/jobs/{id}/priority"), &PriorityRequest { priority })?;
+    println!("job {id}: priority {}", v.job.spec.priority);
+    Ok(ExitCode::SUCCESS)
 }

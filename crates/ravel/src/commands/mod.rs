@@ -23,6 +23,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(args) => logs::logs(&home, args),
         Command::Cancel { ids, json } => jobs::cancel(&home, ids, json),
         Command::Wait(args) => jobs::wait(&home, args),
+        Command::Hold { ids } => jobs::act(&home, ids, "hold"),
+        Command::Release { ids } => jobs::act(&home, ids, "release"),
+        Command::Retry { ids } => jobs::act(&home, ids, "retry"),
+        Command::Priority { id, priority } => jobs::priority(&home, id, priority),
         Command::Gpus { json } => gpus::gpus(&home, json),
         Command::Daemon(cmd) => daemon::daemon(&home, cmd),
     }

@@ -5,9 +5,12 @@ use super::{print_json, usage};
 use crate::cli::RunArgs;
 use crate::daemon;
 use crate::home::Home;
+use crate::when;
 use anyhow::{anyhow, bail};
+use ravel_controller::now_ms;
 use ravel_core::JobSpec;
-use ravel_proto::{SubmitRequest, SubmitResponse};
+use ravel_core::units::{parse_array, parse_duration_ms, parse_size_mib};
+use ravel_proto::{ArrayRequest, SubmitRequest, SubmitResponse};
 use std::process::ExitCode;
 
 pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -33,18 +36,61 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
         env.retain(|(ek, _)| ek != k);
         env.push((k.to_string(), v.to_string()));
     }
+    let duration = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<u64>> {
+        match v {
+            Some(d) => match parse_duration_ms(d) {
+                Ok(ms) => Ok(Some(ms)),
+                Err(e) => usage!("{flag}: {e}"),
+            },
+            None => Ok(None),
+        }
+    };
+    let gpu_mem_mib = match &args.gpu_mem {
+        Some(s) => match parse_size_mib(s) {
+            Ok(m) => Some(m),
+            Err(e) => usage!("--gpu-mem: {e}"),
+        },
+        None => None,
+    };
+    let begin_at = match &args.begin {
+        Some(w) => match when::parse_begin(w, now_ms()) {
+            Ok(t) => Some(t),
+            Err(e) => usage!("--begin: {e}"),
+        },
+        None => None,
+    };
+    let array = match &args.array {
+        Some(a) => match parse_array(a) {
+            Ok((indices, limit)) => Some(ArrayRequest { indices, limit }),
+            Err(e) => usage!("{e}"),
+        },
+        None => None,
+    };
+    // A memory reservation without --gpus means one GPU.
+    let gpus = if (gpu_mem_mib.is_some() || args.memory_tag.is_some()) && args.gpus == 0 { 1 } else { args.gpus };
     let spec = JobSpec {
         command: args.command.clone(),
         name: args.name.clone(),
         cwd: cwd.to_string_lossy().into_owned(),
         env,
-        gpus: args.gpus,
+        gpus,
         cpus: args.cpus,
         priority: args.priority,
         user: std::env::var("USER").ok().filter(|u| !u.is_empty()).or_else(current_user),
+        gpu_mem_mib,
+        memory_tag: args.memory_tag.clone(),
+        after: args.after.clone(),
+        after_any: args.after_any.clone(),
+        retries: args.retries,
+        retry_delay_ms: duration("--retry-delay", &args.retry_delay)?,
+        timeout_ms: duration("--timeout", &args.timeout)?,
+        hold: args.hold,
+        begin_at,
+        array_index: None,
+        array_limit: None,
     };
     spec.validate().map_err(|e| anyhow!(e.0))?;
-    let req = SubmitRequest { spec };
+    let req = SubmitRequest { spec, array };
     let client = home.client();
     let resp: SubmitResponse = match client.post("/v1/jobs", &req) {
         Err(e) if e.is_not_running() => {
@@ -55,7 +101,7 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     if args.json {
         print_json(&resp)?;
-    } else {
+    } else if !(args.quiet && args.wait) {
         println!("{}", resp.id);
     }
     if args.wait {

@@ -1,0 +1,144 @@
+//! Where a waiting job goes: the eligible queue, or parked until a release, a time, or its
+//! dependencies. The decision is `ravel_core::policy::eligibility`; this module gathers what it
+//! needs (dependency states) and applies it to the store and the in-memory state.
+
+use crate::state::{Parked, queued_job};
+use crate::{Controller, now_ms};
+use ravel_core::policy::{DepState, Eligibility, PendingReason, eligibility};
+use ravel_core::{Job, JobId, JobSpec, JobState};
+use ravel_store::{CancelEffect, StoreError};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Puts a queued or blocked job where it belongs (at submit, at start-up, after a release or a retry).
+pub async fn admit(ctl: &Arc<Controller>, job: &Job) {
+    let user = ctl.user_id(job.spec.user.as_deref());
+    let parked = Parked {
+        job: queued_job(job, user),
+        after: job.spec.after.clone(),
+        after_any: job.spec.after_any.clone(),
+        held: job.held,
+        not_before: job.not_before,
+        reason: PendingReason::NotYetScheduled,
+    };
+    evaluate(ctl.clone(), parked, job.state == JobState::Blocked).await;
+}
+
+/// What is known of each dependency: live ones are pending; others are read from the store.
+pub async fn dep_state(ctl: &Controller, dep: JobId) -> Result<DepState, StoreError> {
+    if ctl.lock().is_live(dep) {
+        return Ok(DepState::Pending);
+    }
+    Ok(match ctl.store.job(dep).await? {
+        Some(j) if j.state.is_terminal() => DepState::Ended(j.state),
+        Some(_) => DepState::Pending,
+        None => DepState::Missing,
+    })
+}
+
+type Boxed = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Decides and applies. Boxed: a failed dependency cancels this job, which re-evaluates its own
+/// dependents in turn.
+pub fn evaluate(ctl: Arc<Controller>, mut p: Parked, blocked_in_store: bool) -> Boxed {
+    Box::pin(async move {
+        let id = p.job.id;
+        let mut states = Vec::with_capacity(p.after.len() + p.after_any.len());
+        for d in p.after.iter().chain(&p.after_any) {
+            match dep_state(&ctl, *d).await {
+                Ok(s) => states.push((*d, s)),
+                Err(e) => {
+                    tracing::error!(job = id, dep = d, error = %e, "cannot read a dependency; the job stays parked");
+                    p.reason = PendingReason::Dependency { job: *d };
+                    ctl.lock().park(p);
+                    return;
+                }
+            }
+        }
+        let lookup = |d: JobId| states.iter().find(|(j, _)| *j == d).map(|(_, s)| *s).unwrap_or(DepState::Missing);
+        let spec = JobSpec { after: p.after.clone(), after_any: p.after_any.clone(), ..JobSpec::default() };
+        let decision = eligibility(&spec, p.held, p.not_before, now_ms(), lookup);
+        let deps_done = !matches!(decision, Eligibility::WaitingOn(_) | Eligibility::DependencyFailed { .. });
+        // `blocked` in the store means "waits for dependencies"; once they are done it is queued
+        // (possibly held or waiting for its begin time).
+        if blocked_in_store
+            && deps_done
+            && let Err(e) = ctl.store.unblock(id).await
+            && !matches!(e, StoreError::Conflict { .. })
+        {
+            tracing::error!(job = id, error = %e, "cannot unblock; the job stays parked");
+            p.reason = PendingReason::NotYetScheduled;
+            ctl.lock().park(p);
+            return;
+        }
+        match decision {
+            Eligibility::Ready => {
+                let mut st = ctl.lock();
+                st.unpark(id);
+                st.enqueue(p.job);
+                drop(st);
+                ctl.wake.notify_one();
+            }
+            Eligibility::WaitingOn(d) => {
+                p.reason = PendingReason::Dependency { job: d };
+                ctl.lock().park(p);
+            }
+            Eligibility::Held => {
+                p.reason = PendingReason::Held;
+                ctl.lock().park(p);
+            }
+            Eligibility::NotBefore(at) => {
+                p.reason = PendingReason::BeginTime { at };
+                ctl.lock().park(p);
+                // The loop's sleep may need to end sooner now.
+                ctl.wake.notify_one();
+            }
+            Eligibility::DependencyFailed { job, state } => {
+                ctl.lock().unpark(id);
+                let reason = match state {
+                    Some(JobState::Failed) => format!("dependency {job} failed"),
+                    Some(JobState::Canceled) => format!("dependency {job} was canceled"),
+                    Some(JobState::Lost) => format!("dependency {job} was lost"),
+                    Some(s) => format!("dependency {job} ended {s}"),
+                    None => format!("dependency {job} does not exist"),
+                };
+                match ctl.store.request_cancel(id, reason, now_ms()).await {
+                    Ok(CancelEffect::Canceled(_)) => {
+                        ctl.finished.send_modify(|c| *c += 1);
+                        job_ended(ctl.clone(), id).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(job = id, error = %e, "cannot cancel a job whose dependency failed"),
+                }
+            }
+        }
+    })
+}
+
+/// A job reached a terminal state: re-evaluate the jobs that waited for it.
+pub fn job_ended(ctl: Arc<Controller>, id: JobId) -> Boxed {
+    Box::pin(async move {
+        let waiting: Vec<Parked> = {
+            let mut st = ctl.lock();
+            let ids = st.waiting_on.remove(&id).unwrap_or_default();
+            ids.into_iter().filter_map(|d| st.unpark(d)).collect()
+        };
+        for p in waiting {
+            evaluate(ctl.clone(), p, true).await;
+        }
+    })
+}
+
+/// Wakes parked jobs whose time has come.
+pub async fn wake_due(ctl: &Arc<Controller>) {
+    let now = now_ms();
+    let due: Vec<Parked> = {
+        let mut st = ctl.lock();
+        let ids: Vec<JobId> = st.timers.range(..=(now, JobId::MAX)).map(|(_, id)| *id).collect();
+        ids.into_iter().filter_map(|id| st.unpark(id)).collect()
+    };
+    for p in due {
+        evaluate(ctl.clone(), p, false).await;
+    }
+}

@@ -1,0 +1,247 @@
+//! One scheduling pass: fair-share order, placement, reservations with backfill, and a reason
+//! for every job left waiting.
+//!
+//! Jobs are considered in [`FairOrder`]. Each goes to the first node where it fits. On each
+//! node, the first job that fits nowhere *reserves* what is free there of what it needs (see
+//! [`Node::reserve`]), so no job behind it takes those resources and it cannot starve; only that
+//! one job per node reserves, since if every waiting GPU job held back a CPU, a long queue of GPU
+//! jobs would idle the CPUs. A job behind it may still use what it holds when it provably ends
+//! before the holder could start (backfill, see [`shadow`]).
+
+mod fair_share;
+mod pool;
+mod shadow;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use super::{Decisions, NodeView, PendingReason, Placement, QueuedJob, Snapshot};
+use crate::job::{JobId, Millis};
+use fair_share::FairOrder;
+use pool::{Need, Node, Reservation};
+use std::cmp::Reverse;
+use std::collections::HashMap;
+
+/// Decides which queued jobs start now and where, and why each of the others waits.
+pub fn schedule(snap: &Snapshot) -> Decisions {
+    let mut pass = Pass::new(snap);
+    let mut order = FairOrder::new(snap);
+    while let Some(qi) = order.next() {
+        if let Some(gpus) = pass.consider(&snap.queue[qi]) {
+            order.placed(gpus);
+        }
+    }
+    pass.out
+}
+
+/// When a job with this time limit, started now, ends at the latest.
+fn end_of(now: Millis, timeout_ms: Option<u64>) -> Option<Millis> {
+    timeout_ms.map(|t| now.saturating_add(Millis::try_from(t).unwrap_or(Millis::MAX)))
+}
+
+struct Pass<'s> {
+    now: Millis,
+    views: &'s [NodeView],
+    nodes: Vec<Node>,
+    out: Decisions,
+    /// Elements of each array running or placed by this pass.
+    arrays: HashMap<JobId, u32>,
+    misfits: Misfits,
+    /// Why a need fits nowhere, as of a generation. Long queues repeat a handful of shapes, and
+    /// once the nodes are full nothing changes any more: each shape is explained once.
+    explained: HashMap<Need, (u64, Explained)>,
+    /// Bumped whenever a placement or a reservation changes what is free.
+    generation: u64,
+}
+
+impl<'s> Pass<'s> {
+    fn new(snap: &Snapshot<'s>) -> Pass<'s> {
+        // Only looked up, never iterated: hash order cannot leak into the decisions.
+        let mut arrays = HashMap::new();
+        for a in snap.nodes.iter().flat_map(|n| &n.running).filter_map(|r| r.array) {
+            *arrays.entry(a).or_insert(0u32) += 1;
+        }
+        Pass {
+            now: snap.now,
+            views: snap.nodes,
+            nodes: snap.nodes.iter().map(Node::new).collect(),
+            out: Decisions::default(),
+            arrays,
+            misfits: Misfits::default(),
+            explained: HashMap::new(),
+            generation: 0,
+        }
+    }
+
+    /// Places the job or records why not; returns the GPUs it took if placed.
+    fn consider(&mut self, job: &QueuedJob) -> Option<u32> {
+        if let Some((array, limit)) = job.array
+            && self.arrays.get(&array).copied().unwrap_or(0) >= limit
+        {
+            // Waiting on its own siblings, not on resources: it reserves nothing.
+            self.out.pending.push((job.id, PendingReason::ArrayLimit { array, limit }));
+            return None;
+        }
+        let need = Need::of(job);
+        let end = end_of(self.now, job.timeout_ms);
+        if !self.misfits.rules_out(need, end) {
+            let found = self.nodes.iter().enumerate().find_map(|(i, n)| {
+                let backfill = n.may_backfill(end);
+                n.fits(need, backfill).then_some((i, backfill))
+            });
+            if let Some((i, backfill)) = found {
+                self.place(job, need, end, i, backfill);
+                return Some(need.gpus);
+            }
+            self.misfits.add(need, end);
+        }
+        self.block(job, need);
+        None
+    }
+
+    fn place(&mut self, job: &QueuedJob, need: Need, end: Option<Millis>, i: usize, backfill: bool) {
+        let node = &mut self.nodes[i];
+        let gpus = node.take(need, backfill);
+        node.placed.push((self.out.placements.len(), end));
+        self.out.placements.push(Placement { job: job.id, node: i, gpus, gpu_mem_mib: need.mib, cpus: need.cpus });
+        if let Some((array, _)) = job.array {
+            *self.arrays.entry(array).or_insert(0) += 1;
+        }
+        self.generation += 1;
+    }
+
+    /// Records why a job that fits nowhere waits, and lets it reserve if it is the first to
+    /// choose its node.
+    fn block(&mut self, job: &QueuedJob, need: Need) {
+        let ex = match self.explained.get(&need) {
+            Some((g, ex)) if *g == self.generation => ex.clone(),
+            _ => {
+                let ex = self.explain(need);
+                self.explained.insert(need, (self.generation, ex.clone()));
+                ex
+            }
+        };
+        let reason = match ex.why {
+            Why::Behind { job: behind, priority } if priority > job.priority => PendingReason::Priority { behind },
+            Why::Behind { job: behind, .. } => PendingReason::FairShare { behind },
+            Why::Short(reason) => reason,
+        };
+        self.out.pending.push((job.id, reason));
+        if let Some(c) = ex.reserve_on
+            && self.nodes[c].reservation.is_none()
+        {
+            self.reserve(c, job, need);
+        }
+    }
+
+    fn explain(&self, need: Need) -> Explained {
+        // Closest to fitting: a node where it could run once Ravel's jobs there end, else one
+        // whose hardware could take it; then the most GPUs it could use now, then CPUs. GPUs
+        // come first because they are what jobs wait for; CPUs free up with them.
+        let closest = self.nodes.iter().enumerate().max_by_key(|&(i, n)| {
+            (
+                n.fits_when_idle(need),
+                n.fits_hardware(need),
+                n.count_fitting(need, false).min(need.gpus),
+                n.cpus_avail(false).min(need.cpus),
+                Reverse(i),
+            )
+        });
+        let Some((c, node)) = closest else {
+            let reason =
+                PendingReason::Resources { need_gpus: need.gpus, free_gpus: 0, need_cpus: need.cpus, free_cpus: 0 };
+            return Explained { why: Why::Short(reason), reserve_on: None };
+        };
+        let behind = self.nodes.iter().find_map(|n| n.reservation.filter(|_| n.fits(need, true)));
+        let fitting = node.count_fitting(need, false);
+        let free_cpus = node.cpus_avail(false);
+        let why = match (behind, need.mib, node.first_foreign_busy) {
+            (Some(r), _, _) => Why::Behind { job: r.job, priority: r.priority },
+            // A memory job short of CPUs only is told so below, not that memory is short.
+            (None, Some(need_mib), _) if fitting < need.gpus => {
+                Why::Short(PendingReason::GpuMemory { need_gpus: need.gpus, need_mib, fitting_gpus: fitting })
+            }
+            (None, None, Some(index)) if fitting < need.gpus => {
+                Why::Short(PendingReason::GpuBusy { index, need_gpus: need.gpus, free_gpus: fitting })
+            }
+            _ => Why::Short(PendingReason::Resources {
+                need_gpus: need.gpus,
+                free_gpus: fitting,
+                need_cpus: need.cpus,
+                free_cpus,
+            }),
+        };
+        // Holding resources for a job no node could ever take would only idle them.
+        Explained { why, reserve_on: node.fits_hardware(need).then_some(c) }
+    }
+
+    fn reserve(&mut self, c: usize, job: &QueuedJob, need: Need) {
+        let plan = shadow::plan(&self.nodes[c], &self.views[c], &self.out.placements, need, self.now);
+        let shadow = plan.as_ref().and_then(|p| p.shadow);
+        let res = Reservation { job: job.id, priority: job.priority, shadow };
+        self.nodes[c].reserve(res, need, plan.as_ref().map(|p| &p.gpus[..]));
+        if let Some(s) = shadow {
+            // A job in its way may be overdue to end; it cannot start before now either way.
+            self.out.estimated_start.push((job.id, s.max(self.now)));
+        }
+        self.generation += 1;
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Explained {
+    why: Why,
+    /// The closest node, if the job should reserve there (should it be the first to).
+    reserve_on: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+enum Why {
+    /// It would fit but for the reservation of this job.
+    Behind {
+        job: JobId,
+        priority: i32,
+    },
+    Short(PendingReason),
+}
+
+/// Shapes known to fit nowhere in this pass. Resources only shrink during a pass (placements
+/// take, reservations hold), so a job of the same kind that needs at least as much and may
+/// backfill no more (it ends no earlier) cannot fit either. A CPU-only shape rules out any job
+/// that needs as many CPUs.
+#[derive(Default)]
+struct Misfits {
+    /// Minimal shapes, with their end (`None`, no limit, sorting last).
+    shapes: Vec<(Need, (bool, Millis))>,
+}
+
+impl Misfits {
+    /// Enough to cover the shapes of a real queue; past it, jobs are just checked in full.
+    const MAX: usize = 256;
+
+    fn key(end: Option<Millis>) -> (bool, Millis) {
+        (end.is_none(), end.unwrap_or(Millis::MAX))
+    }
+
+    fn covers(small: (Need, (bool, Millis)), need: Need, end: (bool, Millis)) -> bool {
+        let (s, s_end) = small;
+        let gpus_too =
+            s.gpus == 0 || (s.mib.is_some() == need.mib.is_some() && s.gpus <= need.gpus && s.mib <= need.mib);
+        s_end <= end && s.cpus <= need.cpus && gpus_too
+    }
+
+    fn rules_out(&self, need: Need, end: Option<Millis>) -> bool {
+        let end = Self::key(end);
+        self.shapes.iter().any(|&s| Self::covers(s, need, end))
+    }
+
+    fn add(&mut self, need: Need, end: Option<Millis>) {
+        let new = (need, Self::key(end));
+        self.shapes.retain(|&(n, e)| !Self::covers(new, n, e));
+        if self.shapes.len() < Self::MAX {
+            self.shapes.push(new);
+        }
+    }
+}

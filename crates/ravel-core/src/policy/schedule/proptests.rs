@@ -1,0 +1,363 @@
+//! Properties of a pass over random, self-consistent snapshots.
+
+use super::fair_share::FairOrder;
+use super::schedule;
+use crate::job::{JobId, Millis};
+use crate::policy::{Decisions, GpuSlot, NodeView, PendingReason, QueuedJob, RunningJob, Snapshot, UserShare};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use std::collections::BTreeMap;
+
+const GIB: u64 = 1024;
+const NOW: Millis = 1_000_000_000;
+const MIN: u64 = 60_000;
+
+/// A running job before it is put on a node: (user, kind 0 whole / 1 memory / 2 CPU only,
+/// gpus, MiB, cpus, ends_by, array).
+type Candidate = (u32, u8, u32, u64, u32, Option<Millis>, Option<JobId>);
+
+fn arb_candidate() -> impl Strategy<Value = Candidate> {
+    let ends = prop_oneof![
+        Just(None),
+        Just(Some(NOW - 1000)),
+        Just(Some(NOW + MIN as Millis)),
+        Just(Some(NOW + 60 * MIN as Millis)),
+        Just(Some(NOW + 300 * MIN as Millis)),
+    ];
+    let mib = prop::sample::select(vec![8 * GIB, 16 * GIB, 24 * GIB, 40 * GIB]);
+    let array = prop::option::weighted(0.3, 900i64..902);
+    (0u32..4, 0u8..3, 1u32..3, mib, 1u32..5, ends, array)
+}
+
+fn arb_node(k: usize) -> impl Strategy<Value = NodeView> {
+    let gpu = (prop::sample::select(vec![40 * GIB, 80 * GIB]), prop::sample::select(vec![0, 4 * GIB, 30 * GIB]));
+    (prop::collection::vec(gpu, 0..5), 1u32..17, prop::collection::vec(arb_candidate(), 0..8), any::<[bool; 5]>())
+        .prop_map(move |(gpus, cpus_total, running, busy)| {
+            let mut n = NodeView {
+                name: format!("n{k}"),
+                gpus: gpus
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(total, foreign))| GpuSlot {
+                        index: i as u32,
+                        memory_total_mib: total,
+                        foreign_used_mib: foreign,
+                        foreign_busy: false,
+                        whole: None,
+                        shared: vec![],
+                    })
+                    .collect(),
+                cpus_total,
+                cpus_used: 0,
+                running: vec![],
+            };
+            for (r, (user, kind, gpus, mib, cpus, ends_by, array)) in running.into_iter().enumerate() {
+                let job = 10_000 + (k * 100 + r) as JobId;
+                if n.cpus_used + cpus > n.cpus_total {
+                    continue;
+                }
+                let (gpus, mib) = match kind {
+                    0 => (gpus, None),
+                    1 => (gpus, Some(mib)),
+                    _ => (0, None),
+                };
+                let picks: Vec<u32> = n
+                    .gpus
+                    .iter()
+                    .filter(|g| mib.map_or(g.is_free_whole(), |m| g.fits_mib(m)))
+                    .map(|g| g.index)
+                    .take(gpus as usize)
+                    .collect();
+                if picks.len() < gpus as usize {
+                    continue;
+                }
+                for &g in &picks {
+                    let slot = &mut n.gpus[g as usize];
+                    match mib {
+                        None => slot.whole = Some(job),
+                        Some(m) => slot.shared.push((job, m)),
+                    }
+                }
+                n.cpus_used += cpus;
+                n.running.push(RunningJob { job, user, gpus: picks, gpu_mem_mib: mib, cpus, ends_by, array });
+            }
+            // Only GPUs no Ravel job is on can be seen busy from outside.
+            for (slot, b) in n.gpus.iter_mut().zip(busy) {
+                slot.foreign_busy = b && slot.whole.is_none() && slot.shared.is_empty();
+            }
+            n
+        })
+}
+
+fn arb_queue() -> impl Strategy<Value = Vec<QueuedJob>> {
+    let mib = prop::option::weighted(0.5, prop::sample::select(vec![10 * GIB, 20 * GIB, 40 * GIB, 70 * GIB]));
+    let timeout = prop::option::weighted(0.6, prop::sample::select(vec![MIN, 30 * MIN, 120 * MIN, 600 * MIN]));
+    let array = prop::option::weighted(0.25, (900i64..902, 1u32..3));
+    let job = (-1i32..2, 0u32..4, 0u32..4, mib, 1u32..5, timeout, array, 0i64..50);
+    prop::collection::vec(job, 0..30).prop_map(|jobs| {
+        let mut q: Vec<QueuedJob> = jobs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (priority, user, gpus, gpu_mem_mib, cpus, timeout_ms, array, submitted_at))| QueuedJob {
+                id: i as JobId + 1,
+                priority,
+                submitted_at,
+                user,
+                gpus,
+                gpu_mem_mib,
+                cpus,
+                timeout_ms,
+                array,
+            })
+            .collect();
+        q.sort_by_key(|j| j.order_key());
+        q
+    })
+}
+
+fn arb_users() -> impl Strategy<Value = Vec<UserShare>> {
+    let weight = prop::sample::select(vec![1.0, 2.0, 0.5, 0.0, f64::NAN]);
+    let usage = prop::sample::select(vec![0.0, 10.0, 100.0]);
+    prop::collection::vec((weight, usage).prop_map(|(weight, usage)| UserShare { weight, usage }), 4)
+}
+
+#[derive(Debug)]
+struct World {
+    nodes: Vec<NodeView>,
+    queue: Vec<QueuedJob>,
+    users: Vec<UserShare>,
+}
+
+fn arb_world() -> impl Strategy<Value = World> {
+    let nodes = (1usize..4).prop_flat_map(|n| (0..n).map(arb_node).collect::<Vec<_>>());
+    (nodes, arb_queue(), arb_users()).prop_map(|(nodes, queue, users)| World { nodes, queue, users })
+}
+
+impl World {
+    fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot { now: NOW, nodes: &self.nodes, queue: &self.queue, users: &self.users }
+    }
+
+    fn job(&self, id: JobId) -> &QueuedJob {
+        self.queue.iter().find(|j| j.id == id).expect("a queued job")
+    }
+
+    /// The order the pass considered the queue in, replayed from its decisions.
+    fn considered(&self, d: &Decisions) -> Vec<JobId> {
+        let mut order = FairOrder::new(&self.snapshot());
+        let mut ids = vec![];
+        while let Some(qi) = order.next() {
+            let id = self.queue[qi].id;
+            if let Some(p) = d.placements.iter().find(|p| p.job == id) {
+                order.placed(p.gpus.len() as u32);
+            }
+            ids.push(id);
+        }
+        ids
+    }
+}
+
+/// Applies placements to a copy of the nodes, checking each against what was free.
+fn apply(
+    nodes: &[NodeView],
+    w: &World,
+    placements: &[&crate::policy::Placement],
+) -> Result<Vec<NodeView>, TestCaseError> {
+    let mut nodes = nodes.to_vec();
+    for p in placements {
+        let j = w.job(p.job);
+        prop_assert_eq!(p.gpus.len() as u32, j.gpus);
+        prop_assert_eq!(p.cpus, j.cpus);
+        prop_assert_eq!(p.gpu_mem_mib, if j.gpus == 0 { None } else { j.gpu_mem_mib });
+        let n = &mut nodes[p.node];
+        for (k, g) in p.gpus.iter().enumerate() {
+            prop_assert!(!p.gpus[..k].contains(g), "GPU {} given twice to job {}", g, p.job);
+            let slot = n.gpus.iter_mut().find(|s| s.index == *g).expect("GPU exists");
+            match p.gpu_mem_mib {
+                None => {
+                    prop_assert!(slot.is_free_whole(), "job {} took GPU {} whole, which was not free", p.job, g);
+                    slot.whole = Some(p.job);
+                }
+                Some(m) => {
+                    prop_assert!(slot.fits_mib(m), "job {} does not fit on GPU {}", p.job, g);
+                    slot.shared.push((p.job, m));
+                }
+            }
+        }
+        n.cpus_used += p.cpus;
+        prop_assert!(n.cpus_used <= n.cpus_total, "CPUs over-committed");
+        n.running.push(RunningJob {
+            job: p.job,
+            user: j.user,
+            gpus: p.gpus.clone(),
+            gpu_mem_mib: p.gpu_mem_mib,
+            cpus: p.cpus,
+            ends_by: j.timeout_ms.map(|t| NOW + t as Millis),
+            array: j.array.map(|(a, _)| a),
+        });
+    }
+    Ok(nodes)
+}
+
+/// Removes the jobs `gone` selects from the nodes.
+fn release(nodes: &mut [NodeView], gone: impl Fn(&RunningJob) -> bool) {
+    for n in nodes {
+        let (leaving, staying): (Vec<RunningJob>, Vec<RunningJob>) = n.running.drain(..).partition(|r| gone(r));
+        n.running = staying;
+        for r in leaving {
+            n.cpus_used -= r.cpus;
+            for slot in &mut n.gpus {
+                if slot.whole == Some(r.job) {
+                    slot.whole = None;
+                }
+                slot.shared.retain(|(j, _)| *j != r.job);
+            }
+        }
+    }
+}
+
+fn fits(n: &NodeView, j: &QueuedJob) -> bool {
+    let gpus = match (j.gpus, j.gpu_mem_mib) {
+        (0, _) => 0,
+        (_, None) => n.gpus.iter().filter(|g| g.is_free_whole()).count() as u32,
+        (_, Some(m)) => n.gpus.iter().filter(|g| g.fits_mib(m)).count() as u32,
+    };
+    n.cpus_total - n.cpus_used >= j.cpus && gpus >= j.gpus
+}
+
+fn fits_somewhere(nodes: &[NodeView], j: &QueuedJob) -> bool {
+    nodes.iter().any(|n| fits(n, j))
+}
+
+fn is_short(r: &PendingReason) -> bool {
+    matches!(r, PendingReason::Resources { .. } | PendingReason::GpuMemory { .. } | PendingReason::GpuBusy { .. })
+}
+
+fn check(w: &World) -> Result<(), TestCaseError> {
+    let d = schedule(&w.snapshot());
+
+    // (c) Determinism.
+    prop_assert_eq!(&schedule(&w.snapshot()), &d);
+
+    // (a) Nothing over-committed: each placement fits what was left, in order.
+    let all: Vec<_> = d.placements.iter().collect();
+    let after = apply(&w.nodes, w, &all)?;
+    for n in &after {
+        for g in &n.gpus {
+            let shared: u64 = g.shared.iter().map(|(_, m)| m).sum();
+            prop_assert!(g.whole.is_none() || g.shared.is_empty(), "whole and shared on GPU {}", g.index);
+            prop_assert!(g.foreign_used_mib + shared <= g.memory_total_mib, "GPU {} memory over-committed", g.index);
+        }
+    }
+
+    // (b) Every job placed or pending, exactly once, and in the order the pass considered them.
+    let mut seen: BTreeMap<JobId, u32> = BTreeMap::new();
+    for id in d.placements.iter().map(|p| p.job).chain(d.pending.iter().map(|(j, _)| *j)) {
+        *seen.entry(id).or_default() += 1;
+    }
+    prop_assert_eq!(seen.len(), w.queue.len());
+    prop_assert!(seen.values().all(|&c| c == 1));
+    let considered = w.considered(&d);
+    let pending: Vec<JobId> = d.pending.iter().map(|(j, _)| *j).collect();
+    let placed: Vec<JobId> = d.placements.iter().map(|p| p.job).collect();
+    let pos = |id: JobId| considered.iter().position(|&j| j == id).expect("considered");
+    prop_assert!(pending.windows(2).all(|p| pos(p[0]) < pos(p[1])));
+    prop_assert!(placed.windows(2).all(|p| pos(p[0]) < pos(p[1])));
+
+    // (e) Arrays never run more elements than their limit.
+    let mut running: BTreeMap<JobId, u32> = BTreeMap::new();
+    for a in w.nodes.iter().flat_map(|n| &n.running).filter_map(|r| r.array) {
+        *running.entry(a).or_default() += 1;
+    }
+    for p in &d.placements {
+        if let Some((a, limit)) = w.job(p.job).array {
+            let c = running.entry(a).or_default();
+            prop_assert!(*c < limit, "array {} over its limit", a);
+            *c += 1;
+        }
+    }
+
+    // Reasons are true. A job short of resources fits nowhere even after the pass (resources
+    // only shrink); one held back by a reservation is behind a job considered before it, of
+    // higher priority (`Priority`) or the same (`FairShare`).
+    for (id, r) in &d.pending {
+        let j = w.job(*id);
+        match r {
+            r if is_short(r) => prop_assert!(!fits_somewhere(&after, j), "job {} would fit: {}", id, r),
+            PendingReason::Priority { behind } | PendingReason::FairShare { behind } => {
+                prop_assert!(pending.contains(behind) && pos(*behind) < pos(*id));
+                let b = w.job(*behind);
+                // Had it ended before that job could start, it would have backfilled.
+                if let Some(&(_, at)) = d.estimated_start.iter().find(|(e, _)| e == behind) {
+                    prop_assert!(j.timeout_ms.is_none_or(|t| NOW + t as Millis > at), "job {} could backfill", id);
+                }
+                if matches!(r, PendingReason::Priority { .. }) {
+                    prop_assert!(b.priority > j.priority);
+                } else {
+                    prop_assert_eq!(b.priority, j.priority);
+                }
+            }
+            PendingReason::ArrayLimit { array, limit } => prop_assert_eq!(j.array, Some((*array, *limit))),
+            other => prop_assert!(false, "unexpected reason {:?}", other),
+        }
+    }
+
+    // (d) Priority, as reservations make it: nothing placed after a blocked job takes what it
+    // waits for, unless it ends before that job could start (backfill). So an estimated start is
+    // honest: once the jobs in the way end by their limits (this pass's included), the job fits,
+    // whatever else this pass placed.
+    for &(id, at) in &d.estimated_start {
+        prop_assert!(pending.contains(&id));
+        let mut then = after.clone();
+        release(&mut then, |r| r.ends_by.is_some_and(|e| e <= at));
+        prop_assert!(fits_somewhere(&then, w.job(id)), "job {} does not fit at its estimated start {}", id, at);
+    }
+    // And the first job that fit nowhere, when nothing bounds its start: once every job from
+    // before it ended, it fits beside all that this pass placed after it (none of which
+    // backfilled, having no shadow time to end before), as long as foreign use allows at all.
+    if let Some((id, _)) = d.pending.iter().find(|(_, r)| is_short(r))
+        && !d.estimated_start.iter().any(|(j, _)| j == id)
+    {
+        let j = w.job(*id);
+        let mut idle = w.nodes.clone();
+        release(&mut idle, |_| true);
+        if fits_somewhere(&idle, j) {
+            let later: Vec<_> = d.placements.iter().filter(|p| pos(p.job) > pos(*id)).collect();
+            let then = apply(&idle, w, &later)?;
+            prop_assert!(fits_somewhere(&then, j), "jobs placed after {} took what it waits for", id);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn passes_are_safe_complete_deterministic_and_honest(w in arb_world()) {
+        check(&w)?;
+    }
+
+    #[test]
+    fn one_user_is_queue_order(mut w in arb_world()) {
+        for j in &mut w.queue {
+            j.user = 0;
+        }
+        let d = schedule(&w.snapshot());
+        let ids: Vec<JobId> = w.queue.iter().map(|j| j.id).collect();
+        prop_assert_eq!(w.considered(&d), ids);
+    }
+
+    #[test]
+    fn a_lone_job_that_fits_is_placed(mut w in arb_world()) {
+        w.queue.truncate(1);
+        if let Some(j) = w.queue.first_mut() {
+            // An array may already run its limit; that is not this property's business.
+            j.array = None;
+        }
+        let d = schedule(&w.snapshot());
+        if let Some(j) = w.queue.first() {
+            prop_assert_eq!(d.placements.len() == 1, fits_somewhere(&w.nodes, j));
+        }
+    }
+}

@@ -1,0 +1,390 @@
+use super::schedule;
+use crate::job::{JobId, Millis};
+use crate::policy::{Decisions, GpuSlot, NodeView, PendingReason, QueuedJob, RunningJob, Snapshot, UserShare};
+
+const GIB: u64 = 1024;
+const NOW: Millis = 1_000_000;
+const MIN: u64 = 60_000;
+const HOUR: Millis = 3_600_000;
+
+fn node(gpus: u32, cpus: u32) -> NodeView {
+    NodeView {
+        name: "n".into(),
+        gpus: (0..gpus)
+            .map(|index| GpuSlot {
+                index,
+                memory_total_mib: 80 * GIB,
+                foreign_used_mib: 0,
+                foreign_busy: false,
+                whole: None,
+                shared: vec![],
+            })
+            .collect(),
+        cpus_total: cpus,
+        cpus_used: 0,
+        running: vec![],
+    }
+}
+
+/// Puts a running job on `n`, keeping the GPU slots and CPU count consistent with it.
+fn run_on(n: &mut NodeView, job: JobId, user: u32, gpus: &[u32], mib: Option<u64>, ends_by: Option<Millis>) {
+    for &g in gpus {
+        let slot = &mut n.gpus[g as usize];
+        match mib {
+            None => slot.whole = Some(job),
+            Some(m) => slot.shared.push((job, m)),
+        }
+    }
+    n.cpus_used += 1;
+    n.running.push(RunningJob { job, user, gpus: gpus.to_vec(), gpu_mem_mib: mib, cpus: 1, ends_by, array: None });
+}
+
+fn job(id: JobId, gpus: u32, cpus: u32) -> QueuedJob {
+    QueuedJob {
+        id,
+        priority: 0,
+        submitted_at: id,
+        user: 0,
+        gpus,
+        gpu_mem_mib: None,
+        cpus,
+        timeout_ms: None,
+        array: None,
+    }
+}
+
+fn mem(id: JobId, gpus: u32, mib: u64) -> QueuedJob {
+    QueuedJob { gpu_mem_mib: Some(mib), ..job(id, gpus, 1) }
+}
+
+fn users(n: usize) -> Vec<UserShare> {
+    vec![UserShare { weight: 1.0, usage: 0.0 }; n]
+}
+
+fn run_users(nodes: &[NodeView], mut queue: Vec<QueuedJob>, users: &[UserShare]) -> Decisions {
+    queue.sort_by_key(|j| j.order_key());
+    schedule(&Snapshot { now: NOW, nodes, queue: &queue, users })
+}
+
+fn run(nodes: &[NodeView], queue: Vec<QueuedJob>) -> Decisions {
+    run_users(nodes, queue, &users(4))
+}
+
+fn placed(d: &Decisions) -> Vec<JobId> {
+    d.placements.iter().map(|p| p.job).collect()
+}
+
+fn gpus_of(d: &Decisions, id: JobId) -> Vec<u32> {
+    d.placements.iter().find(|p| p.job == id).map(|p| p.gpus.clone()).expect("placed")
+}
+
+fn reason(d: &Decisions, id: JobId) -> &PendingReason {
+    &d.pending.iter().find(|(j, _)| *j == id).expect("pending").1
+}
+
+#[test]
+fn whole_jobs_take_distinct_lowest_free_gpus() {
+    let mut n = node(4, 8);
+    run_on(&mut n, 99, 0, &[0], None, None);
+    let d = run(&[n], vec![job(1, 2, 1), job(2, 1, 1), job(3, 1, 1)]);
+    assert_eq!(gpus_of(&d, 1), vec![1, 2]);
+    assert_eq!(gpus_of(&d, 2), vec![3]);
+    assert_eq!(
+        d.pending,
+        vec![(3, PendingReason::Resources { need_gpus: 1, free_gpus: 0, need_cpus: 1, free_cpus: 5 })]
+    );
+}
+
+#[test]
+fn memory_jobs_pack_onto_one_gpu_while_their_reservations_fit() {
+    // 80 GiB, 10 GiB used outside Ravel: three 20 GiB jobs fit on GPU 0, the fourth goes on.
+    let mut n = node(2, 8);
+    n.gpus[0].foreign_used_mib = 10 * GIB;
+    let d = run(&[n], (1..=4).map(|i| mem(i, 1, 20 * GIB)).collect());
+    let on: Vec<Vec<u32>> = (1..=4).map(|i| gpus_of(&d, i)).collect();
+    assert_eq!(on, vec![vec![0], vec![0], vec![0], vec![1]]);
+    assert_eq!(d.placements[0].gpu_mem_mib, Some(20 * GIB));
+}
+
+#[test]
+fn best_fit_prefers_the_fuller_gpu() {
+    let mut n = node(3, 8);
+    run_on(&mut n, 90, 0, &[2], Some(40 * GIB), None);
+    run_on(&mut n, 91, 0, &[1], Some(20 * GIB), None);
+    // GPU 2 has 40 GiB free, GPU 1 60 GiB, GPU 0 is whole: 30 GiB fits best on GPU 2, and a
+    // two-GPU 30 GiB job takes GPUs 1 and 0, leaving nothing whole.
+    let d = run(&[n], vec![mem(1, 1, 30 * GIB), mem(2, 2, 30 * GIB), job(3, 1, 1)]);
+    assert_eq!(gpus_of(&d, 1), vec![2]);
+    assert_eq!(gpus_of(&d, 2), vec![0, 1]);
+    assert_eq!(reason(&d, 3).to_string(), "Resources: needs 1 GPU, 0 free");
+}
+
+#[test]
+fn whole_and_shared_jobs_never_share_a_gpu() {
+    let mut n = node(2, 8);
+    run_on(&mut n, 90, 0, &[0], Some(10 * GIB), None);
+    let d = run(&[n], vec![job(1, 1, 1), mem(2, 1, 10 * GIB), job(3, 1, 1)]);
+    assert_eq!(gpus_of(&d, 1), vec![1], "GPU 0 is shared");
+    assert_eq!(gpus_of(&d, 2), vec![0], "GPU 1 is taken whole");
+    assert!(reason(&d, 3).to_string().starts_with("Resources: needs 1 GPU, 0 free"));
+}
+
+#[test]
+fn foreign_busy_gpus_are_not_used() {
+    let mut n = node(2, 8);
+    n.gpus[0].foreign_busy = true;
+    let d = run(std::slice::from_ref(&n), vec![job(1, 1, 1), mem(2, 1, GIB)]);
+    assert_eq!(gpus_of(&d, 1), vec![1]);
+    assert_eq!(reason(&d, 2).to_string(), "Resources: needs 1024 MiB on 1 GPU, 0 GPUs with room");
+    let d = run(&[n], vec![job(1, 2, 1)]);
+    assert_eq!(reason(&d, 1).to_string(), "GPU 0 busy (needs 2 GPUs, 1 free)");
+}
+
+#[test]
+fn higher_priority_goes_first() {
+    let d = run(&[node(1, 8)], vec![job(1, 1, 1), QueuedJob { priority: 5, ..job(2, 1, 1) }]);
+    assert_eq!(placed(&d), vec![2]);
+    assert_eq!(reason(&d, 1).to_string(), "Resources: needs 1 GPU, 0 free");
+}
+
+#[test]
+fn fair_share_prefers_the_user_holding_fewer_gpus() {
+    // User 0 holds 4 GPUs and queued 100 jobs first; user 1 queued one job last.
+    let mut n = node(5, 64);
+    for g in 0..4 {
+        run_on(&mut n, 900 + g as JobId, 0, &[g], None, None);
+    }
+    let mut q: Vec<QueuedJob> = (1..=100).map(|i| job(i, 1, 1)).collect();
+    q.push(QueuedJob { user: 1, ..job(101, 1, 1) });
+    let d = run(&[n], q);
+    assert_eq!(placed(&d), vec![101]);
+    assert_eq!(d.pending[0].0, 1, "user 0's jobs follow in queue order");
+    assert_eq!(d.pending.len(), 100);
+}
+
+#[test]
+fn equal_standing_keeps_queue_order() {
+    for (first, second) in [(0, 1), (1, 0)] {
+        let q = vec![QueuedJob { user: first, ..job(1, 1, 1) }, QueuedJob { user: second, ..job(2, 1, 1) }];
+        let d = run(&[node(1, 8)], q);
+        assert_eq!(placed(&d), vec![1]);
+    }
+}
+
+#[test]
+fn fair_share_interleaves_users_and_then_uses_decayed_usage() {
+    let q: Vec<QueuedJob> =
+        (1..=3).map(|i| job(i, 1, 1)).chain((4..=6).map(|i| QueuedJob { user: 1, ..job(i, 1, 1) })).collect();
+    let d = run(&[node(4, 8)], q.clone());
+    assert_eq!(placed(&d), vec![1, 4, 2, 5]);
+    // Same GPUs held: the user with less recent usage goes first.
+    let shares = [UserShare { weight: 1.0, usage: 100.0 }, UserShare { weight: 1.0, usage: 10.0 }];
+    let d = run_users(&[node(4, 8)], q, &shares);
+    assert_eq!(placed(&d), vec![4, 1, 5, 2]);
+}
+
+#[test]
+fn weights_scale_the_share() {
+    let mut n = node(4, 8);
+    run_on(&mut n, 900, 0, &[0], None, None);
+    run_on(&mut n, 901, 0, &[1], None, None);
+    run_on(&mut n, 902, 1, &[2], None, None);
+    // User 1 queued first, but user 0 holds 2 GPUs at weight 3 (0.67) against 1 at weight 1.
+    let q = vec![QueuedJob { user: 1, ..job(1, 1, 1) }, QueuedJob { user: 0, ..job(2, 1, 1) }];
+    let shares = [UserShare { weight: 3.0, usage: 0.0 }, UserShare { weight: 1.0, usage: 0.0 }];
+    assert_eq!(placed(&run_users(std::slice::from_ref(&n), q.clone(), &shares)), vec![2]);
+    // A weight of 0 or NaN counts as 1: 2 GPUs against 1.
+    for w in [0.0, -1.0, f64::NAN] {
+        let shares = [UserShare { weight: w, usage: 0.0 }, UserShare { weight: 1.0, usage: 0.0 }];
+        assert_eq!(placed(&run_users(std::slice::from_ref(&n), q.clone(), &shares)), vec![1]);
+    }
+}
+
+#[test]
+fn priority_levels_come_before_fair_share() {
+    let mut n = node(2, 8);
+    run_on(&mut n, 900, 0, &[0], None, None);
+    let q = vec![QueuedJob { user: 1, ..job(1, 1, 1) }, QueuedJob { user: 0, priority: 1, ..job(2, 1, 1) }];
+    assert_eq!(placed(&run(&[n], q)), vec![2]);
+}
+
+#[test]
+fn array_limit_caps_running_elements_without_reserving() {
+    let mut n = node(0, 8);
+    n.running.push(RunningJob {
+        job: 900,
+        user: 0,
+        gpus: vec![],
+        gpu_mem_mib: None,
+        cpus: 1,
+        ends_by: None,
+        array: Some(7),
+    });
+    n.cpus_used = 1;
+    let element = |id| QueuedJob { array: Some((7, 2)), ..job(id, 0, 1) };
+    let d = run(&[n], vec![element(1), element(2), element(3), job(4, 0, 6)]);
+    assert_eq!(placed(&d), vec![1, 4], "the limited elements hold nothing back");
+    assert_eq!(reason(&d, 2), &PendingReason::ArrayLimit { array: 7, limit: 2 });
+    assert_eq!(reason(&d, 3).to_string(), "Array limit: 2 of array 7 running");
+}
+
+#[test]
+fn a_blocked_head_is_not_starved_by_small_jobs_behind_it() {
+    let mut n = node(4, 8);
+    run_on(&mut n, 900, 0, &[0], None, None);
+    run_on(&mut n, 901, 0, &[1], None, None);
+    let d = run(std::slice::from_ref(&n), vec![job(1, 3, 1), job(2, 1, 1)]);
+    assert!(d.placements.is_empty());
+    assert_eq!(reason(&d, 1).to_string(), "Resources: needs 3 GPUs, 2 free");
+    assert_eq!(reason(&d, 2), &PendingReason::FairShare { behind: 1 });
+    assert!(d.estimated_start.is_empty(), "jobs in its way have no time limit");
+    let d = run(&[n], vec![QueuedJob { priority: 1, ..job(1, 3, 1) }, job(2, 1, 1)]);
+    assert_eq!(reason(&d, 2).to_string(), "Priority: resources held for job 1");
+}
+
+#[test]
+fn only_the_first_blocked_job_reserves() {
+    // The head waits for GPUs and holds one CPU; the next GPU job holds nothing, so CPU-only work
+    // behind them runs on all the other CPUs.
+    let mut n = node(1, 8);
+    run_on(&mut n, 900, 0, &[0], None, None);
+    let mut q: Vec<QueuedJob> = (1..=20).map(|i| job(i, 1, 1)).collect();
+    q.extend((21..=30).map(|i| job(i, 0, 1)));
+    let d = run(&[n], q);
+    assert_eq!(placed(&d), (21..=26).collect::<Vec<_>>(), "7 free CPUs, one held for the head");
+    assert_eq!(reason(&d, 2).to_string(), "Resources: needs 1 GPU, 0 free");
+    assert_eq!(reason(&d, 27), &PendingReason::FairShare { behind: 1 });
+    let positions: Vec<JobId> = d.pending.iter().map(|(j, _)| *j).collect();
+    assert_eq!(positions[..3], [1, 2, 3]);
+}
+
+#[test]
+fn a_job_no_node_could_ever_hold_reserves_nothing() {
+    let d = run(&[node(2, 8)], vec![job(1, 4, 1), job(2, 1, 1)]);
+    assert_eq!(placed(&d), vec![2]);
+    assert_eq!(reason(&d, 1).to_string(), "Resources: needs 4 GPUs, 2 free");
+}
+
+/// Four GPUs: 0 and 1 free, 2 held until +1 h, 3 held by `unlimited_3` (no limit) or until +2 h.
+fn backfill_node(unlimited_3: bool) -> NodeView {
+    let mut n = node(4, 16);
+    run_on(&mut n, 900, 0, &[2], None, Some(NOW + HOUR));
+    run_on(&mut n, 901, 0, &[3], None, if unlimited_3 { None } else { Some(NOW + 2 * HOUR) });
+    n
+}
+
+#[test]
+fn backfill_uses_held_gpus_when_it_ends_before_the_shadow_time() {
+    let short = QueuedJob { timeout_ms: Some(30 * MIN), ..job(2, 1, 1) };
+    let long = QueuedJob { timeout_ms: Some(90 * MIN), ..job(3, 1, 1) };
+    let d = run(&[backfill_node(false)], vec![job(1, 3, 1), short, long, job(4, 1, 1)]);
+    // The head needs GPU 2 as well: it can start at +1 h at the latest.
+    assert_eq!(d.estimated_start, vec![(1, NOW + HOUR)]);
+    assert_eq!(placed(&d), vec![2]);
+    assert_eq!(gpus_of(&d, 2), vec![0]);
+    assert_eq!(reason(&d, 3), &PendingReason::FairShare { behind: 1 });
+    assert_eq!(reason(&d, 4), &PendingReason::FairShare { behind: 1 });
+}
+
+#[test]
+fn backfill_ignores_unlimited_jobs_the_head_does_not_wait_for() {
+    // GPU 3's job has no limit, but three GPUs are free once GPU 2's ends.
+    let short = QueuedJob { timeout_ms: Some(30 * MIN), ..job(2, 1, 1) };
+    let d = run(&[backfill_node(true)], vec![job(1, 3, 1), short]);
+    assert_eq!(d.estimated_start, vec![(1, NOW + HOUR)]);
+    assert_eq!(placed(&d), vec![2]);
+}
+
+#[test]
+fn no_backfill_when_the_head_waits_for_an_unlimited_job() {
+    let short = QueuedJob { timeout_ms: Some(MIN), ..job(2, 1, 1) };
+    let d = run(&[backfill_node(true)], vec![job(1, 4, 1), short.clone()]);
+    assert!(d.estimated_start.is_empty());
+    assert!(d.placements.is_empty());
+    assert_eq!(reason(&d, 2), &PendingReason::FairShare { behind: 1 });
+    // With a limit on GPU 3's job, the head starts at +2 h and the short job fits before.
+    let d = run(&[backfill_node(false)], vec![job(1, 4, 1), short]);
+    assert_eq!(d.estimated_start, vec![(1, NOW + 2 * HOUR)]);
+    assert_eq!(placed(&d), vec![2]);
+}
+
+#[test]
+fn the_shadow_time_counts_jobs_placed_in_the_same_pass() {
+    let first = QueuedJob { timeout_ms: Some(60 * MIN), ..job(1, 1, 1) };
+    let d = run(&[node(2, 8)], vec![first, job(2, 2, 1)]);
+    assert_eq!(placed(&d), vec![1]);
+    assert_eq!(d.estimated_start, vec![(2, NOW + HOUR)]);
+}
+
+#[test]
+fn a_memory_reservation_holds_memory_that_frees_later() {
+    // 30 GiB free now; the head needs 60 GiB, which the 50 GiB job frees at +1 h.
+    let mut n = node(1, 8);
+    run_on(&mut n, 900, 0, &[0], Some(50 * GIB), Some(NOW + HOUR));
+    let short = QueuedJob { timeout_ms: Some(10 * MIN), ..mem(3, 1, 20 * GIB) };
+    let d = run(&[n], vec![mem(1, 1, 60 * GIB), mem(2, 1, 20 * GIB), short]);
+    assert_eq!(reason(&d, 1).to_string(), "Resources: needs 61440 MiB on 1 GPU, 0 GPUs with room");
+    assert_eq!(reason(&d, 2), &PendingReason::FairShare { behind: 1 });
+    assert_eq!(placed(&d), vec![3], "the short one backfills");
+    assert_eq!(d.estimated_start, vec![(1, NOW + HOUR)]);
+}
+
+#[test]
+fn a_whole_gpu_reservation_keeps_shared_jobs_off_it() {
+    let mut n = node(2, 8);
+    run_on(&mut n, 900, 0, &[1], None, None);
+    let d = run(&[n], vec![job(1, 2, 1), mem(2, 1, GIB)]);
+    assert!(d.placements.is_empty());
+    assert_eq!(reason(&d, 2), &PendingReason::FairShare { behind: 1 });
+}
+
+#[test]
+fn shared_memory_beyond_the_reservation_stays_usable() {
+    // The head needs two 30 GiB shares and holds 30 GiB of GPU 0; 50 GiB there remain for others.
+    let mut n = node(2, 8);
+    run_on(&mut n, 900, 0, &[1], None, None);
+    let d = run(&[n], vec![mem(1, 2, 30 * GIB), mem(2, 1, 50 * GIB), mem(3, 1, 10 * GIB)]);
+    assert_eq!(placed(&d), vec![2]);
+    assert_eq!(reason(&d, 3), &PendingReason::FairShare { behind: 1 });
+}
+
+#[test]
+fn cpu_only_jobs_ignore_a_memory_request_and_nodes_may_be_missing() {
+    let d = run(&[node(0, 2)], vec![QueuedJob { gpu_mem_mib: Some(GIB), ..job(1, 0, 2) }]);
+    assert_eq!(d.placements[0].gpu_mem_mib, None);
+    assert_eq!(d.placements[0].gpus, Vec::<u32>::new());
+    let d = run(&[], vec![job(1, 0, 2)]);
+    assert_eq!(reason(&d, 1).to_string(), "Resources: needs 2 CPUs, 0 free");
+}
+
+#[test]
+fn jobs_go_to_the_first_node_where_they_fit() {
+    let mut a = node(1, 8);
+    run_on(&mut a, 900, 0, &[0], None, None);
+    let d = run(&[a, node(2, 8)], vec![job(1, 1, 1), job(2, 0, 1)]);
+    assert_eq!((d.placements[0].node, d.placements[1].node), (1, 0));
+}
+
+#[test]
+fn a_backfill_takes_held_resources_first() {
+    // The head is short of CPUs only; its 50 GiB are held on GPU 2 (best fit). The backfill goes
+    // there too, so GPUs 0 and 1 stay for jobs that cannot backfill.
+    let mut n = node(3, 4);
+    n.gpus[2].foreign_used_mib = 20 * GIB;
+    n.running.push(RunningJob {
+        job: 900,
+        user: 0,
+        gpus: vec![],
+        gpu_mem_mib: None,
+        cpus: 3,
+        ends_by: Some(NOW + HOUR),
+        array: None,
+    });
+    n.cpus_used = 3;
+    let head = QueuedJob { cpus: 2, ..mem(1, 1, 50 * GIB) };
+    let short = QueuedJob { timeout_ms: Some(30 * MIN), ..job(2, 1, 1) };
+    let d = run(&[n], vec![head, short]);
+    assert_eq!(reason(&d, 1).to_string(), "Resources: needs 2 CPUs, 1 free");
+    assert_eq!(d.estimated_start, vec![(1, NOW + HOUR)]);
+    assert_eq!(gpus_of(&d, 2), vec![2]);
+}
