@@ -54,6 +54,9 @@ pub async fn probe_now(ctl: &Controller) {
     st.released_since_probe = false;
     match result {
         Ok(gpus) => {
+            if st.inventory != gpus {
+                st.generation += 1;
+            }
             st.inventory = gpus;
             st.foreign_used_mib = foreign.unwrap_or_default();
             st.probe_error = None;
@@ -82,22 +85,28 @@ async fn pass(ctl: &Arc<Controller>) {
     if stale {
         probe_now(ctl).await;
     }
-    let now = now_ms();
-    let placed: Vec<(Placement, QueuedJob)> = {
-        let mut guard = ctl.lock();
-        let st = &mut *guard;
-        if !st.accepting || st.queue.is_empty() {
-            return;
-        }
-        st.users.decay(now, ctl.half_life_ms());
-        let node = st.node_view(&ctl.cfg.node_name, &ctl.cfg.thresholds);
-        let queue: Vec<QueuedJob> = st.queue.values().cloned().collect();
-        let snap = Snapshot { now, nodes: std::slice::from_ref(&node), queue: &queue, users: &st.users.shares };
+    // The policy runs without the lock, on a copy, so submits and queries are not held up by a
+    // long queue; its placements are applied only if nothing held changed meanwhile (a new
+    // submit changes nothing held: it is simply considered by the next pass).
+    let placed: Vec<(Placement, QueuedJob)> = loop {
+        let now = now_ms();
+        let (node, queue, users, generation) = {
+            let mut st = ctl.lock();
+            if !st.accepting || st.queue.is_empty() {
+                return;
+            }
+            st.users.decay(now, ctl.half_life_ms());
+            let node = st.node_view(&ctl.cfg.node_name, &ctl.cfg.thresholds);
+            let queue: Vec<QueuedJob> = st.queue.values().cloned().collect();
+            (node, queue, st.users.shares.clone(), st.generation)
+        };
+        let snap = Snapshot { now, nodes: std::slice::from_ref(&node), queue: &queue, users: &users };
         let d = ravel_core::policy::schedule(&snap);
-        st.reasons.clear();
-        for (i, (id, reason)) in d.pending.into_iter().enumerate() {
-            st.reasons.insert(id, (reason, i as u32 + 1));
+        let mut st = ctl.lock();
+        if st.generation != generation {
+            continue;
         }
+        st.set_pending(d.pending);
         st.estimates = d.estimated_start.into_iter().collect();
         let mut placed = Vec::with_capacity(d.placements.len());
         for p in d.placements {
@@ -120,7 +129,7 @@ async fn pass(ctl: &Arc<Controller>) {
             );
             placed.push((p, q));
         }
-        placed
+        break placed;
     };
     for (p, q) in placed {
         tokio::spawn(start_attempt(ctl.clone(), p, q));

@@ -98,8 +98,13 @@ pub struct State {
     pub timers: BTreeSet<(Millis, JobId)>,
     /// Dependency → parked jobs that wait for it.
     pub waiting_on: HashMap<JobId, Vec<JobId>>,
-    /// Reasons and positions from the last pass.
-    pub reasons: HashMap<JobId, (PendingReason, u32)>,
+    /// Reasons from the last pass, in the order it considered the jobs (position = index + 1).
+    /// Indexed lazily: passes are frequent, questions about one job rare.
+    pub pending_list: Vec<(JobId, PendingReason)>,
+    pending_index: std::sync::OnceLock<HashMap<JobId, u32>>,
+    /// Bumped whenever what is held changes (placements, releases, inventory): a pass computed
+    /// without the lock is applied only if nothing changed meanwhile.
+    pub generation: u64,
     pub estimates: HashMap<JobId, Millis>,
     pub active: HashMap<JobId, Active>,
     pub cpus_total: u32,
@@ -124,7 +129,9 @@ impl State {
             parked: HashMap::new(),
             timers: BTreeSet::new(),
             waiting_on: HashMap::new(),
-            reasons: HashMap::new(),
+            pending_list: Vec::new(),
+            pending_index: std::sync::OnceLock::new(),
+            generation: 0,
             estimates: HashMap::new(),
             active: HashMap::new(),
             cpus_total,
@@ -141,13 +148,11 @@ impl State {
     pub fn enqueue(&mut self, job: QueuedJob) {
         let key = job.order_key();
         self.queued_keys.insert(job.id, key);
-        self.reasons.insert(job.id, (PendingReason::NotYetScheduled, 0));
         self.queue.insert(key, job);
     }
 
     /// Takes a job out of the eligible queue.
     pub fn dequeue(&mut self, id: JobId) -> Option<QueuedJob> {
-        self.reasons.remove(&id);
         self.estimates.remove(&id);
         let key = self.queued_keys.remove(&id)?;
         self.queue.remove(&key)
@@ -188,11 +193,13 @@ impl State {
 
     /// Marks resources as held by `id` (a placement, or an attempt re-adopted at start).
     pub fn hold(&mut self, id: JobId, active: Active) {
+        self.generation += 1;
         self.active.insert(id, active);
     }
 
     pub fn release(&mut self, id: JobId) -> Option<Active> {
         let a = self.active.remove(&id)?;
+        self.generation += 1;
         if !a.gpus.is_empty() {
             self.released_since_probe = true;
         }
@@ -288,7 +295,23 @@ impl State {
         if let Some(p) = self.parked.get(&id) {
             return Some((p.reason.clone(), None));
         }
-        self.reasons.get(&id).map(|(r, pos)| (r.clone(), (*pos > 0).then_some(*pos)))
+        if !self.queued_keys.contains_key(&id) {
+            return None;
+        }
+        let index = self
+            .pending_index
+            .get_or_init(|| self.pending_list.iter().enumerate().map(|(i, (id, _))| (*id, i as u32)).collect());
+        Some(match index.get(&id) {
+            Some(i) => (self.pending_list[*i as usize].1.clone(), Some(i + 1)),
+            // Submitted after the last pass.
+            None => (PendingReason::NotYetScheduled, None),
+        })
+    }
+
+    /// Records a pass's reasons.
+    pub fn set_pending(&mut self, list: Vec<(JobId, PendingReason)>) {
+        self.pending_list = list;
+        self.pending_index = std::sync::OnceLock::new();
     }
 }
 

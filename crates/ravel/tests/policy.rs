@@ -128,7 +128,11 @@ fn hold_release_priority_and_begin_times() {
     d.wait_state(blocker, "running");
     let low = d.submit(&["--gpus", "1", "--", "true"]);
     let high = d.submit(&["--gpus", "1", "--", "true"]);
+    d.wait_for(high, Duration::from_secs(5), |v| v["position"] == 2);
     d.ok(&["priority", &high.to_string(), "10"]);
+    let v = d.wait_for(high, Duration::from_secs(5), |v| v["position"] == 1 || v["state"] != "queued");
+    assert!(v["position"] == 1 || v["state"] != "queued", "{v}");
+    assert!(d.ok(&["queue"]).contains("#1 "), "positions show in the queue");
     d.wait_state(low, "succeeded");
     assert!(d.show(high)["started_at"].as_i64() < d.show(low)["started_at"].as_i64(), "priority change ignored");
     // Holding or repricing a finished job is refused with the reason.
@@ -146,6 +150,12 @@ fn hold_release_priority_and_begin_times() {
     assert_eq!(v["state"], "queued");
     let v = d.wait_state(later, "succeeded");
     assert!(v["started_at"].as_i64().unwrap() >= t0 + 1000, "started before its begin time");
+    let (code, err) = d.fails(&["run", "--retries", "-1", "--", "true"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--retries"), "{err}");
+    let (code, err) = d.fails(&["run", "--timeout", "soon", "--", "true"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad duration"), "{err}");
     let (code, err) = d.fails(&["run", "--begin", "tomorrow", "--", "true"]);
     assert_eq!(code, 2);
     assert!(err.contains("--begin"), "{err}");

@@ -95,4 +95,39 @@ mod tests {
         assert_eq!(eligibility(&spec(vec![], vec![]), false, Some(10), 5, states), Eligibility::NotBefore(10));
         assert_eq!(eligibility(&spec(vec![], vec![]), false, Some(10), 10, states), Eligibility::Ready);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn ready_only_when_dependencies_allow(
+            after in proptest::collection::vec(0usize..6, 0..4),
+            after_any in proptest::collection::vec(0usize..6, 0..4),
+            held: bool,
+            not_before in proptest::option::of(0i64..20),
+            now in 0i64..20,
+        ) {
+            // Six jobs in fixed states: succeeded, failed, canceled, lost, pending, missing.
+            let state = |d: JobId| match d {
+                0 => DepState::Ended(JobState::Succeeded),
+                1 => DepState::Ended(JobState::Failed),
+                2 => DepState::Ended(JobState::Canceled),
+                3 => DepState::Ended(JobState::Lost),
+                4 => DepState::Pending,
+                _ => DepState::Missing,
+            };
+            let s = spec(after.iter().map(|d| *d as JobId).collect(), after_any.iter().map(|d| *d as JobId).collect());
+            let e = eligibility(&s, held, not_before, now, state);
+            let afters_ok = s.after.iter().all(|d| state(*d) == DepState::Ended(JobState::Succeeded));
+            let anys_ended = s.after_any.iter().all(|d| state(*d) != DepState::Pending);
+            if e == Eligibility::Ready {
+                proptest::prop_assert!(afters_ok && anys_ended && !held && not_before.is_none_or(|t| t <= now));
+            }
+            if let Eligibility::DependencyFailed { job, .. } = e {
+                proptest::prop_assert!(s.after.contains(&job));
+                proptest::prop_assert!(!matches!(state(job), DepState::Pending | DepState::Ended(JobState::Succeeded)));
+            }
+            if afters_ok && anys_ended && !held && not_before.is_none_or(|t| t <= now) {
+                proptest::prop_assert_eq!(e, Eligibility::Ready);
+            }
+        }
+    }
 }
