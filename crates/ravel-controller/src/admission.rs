@@ -2,8 +2,8 @@
 //! dependencies. The decision is `ravel_core::policy::eligibility`; this module gathers what it
 //! needs (dependency states) and applies it to the store and the in-memory state.
 
-use crate::state::{Parked, queued_job};
-use crate::{Controller, now_ms};
+use crate::state::{Active, Parked, queued_job};
+use crate::{Controller, now_ms, scheduler};
 use ravel_core::policy::{DepState, Eligibility, PendingReason, eligibility};
 use ravel_core::{Job, JobId, JobSpec, JobState};
 use ravel_store::{CancelEffect, StoreError};
@@ -76,6 +76,16 @@ pub fn evaluate(ctl: Arc<Controller>, mut p: Parked, blocked_in_store: bool) -> 
             Eligibility::Ready => {
                 let mut st = ctl.lock();
                 st.unpark(id);
+                // Fast path: what the last pass left over may take it at once, exactly when a
+                // full pass would; otherwise it waits for the next pass.
+                if st.accepting
+                    && let Some(placement) = st.place_fast(&p.job)
+                {
+                    st.hold(id, Active::placed(&placement, &p.job, now_ms()));
+                    drop(st);
+                    tokio::spawn(scheduler::start_attempt(ctl.clone(), placement, p.job));
+                    return;
+                }
                 st.enqueue(p.job);
                 drop(st);
                 ctl.wake.notify_one();

@@ -54,11 +54,13 @@ pub async fn probe_now(ctl: &Controller) {
     st.released_since_probe = false;
     match result {
         Ok(gpus) => {
-            if st.inventory != gpus {
+            let foreign = foreign.unwrap_or_default();
+            if st.inventory != gpus || st.foreign_used_mib != foreign {
                 st.generation += 1;
+                st.leftover = None;
             }
             st.inventory = gpus;
-            st.foreign_used_mib = foreign.unwrap_or_default();
+            st.foreign_used_mib = foreign;
             st.probe_error = None;
         }
         Err(e) => {
@@ -111,24 +113,11 @@ async fn pass(ctl: &Arc<Controller>) {
         let mut placed = Vec::with_capacity(d.placements.len());
         for p in d.placements {
             let Some(q) = st.dequeue(p.job) else { continue };
-            st.hold(
-                p.job,
-                Active {
-                    attempt: 0,
-                    gpus: p.gpus.clone(),
-                    gpu_mem_mib: p.gpu_mem_mib,
-                    cpus: p.cpus,
-                    run_dir: PathBuf::new(),
-                    supervisor: None,
-                    cancel_requested: false,
-                    user: q.user,
-                    ends_by: q.timeout_ms.map(|t| now + t as i64),
-                    array: q.array.map(|(a, _)| a),
-                    started_at: now,
-                },
-            );
+            st.hold(p.job, Active::placed(&p, &q, now));
             placed.push((p, q));
         }
+        // Set after the placements: the leftover already accounts for them.
+        st.leftover = Some(d.leftover);
         break placed;
     };
     for (p, q) in placed {
@@ -137,7 +126,7 @@ async fn pass(ctl: &Arc<Controller>) {
 }
 
 /// Records the placement (queued → allocated), launches the supervisor, records it running.
-async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJob) {
+pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJob) {
     let id = p.job;
     let template = ctl.cfg.runs_dir().join(id.to_string()).join("{attempt}");
     let new = NewAttempt {

@@ -4,7 +4,9 @@
 //! jobs are not kept here: memory grows with the active queue only.
 
 use ravel_core::Millis;
-use ravel_core::policy::{GpuSlot, NodeView, PendingReason, QueueKey, QueuedJob, RunningJob, UserId, UserShare};
+use ravel_core::policy::{
+    GpuSlot, Leftover, NodeView, PendingReason, Placement, QueueKey, QueuedJob, RunningJob, UserId, UserShare,
+};
 use ravel_core::{Job, JobId};
 use ravel_gpu::{GpuInfo, Thresholds};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -27,6 +29,25 @@ pub struct Active {
     pub ends_by: Option<Millis>,
     pub array: Option<JobId>,
     pub started_at: Millis,
+}
+
+impl Active {
+    /// What a job holds once placed, before its attempt is recorded.
+    pub fn placed(p: &Placement, q: &QueuedJob, now: Millis) -> Active {
+        Active {
+            attempt: 0,
+            gpus: p.gpus.clone(),
+            gpu_mem_mib: p.gpu_mem_mib,
+            cpus: p.cpus,
+            run_dir: PathBuf::new(),
+            supervisor: None,
+            cancel_requested: false,
+            user: q.user,
+            ends_by: q.timeout_ms.map(|t| now + t as i64),
+            array: q.array.map(|(a, _)| a),
+            started_at: now,
+        }
+    }
 }
 
 /// A queued or blocked job that is not eligible yet, and what it waits for.
@@ -105,6 +126,10 @@ pub struct State {
     /// Bumped whenever what is held changes (placements, releases, inventory): a pass computed
     /// without the lock is applied only if nothing changed meanwhile.
     pub generation: u64,
+    /// What the last pass left neither placed nor reserved, for placing a newly eligible job at
+    /// once (`policy::place_fast`). Gone when anything else changes: a job ends, a job enters
+    /// the queue without being placed, the inventory changes.
+    pub leftover: Option<Leftover>,
     pub estimates: HashMap<JobId, Millis>,
     pub active: HashMap<JobId, Active>,
     pub cpus_total: u32,
@@ -132,6 +157,7 @@ impl State {
             pending_list: Vec::new(),
             pending_index: std::sync::OnceLock::new(),
             generation: 0,
+            leftover: None,
             estimates: HashMap::new(),
             active: HashMap::new(),
             cpus_total,
@@ -149,6 +175,8 @@ impl State {
         let key = job.order_key();
         self.queued_keys.insert(job.id, key);
         self.queue.insert(key, job);
+        // The next pass may give it what the last one left over.
+        self.leftover = None;
     }
 
     /// Takes a job out of the eligible queue.
@@ -200,6 +228,7 @@ impl State {
     pub fn release(&mut self, id: JobId) -> Option<Active> {
         let a = self.active.remove(&id)?;
         self.generation += 1;
+        self.leftover = None;
         if !a.gpus.is_empty() {
             self.released_since_probe = true;
         }
@@ -306,6 +335,12 @@ impl State {
             // Submitted after the last pass.
             None => (PendingReason::NotYetScheduled, None),
         })
+    }
+
+    /// Places a newly eligible job without a pass when the last pass's leftover allows it
+    /// exactly as a full pass would (see `policy::place_fast`).
+    pub fn place_fast(&mut self, q: &QueuedJob) -> Option<Placement> {
+        ravel_core::policy::place_fast(self.leftover.as_mut()?, q)
     }
 
     /// Records a pass's reasons.

@@ -9,10 +9,11 @@ mod eligibility;
 mod schedule;
 
 pub use eligibility::{DepState, Eligibility, eligibility};
-pub use schedule::schedule;
+pub use schedule::{place_fast, schedule};
 
 use crate::job::{JobId, Millis};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Users are interned to small integers by the caller; `Snapshot::users[u]` describes user `u`.
@@ -203,4 +204,50 @@ pub struct Decisions {
     pub pending: Vec<(JobId, PendingReason)>,
     /// Estimated start times, for jobs whose start can be bounded by running jobs' time limits.
     pub estimated_start: Vec<(JobId, Millis)>,
+    /// What jobs submitted after the pass may take without another pass, through [`place_fast`].
+    pub leftover: Leftover,
+}
+
+/// What a pass left that a job submitted after it may take at once, through [`place_fast`],
+/// without a full pass: resources that no job pending after the pass could take, or hold for
+/// itself, before the new job in the next pass, whatever that pass's order. Conservative: it
+/// leaves out everything a reservation holds or could hold (busy GPUs a blocked job will start
+/// on included), and whole nodes that a waiting job could be placed on; see `schedule/leftover.rs`
+/// for the argument.
+///
+/// It describes the snapshot the pass ran on plus what `place_fast` placed since; it is void once
+/// anything else changes (a job ends, a job becomes eligible or changes priority, GPU use seen
+/// from outside changes): the caller then runs a full pass. `Leftover::default()` places nothing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Leftover {
+    /// False when the leftover must not be handed out without a full pass: for the default value
+    /// (no pass made it), when a node lists a GPU index twice, and when the jobs left waiting
+    /// behind a reservation have too many different shapes to bound cheaply what the next pass
+    /// could place before a new job.
+    pub fast_path_ok: bool,
+    /// Indexed like the snapshot's nodes.
+    pub nodes: Vec<NodeLeftover>,
+    /// Per array, the elements running or placed, plus the elements left waiting behind a
+    /// reservation (which the next pass might place before a new job): an element of array `a`
+    /// with limit `l` may be fast-placed only while this is below `l`. Absent means 0.
+    pub arrays: BTreeMap<JobId, u32>,
+}
+
+/// What a pass left on one node; see [`Leftover`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeLeftover {
+    /// Sorted by index.
+    pub gpus: Vec<GpuLeftover>,
+    pub cpus: u32,
+}
+
+/// What a pass left on one GPU; see [`Leftover`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpuLeftover {
+    pub index: u32,
+    /// A whole-GPU job may take it.
+    pub whole: bool,
+    /// MiB a memory reservation may still take; 0 when none may (held whole, foreign-busy,
+    /// reserved or possibly reserved by a waiting job).
+    pub mib: u64,
 }

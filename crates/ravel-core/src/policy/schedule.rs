@@ -7,8 +7,12 @@
 //! one job per node reserves, since if every waiting GPU job held back a CPU, a long queue of GPU
 //! jobs would idle the CPUs. A job behind it may still use what it holds when it provably ends
 //! before the holder could start (backfill, see [`shadow`]).
+//!
+//! The pass ends by working out what it left that a job submitted after it may take at once
+//! (see [`leftover`]).
 
 mod fair_share;
+mod leftover;
 mod pool;
 mod shadow;
 
@@ -16,6 +20,8 @@ mod shadow;
 mod proptests;
 #[cfg(test)]
 mod tests;
+
+pub use leftover::place_fast;
 
 use super::{Decisions, NodeView, PendingReason, Placement, QueuedJob, Snapshot};
 use crate::job::{JobId, Millis};
@@ -26,6 +32,13 @@ use std::collections::HashMap;
 
 /// Decides which queued jobs start now and where, and why each of the others waits.
 pub fn schedule(snap: &Snapshot) -> Decisions {
+    let mut pass = run(snap);
+    pass.out.leftover = pass.leftover();
+    pass.out
+}
+
+/// The pass, before its leftover is worked out.
+fn run<'s>(snap: &Snapshot<'s>) -> Pass<'s> {
     let mut pass = Pass::new(snap);
     let mut order = FairOrder::new(snap);
     while let Some(qi) = order.next() {
@@ -33,7 +46,7 @@ pub fn schedule(snap: &Snapshot) -> Decisions {
             order.placed(gpus);
         }
     }
-    pass.out
+    pass
 }
 
 /// When a job with this time limit, started now, ends at the latest.
@@ -50,8 +63,11 @@ struct Pass<'s> {
     arrays: HashMap<JobId, u32>,
     misfits: Misfits,
     /// Why a need fits nowhere, as of a generation. Long queues repeat a handful of shapes, and
-    /// once the nodes are full nothing changes any more: each shape is explained once.
-    explained: HashMap<Need, (u64, Explained)>,
+    /// once the nodes are full nothing changes any more: each shape is explained once. Its keys
+    /// are the shapes of all jobs left waiting for resources.
+    explained: HashMap<Need, Shape>,
+    /// Jobs left waiting behind a reservation, per array.
+    behind_arrays: HashMap<JobId, u32>,
     /// Bumped whenever a placement or a reservation changes what is free.
     generation: u64,
 }
@@ -71,6 +87,7 @@ impl<'s> Pass<'s> {
             arrays,
             misfits: Misfits::default(),
             explained: HashMap::new(),
+            behind_arrays: HashMap::new(),
             generation: 0,
         }
     }
@@ -116,16 +133,26 @@ impl<'s> Pass<'s> {
     /// choose its node.
     fn block(&mut self, job: &QueuedJob, need: Need) {
         let ex = match self.explained.get(&need) {
-            Some((g, ex)) if *g == self.generation => ex.clone(),
+            Some(s) if s.generation == self.generation => s.ex.clone(),
             _ => {
                 let ex = self.explain(need);
-                self.explained.insert(need, (self.generation, ex.clone()));
+                let behind =
+                    matches!(ex.why, Why::Behind { .. }) || self.explained.get(&need).is_some_and(|s| s.behind);
+                self.explained.insert(need, Shape { generation: self.generation, ex: ex.clone(), behind });
                 ex
             }
         };
         let reason = match ex.why {
-            Why::Behind { job: behind, priority } if priority > job.priority => PendingReason::Priority { behind },
-            Why::Behind { job: behind, .. } => PendingReason::FairShare { behind },
+            Why::Behind { job: behind, priority } => {
+                if let Some((array, _)) = job.array {
+                    *self.behind_arrays.entry(array).or_insert(0) += 1;
+                }
+                if priority > job.priority {
+                    PendingReason::Priority { behind }
+                } else {
+                    PendingReason::FairShare { behind }
+                }
+            }
             Why::Short(reason) => reason,
         };
         self.out.pending.push((job.id, reason));
@@ -188,6 +215,16 @@ impl<'s> Pass<'s> {
         }
         self.generation += 1;
     }
+}
+
+/// What the pass knows about one shape of the jobs left waiting for resources.
+#[derive(Clone, Debug)]
+struct Shape {
+    /// The generation `ex` was worked out at.
+    generation: u64,
+    ex: Explained,
+    /// Some job of this shape was left waiting behind a reservation.
+    behind: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -62,16 +62,21 @@ impl Gpu {
     }
 
     /// Same as [`GpuSlot::free_mib`], kept up to date through the pass.
-    fn free_mib(&self) -> u64 {
+    pub fn free_mib(&self) -> u64 {
         self.capacity_mib.saturating_sub(self.used_mib)
     }
 
-    fn is_free_whole(&self) -> bool {
+    pub fn is_free_whole(&self) -> bool {
         !self.whole && self.sharers == 0 && !self.foreign_busy
     }
 
-    fn shareable(&self) -> bool {
+    pub fn shareable(&self) -> bool {
         !self.whole && !self.foreign_busy
+    }
+
+    /// A reservation holds it, whole or some of its memory.
+    pub fn held(&self) -> bool {
+        self.hold != Hold::Free
     }
 
     /// MiB a memory job may take here, or `None` if it may not share this GPU at all.
@@ -172,6 +177,11 @@ impl Node {
 
     pub fn cpus_total(&self) -> u32 {
         self.cpus_total
+    }
+
+    /// CPUs the reservation here holds.
+    pub fn cpus_held(&self) -> u32 {
+        self.cpus_held
     }
 
     pub fn cpus_avail(&self, backfill: bool) -> u32 {

@@ -1,9 +1,11 @@
 //! Properties of a pass over random, self-consistent snapshots.
 
 use super::fair_share::FairOrder;
-use super::schedule;
+use super::{place_fast, run, schedule};
 use crate::job::{JobId, Millis};
-use crate::policy::{Decisions, GpuSlot, NodeView, PendingReason, QueuedJob, RunningJob, Snapshot, UserShare};
+use crate::policy::{
+    Decisions, GpuSlot, NodeView, PendingReason, Placement, QueuedJob, RunningJob, Snapshot, UserShare,
+};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use std::collections::BTreeMap;
@@ -30,9 +32,13 @@ fn arb_candidate() -> impl Strategy<Value = Candidate> {
 }
 
 fn arb_node(k: usize) -> impl Strategy<Value = NodeView> {
+    arb_node_sized(k, 1..17)
+}
+
+fn arb_node_sized(k: usize, cpus: std::ops::Range<u32>) -> impl Strategy<Value = NodeView> {
     let gpu = (prop::sample::select(vec![40 * GIB, 80 * GIB]), prop::sample::select(vec![0, 4 * GIB, 30 * GIB]));
-    (prop::collection::vec(gpu, 0..5), 1u32..17, prop::collection::vec(arb_candidate(), 0..8), any::<[bool; 5]>())
-        .prop_map(move |(gpus, cpus_total, running, busy)| {
+    (prop::collection::vec(gpu, 0..5), cpus, prop::collection::vec(arb_candidate(), 0..8), any::<[bool; 5]>()).prop_map(
+        move |(gpus, cpus_total, running, busy)| {
             let mut n = NodeView {
                 name: format!("n{k}"),
                 gpus: gpus
@@ -86,15 +92,20 @@ fn arb_node(k: usize) -> impl Strategy<Value = NodeView> {
                 slot.foreign_busy = b && slot.whole.is_none() && slot.shared.is_empty();
             }
             n
-        })
+        },
+    )
 }
 
 fn arb_queue() -> impl Strategy<Value = Vec<QueuedJob>> {
+    arb_queue_sized(1..5, 0..30)
+}
+
+fn arb_queue_sized(cpus: std::ops::Range<u32>, len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<QueuedJob>> {
     let mib = prop::option::weighted(0.5, prop::sample::select(vec![10 * GIB, 20 * GIB, 40 * GIB, 70 * GIB]));
     let timeout = prop::option::weighted(0.6, prop::sample::select(vec![MIN, 30 * MIN, 120 * MIN, 600 * MIN]));
     let array = prop::option::weighted(0.25, (900i64..902, 1u32..3));
-    let job = (-1i32..2, 0u32..4, 0u32..4, mib, 1u32..5, timeout, array, 0i64..50);
-    prop::collection::vec(job, 0..30).prop_map(|jobs| {
+    let job = (-1i32..2, 0u32..4, 0u32..4, mib, cpus, timeout, array, 0i64..50);
+    prop::collection::vec(job, len).prop_map(|jobs| {
         let mut q: Vec<QueuedJob> = jobs
             .into_iter()
             .enumerate()
@@ -131,6 +142,13 @@ struct World {
 fn arb_world() -> impl Strategy<Value = World> {
     let nodes = (1usize..4).prop_flat_map(|n| (0..n).map(arb_node).collect::<Vec<_>>());
     (nodes, arb_queue(), arb_users()).prop_map(|(nodes, queue, users)| World { nodes, queue, users })
+}
+
+/// Tighter worlds: more, smaller nodes, and jobs that may need no CPU, so that reservations,
+/// backfill and fair share come into play more often.
+fn arb_tight_world() -> impl Strategy<Value = World> {
+    let nodes = (2usize..5).prop_flat_map(|n| (0..n).map(|k| arb_node_sized(k, 1..6)).collect::<Vec<_>>());
+    (nodes, arb_queue_sized(0..3, 0..40), arb_users()).prop_map(|(nodes, queue, users)| World { nodes, queue, users })
 }
 
 impl World {
@@ -330,8 +348,117 @@ fn check(w: &World) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Jobs submitted after the pass, in this order: any priority, user (user 4 has no share), shape,
+/// array and time limit; submitted last, with the highest ids.
+fn arb_new_jobs() -> impl Strategy<Value = Vec<QueuedJob>> {
+    let mib = prop::option::weighted(0.5, prop::sample::select(vec![0, GIB, 10 * GIB, 20 * GIB, 40 * GIB, 70 * GIB]));
+    let timeout = prop::option::weighted(0.6, prop::sample::select(vec![MIN, 30 * MIN, 120 * MIN, 600 * MIN]));
+    let array = prop::option::weighted(0.3, (900i64..902, 1u32..4));
+    let job = (-2i32..3, 0u32..5, 0u32..4, mib, 0u32..5, timeout, array);
+    prop::collection::vec(job, 1..4).prop_map(|jobs| {
+        jobs.into_iter()
+            .enumerate()
+            .map(|(i, (priority, user, gpus, gpu_mem_mib, cpus, timeout_ms, array))| QueuedJob {
+                id: 1000 + i as JobId,
+                priority,
+                submitted_at: 100 + i as Millis,
+                user,
+                gpus,
+                gpu_mem_mib,
+                cpus,
+                timeout_ms,
+                array,
+            })
+            .collect()
+    })
+}
+
+/// Runs a pass, then offers `new` one by one to [`place_fast`] on its leftover. Each job it
+/// places must (b) fit beside everything placed so far, take no GPU or CPU the pass's reservation
+/// holds and respect its array's limit, and (a) be placed as well by a full pass over the same
+/// nodes with everything placed so far running and the jobs left waiting plus it queued, a pass
+/// that over-commits nothing either. Returns how many it placed.
+fn check_fast(w: &World, new: &[QueuedJob]) -> Result<usize, TestCaseError> {
+    let d = schedule(&w.snapshot());
+    let pass = run(&w.snapshot());
+    let mut left = d.leftover.clone();
+    prop_assert!(left.fast_path_ok);
+    let all: Vec<&Placement> = d.placements.iter().collect();
+    let mut nodes = apply(&w.nodes, w, &all)?;
+    let waiting: Vec<QueuedJob> =
+        w.queue.iter().filter(|j| !d.placements.iter().any(|p| p.job == j.id)).cloned().collect();
+    let mut count = 0;
+    for j in new {
+        let Some(p) = place_fast(&mut left, j) else { continue };
+        count += 1;
+        let mut queue = waiting.clone();
+        queue.push(j.clone());
+        queue.sort_by_key(|j| j.order_key());
+        let next = World { nodes: nodes.clone(), queue, users: w.users.clone() };
+
+        // (b) Safe on top of what was placed before.
+        let held = &pass.nodes[p.node];
+        for g in &p.gpus {
+            let at = held.position(*g).expect("the GPU exists");
+            prop_assert!(!held.gpus[at].held(), "job {} took GPU {}, which a reservation holds", j.id, g);
+        }
+        if let Some((a, limit)) = j.array {
+            let running = nodes.iter().flat_map(|n| &n.running).filter(|r| r.array == Some(a)).count() as u32;
+            prop_assert!(running < limit, "job {} puts array {} over its limit", j.id, a);
+        }
+        let after = apply(&nodes, &next, &[&p])?;
+        let n = &after[p.node];
+        prop_assert!(n.cpus_used + held.cpus_held() <= n.cpus_total, "job {} took CPUs a reservation holds", j.id);
+
+        // (a) A full pass places it too, and over-commits nothing.
+        let full = schedule(&next.snapshot());
+        prop_assert!(
+            full.placements.iter().any(|q| q.job == j.id),
+            "job {} was placed fast at {:?} but a full pass leaves it waiting: {:?}",
+            j.id,
+            p,
+            full.pending.iter().find(|(id, _)| *id == j.id)
+        );
+        let all: Vec<&Placement> = full.placements.iter().collect();
+        apply(&next.nodes, &next, &all)?;
+        nodes = after;
+    }
+    Ok(count)
+}
+
+#[test]
+fn the_fast_path_places_jobs_often_enough_to_test_it() {
+    use proptest::test_runner::{Config, TestRunner};
+    use std::cell::Cell;
+    let (cases, placing) = (Cell::new(0), Cell::new(0));
+    let mut runner = TestRunner::new_with_rng(
+        Config::with_cases(1000),
+        proptest::test_runner::TestRng::deterministic_rng(Default::default()),
+    );
+    runner
+        .run(&(arb_world(), arb_new_jobs()), |(w, new)| {
+            cases.set(cases.get() + 1);
+            if check_fast(&w, &new)? > 0 {
+                placing.set(placing.get() + 1);
+            }
+            Ok(())
+        })
+        .expect("fast placements are sound");
+    assert!(placing.get() * 10 >= cases.get(), "only {} of {} cases placed a job fast", placing.get(), cases.get());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn fast_placements_are_safe_and_a_full_pass_would_place_them_too(w in arb_world(), new in arb_new_jobs()) {
+        check_fast(&w, &new)?;
+    }
+
+    #[test]
+    fn fast_placements_are_safe_in_tight_worlds(w in arb_tight_world(), new in arb_new_jobs()) {
+        check_fast(&w, &new)?;
+    }
 
     #[test]
     fn passes_are_safe_complete_deterministic_and_honest(w in arb_world()) {

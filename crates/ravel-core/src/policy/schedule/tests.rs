@@ -1,6 +1,8 @@
-use super::schedule;
+use super::{place_fast, schedule};
 use crate::job::{JobId, Millis};
-use crate::policy::{Decisions, GpuSlot, NodeView, PendingReason, QueuedJob, RunningJob, Snapshot, UserShare};
+use crate::policy::{
+    Decisions, GpuSlot, Leftover, NodeView, PendingReason, Placement, QueuedJob, RunningJob, Snapshot, UserShare,
+};
 
 const GIB: u64 = 1024;
 const NOW: Millis = 1_000_000;
@@ -387,4 +389,250 @@ fn a_backfill_takes_held_resources_first() {
     assert_eq!(reason(&d, 1).to_string(), "Resources: needs 2 CPUs, 1 free");
     assert_eq!(d.estimated_start, vec![(1, NOW + HOUR)]);
     assert_eq!(gpus_of(&d, 2), vec![2]);
+}
+
+/// The nodes with `d`'s placements running.
+fn after(nodes: &[NodeView], queue: &[QueuedJob], placements: &[Placement]) -> Vec<NodeView> {
+    let mut nodes = nodes.to_vec();
+    for p in placements {
+        let j = queue.iter().find(|j| j.id == p.job).expect("a queued job");
+        let n = &mut nodes[p.node];
+        for &g in &p.gpus {
+            let slot = n.gpus.iter_mut().find(|s| s.index == g).expect("the GPU exists");
+            match p.gpu_mem_mib {
+                None => slot.whole = Some(p.job),
+                Some(m) => slot.shared.push((p.job, m)),
+            }
+        }
+        n.cpus_used += p.cpus;
+        n.running.push(RunningJob {
+            job: p.job,
+            user: j.user,
+            gpus: p.gpus.clone(),
+            gpu_mem_mib: p.gpu_mem_mib,
+            cpus: p.cpus,
+            ends_by: j.timeout_ms.map(|t| NOW + t as Millis),
+            array: j.array.map(|(a, _)| a),
+        });
+    }
+    nodes
+}
+
+/// Whether a full pass places `new`, on `nodes` with `d`'s placements running and the jobs `d`
+/// left waiting, plus `new`, queued.
+fn full_pass_places(nodes: &[NodeView], queue: &[QueuedJob], d: &Decisions, new: &QueuedJob) -> bool {
+    let nodes = after(nodes, queue, &d.placements);
+    let mut waiting: Vec<QueuedJob> =
+        queue.iter().filter(|j| d.pending.iter().any(|(id, _)| *id == j.id)).cloned().collect();
+    waiting.push(new.clone());
+    placed(&run(&nodes, waiting)).contains(&new.id)
+}
+
+fn cpu_job(id: JobId, cpus: u32) -> QueuedJob {
+    QueuedJob { submitted_at: 1_000_000 + id, ..job(id, 0, cpus) }
+}
+
+#[test]
+fn a_cpu_job_starts_at_once_beside_a_long_queue_of_gpu_jobs() {
+    // Every GPU busy, 10,000 GPU jobs waiting; the first reserves 2 CPUs, the others nothing.
+    let mut n = node(4, 32);
+    for g in 0..4 {
+        run_on(&mut n, 900 + g as JobId, 0, &[g], None, None);
+    }
+    let queue: Vec<QueuedJob> = (1..=10_000).map(|i| job(i, 1, 2)).collect();
+    let nodes = [n];
+    let d = run(&nodes, queue.clone());
+    assert!(d.placements.is_empty());
+    let mut left = d.leftover.clone();
+    assert!(left.fast_path_ok);
+    assert_eq!(left.nodes[0].cpus, 26, "28 free, 2 held for the head");
+    assert!(left.nodes[0].gpus.iter().all(|g| !g.whole && g.mib == 0));
+
+    let new = cpu_job(20_000, 1);
+    let p = place_fast(&mut left, &new).expect("fits beside the queue");
+    assert_eq!(p, Placement { job: 20_000, node: 0, gpus: vec![], gpu_mem_mib: None, cpus: 1 });
+    assert!(full_pass_places(&nodes, &queue, &d, &new));
+    // 25 more fit, not one more; nor a GPU job.
+    for i in 1..=25 {
+        assert!(place_fast(&mut left, &cpu_job(20_000 + i, 1)).is_some());
+    }
+    assert_eq!(place_fast(&mut left, &cpu_job(20_100, 1)), None);
+    assert_eq!(place_fast(&mut d.leftover.clone(), &job(20_101, 1, 1)), None);
+}
+
+#[test]
+fn a_gpu_held_for_the_blocked_head_is_not_handed_out() {
+    // GPUs 0 and 1 busy; the head needs 3 GPUs and holds 2 and 3 (and one CPU).
+    let mut n = node(4, 8);
+    run_on(&mut n, 900, 0, &[0], None, None);
+    run_on(&mut n, 901, 0, &[1], None, None);
+    let queue = vec![QueuedJob { priority: 1, ..job(1, 3, 1) }];
+    let nodes = [n];
+    let d = run(&nodes, queue.clone());
+    assert_eq!(reason(&d, 1).to_string(), "Resources: needs 3 GPUs, 2 free");
+    let mut left = d.leftover.clone();
+    assert!(left.nodes[0].gpus.iter().all(|g| !g.whole && g.mib == 0));
+    for new in [job(10, 1, 1), mem(11, 1, GIB), QueuedJob { priority: 5, ..job(12, 1, 1) }] {
+        assert_eq!(place_fast(&mut left, &new), None, "job {}", new.id);
+    }
+    assert_eq!(left.nodes[0].cpus, 5);
+    let new = cpu_job(13, 5);
+    assert!(place_fast(&mut left, &new).is_some());
+    assert!(full_pass_places(&nodes, &queue, &d, &new));
+}
+
+#[test]
+fn fast_placements_honor_array_limits() {
+    let mut n = node(0, 8);
+    n.running.push(RunningJob {
+        job: 900,
+        user: 0,
+        gpus: vec![],
+        gpu_mem_mib: None,
+        cpus: 1,
+        ends_by: None,
+        array: Some(7),
+    });
+    n.cpus_used = 1;
+    let d = run(&[n], vec![]);
+    let mut left = d.leftover.clone();
+    assert_eq!(left.arrays.get(&7), Some(&1));
+    let element = |id| QueuedJob { array: Some((7, 2)), ..cpu_job(id, 1) };
+    assert!(place_fast(&mut left, &element(1)).is_some());
+    assert_eq!(place_fast(&mut left, &element(2)), None, "two of array 7 run");
+    assert!(place_fast(&mut left, &QueuedJob { array: Some((8, 1)), ..cpu_job(3, 1) }).is_some());
+    assert_eq!(left.arrays.get(&7), Some(&2));
+}
+
+#[test]
+fn fast_memory_shares_go_to_the_best_fit_like_a_pass() {
+    let mut n = node(3, 8);
+    run_on(&mut n, 90, 0, &[2], Some(40 * GIB), None);
+    run_on(&mut n, 91, 0, &[1], Some(20 * GIB), None);
+    let nodes = [n];
+    let mut left = run(&nodes, vec![]).leftover;
+    assert_eq!(
+        left.nodes[0].gpus.iter().map(|g| (g.whole, g.mib / GIB)).collect::<Vec<_>>(),
+        [(true, 80), (false, 60), (false, 40)]
+    );
+    let (one, two) = (mem(1, 1, 30 * GIB), mem(2, 2, 30 * GIB));
+    let full = run(&nodes, vec![one.clone(), two.clone()]);
+    assert_eq!(place_fast(&mut left, &one).expect("fits").gpus, gpus_of(&full, 1));
+    assert_eq!(place_fast(&mut left, &two).expect("fits").gpus, gpus_of(&full, 2));
+    assert_eq!(
+        left.nodes[0].gpus.iter().map(|g| (g.whole, g.mib / GIB)).collect::<Vec<_>>(),
+        [(false, 50), (false, 30), (false, 10)]
+    );
+}
+
+#[test]
+fn fast_placements_in_a_row_do_not_overlap() {
+    let mut left = run(&[node(2, 3), node(1, 8)], vec![]).leftover;
+    let p: Vec<Placement> = (1..=3).map(|i| place_fast(&mut left, &job(i, 1, 1)).expect("fits")).collect();
+    let at: Vec<(usize, Vec<u32>)> = p.iter().map(|p| (p.node, p.gpus.clone())).collect();
+    assert_eq!(at, [(0, vec![0]), (0, vec![1]), (1, vec![0])]);
+    assert_eq!(place_fast(&mut left, &job(4, 1, 1)), None);
+    assert_eq!(place_fast(&mut left, &cpu_job(5, 2)).map(|p| p.node), Some(1), "one CPU left on node 0");
+    let mut left = run(&[node(2, 8)], vec![]).leftover;
+    let first = place_fast(&mut left, &mem(1, 1, 50 * GIB)).expect("fits");
+    let second = place_fast(&mut left, &mem(2, 1, 50 * GIB)).expect("fits");
+    assert_eq!((first.gpus, second.gpus), (vec![0], vec![1]));
+    assert_eq!(place_fast(&mut left, &mem(3, 1, 50 * GIB)), None, "30 GiB left on each");
+    assert_eq!(place_fast(&mut left, &job(4, 1, 1)), None, "neither is whole any more");
+}
+
+/// The head (2 GPUs, 1 CPU) waits for CPUs on both nodes; on node 0 they free up at +1 h, so it
+/// reserves there, and two short jobs backfill onto the GPUs it holds. The next pass would find
+/// node 0's GPUs taken and reserve node 1's instead.
+fn moving_reservation(head: QueuedJob, short: QueuedJob) -> (Vec<NodeView>, Vec<QueuedJob>, Decisions) {
+    let gpus = head.gpus;
+    let mut a = node(gpus, 1);
+    run_on(&mut a, 900, 0, &[], None, Some(NOW + HOUR));
+    let mut b = node(gpus, 1);
+    run_on(&mut b, 901, 0, &[], None, None);
+    let nodes = vec![a, b];
+    let short = QueuedJob { priority: 1, cpus: 0, timeout_ms: Some(30 * MIN), ..short };
+    let queue = vec![QueuedJob { priority: 1, ..head }, short.clone(), QueuedJob { id: 3, submitted_at: 3, ..short }];
+    let queue = if gpus == 1 { queue[..2].to_vec() } else { queue };
+    let d = run(&nodes, queue.clone());
+    assert_eq!(d.estimated_start, vec![(1, NOW + HOUR)]);
+    assert_eq!(d.placements.iter().map(|p| p.node).collect::<Vec<_>>(), vec![0; queue.len() - 1], "backfilled");
+    (nodes, queue, d)
+}
+
+#[test]
+fn gpus_a_waiting_job_could_reserve_in_the_next_pass_are_not_handed_out() {
+    let (nodes, queue, d) = moving_reservation(job(1, 2, 1), job(2, 1, 0));
+    // Nothing on node 1 is held now, but the head would hold both its GPUs in the next pass.
+    let new = QueuedJob { cpus: 0, ..job(10, 1, 0) };
+    assert_eq!(place_fast(&mut d.leftover.clone(), &new), None);
+    assert!(!full_pass_places(&nodes, &queue, &d, &new));
+}
+
+#[test]
+fn memory_a_waiting_job_could_reserve_in_the_next_pass_is_not_handed_out() {
+    let (nodes, queue, d) = moving_reservation(mem(1, 1, 60 * GIB), mem(2, 1, 60 * GIB));
+    // On node 1 the head could hold 60 GiB in the next pass: 20 GiB are left, and nothing whole.
+    let left = &d.leftover.nodes[1].gpus[0];
+    assert_eq!((left.whole, left.mib), (false, 20 * GIB));
+    for new in [job(10, 1, 0), QueuedJob { cpus: 0, ..mem(11, 1, 30 * GIB) }] {
+        assert_eq!(place_fast(&mut d.leftover.clone(), &new), None);
+        assert!(!full_pass_places(&nodes, &queue, &d, &new), "job {}", new.id);
+    }
+    let new = QueuedJob { cpus: 0, ..mem(12, 1, 20 * GIB) };
+    assert_eq!(place_fast(&mut d.leftover.clone(), &new).map(|p| p.node), Some(1));
+    assert!(full_pass_places(&nodes, &queue, &d, &new));
+}
+
+/// Node 0: GPU 0 busy for good, 7 CPUs free; node 1: one GPU, 2 CPUs. The head (user 0, 2 GPUs,
+/// 4 CPUs) reserves node 0 and 4 CPUs there; job 2 (user 0) takes node 1's GPU; jobs 3 and 4
+/// (user 1, 4 CPUs, job 3 in array 7) wait behind the head. In the next pass user 0 holds a GPU,
+/// so user 1 goes first: job 3 starts on node 0 and job 4 reserves what is left there.
+fn behind_the_head() -> (Vec<NodeView>, Vec<QueuedJob>, Decisions) {
+    let mut a = node(2, 8);
+    run_on(&mut a, 900, 2, &[0], None, None);
+    let nodes = vec![a, node(1, 2)];
+    let queue = vec![
+        job(1, 2, 4),
+        job(2, 1, 1),
+        QueuedJob { user: 1, array: Some((7, 1)), ..job(3, 0, 4) },
+        QueuedJob { user: 1, ..job(4, 0, 4) },
+    ];
+    let d = run(&nodes, queue.clone());
+    assert_eq!(placed(&d), vec![2]);
+    assert_eq!(reason(&d, 3), &PendingReason::FairShare { behind: 1 });
+    (nodes, queue, d)
+}
+
+#[test]
+fn a_node_where_a_job_waits_behind_a_reservation_leaves_nothing() {
+    let (nodes, queue, d) = behind_the_head();
+    // 7 CPUs free on node 0, 4 held, but jobs 3 and 4 might take them all in the next pass.
+    assert_eq!(d.leftover.nodes[0].cpus, 0);
+    let new = QueuedJob { user: 3, ..cpu_job(10, 2) };
+    assert_eq!(place_fast(&mut d.leftover.clone(), &new), None);
+    assert!(!full_pass_places(&nodes, &queue, &d, &new));
+    // Node 1 has a CPU no waiting job could use.
+    let new = QueuedJob { user: 3, ..cpu_job(11, 1) };
+    assert_eq!(place_fast(&mut d.leftover.clone(), &new).map(|p| p.node), Some(1));
+    assert!(full_pass_places(&nodes, &queue, &d, &new));
+}
+
+#[test]
+fn array_elements_waiting_behind_a_reservation_count_against_the_limit() {
+    let (nodes, queue, d) = behind_the_head();
+    assert_eq!(d.leftover.arrays.get(&7), Some(&1));
+    let new = QueuedJob { user: 3, array: Some((7, 1)), ..cpu_job(10, 1) };
+    assert_eq!(place_fast(&mut d.leftover.clone(), &new), None);
+    assert!(!full_pass_places(&nodes, &queue, &d, &new));
+    let new = QueuedJob { array: Some((7, 2)), ..new };
+    assert!(place_fast(&mut d.leftover.clone(), &new).is_some());
+    assert!(full_pass_places(&nodes, &queue, &d, &new));
+}
+
+#[test]
+fn no_fast_path_without_a_pass() {
+    let mut left = Leftover::default();
+    assert!(!left.fast_path_ok);
+    assert_eq!(place_fast(&mut left, &job(1, 0, 0)), None);
 }
