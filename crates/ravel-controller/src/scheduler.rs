@@ -100,6 +100,7 @@ async fn pass(ctl: &Arc<Controller>) {
             st.users.decay(now, ctl.half_life_ms());
             let node = st.node_view(&ctl.cfg.node_name, &ctl.cfg.thresholds);
             let queue: Vec<QueuedJob> = st.queue.values().cloned().collect();
+            st.arrived.clear();
             (node, queue, st.users.shares.clone(), st.generation)
         };
         let snap = Snapshot { now, nodes: std::slice::from_ref(&node), queue: &queue, users: &users };
@@ -118,6 +119,23 @@ async fn pass(ctl: &Arc<Controller>) {
         }
         // Set after the placements: the leftover already accounts for them.
         st.leftover = Some(d.leftover);
+        // Jobs submitted while this pass ran are new to it: its leftover may take them now,
+        // in arrival order, up to the first that does not fit (which then waits for a pass).
+        for id in std::mem::take(&mut st.arrived) {
+            let Some(q) = st.queued_keys.get(&id).and_then(|k| st.queue.get(k)).cloned() else { continue };
+            match st.place_fast(&q) {
+                Some(p) => {
+                    st.dequeue(id);
+                    st.hold(id, Active::placed(&p, &q, now));
+                    placed.push((p, q));
+                }
+                None => {
+                    st.leftover = None;
+                    ctl.wake.notify_one();
+                    break;
+                }
+            }
+        }
         break placed;
     };
     for (p, q) in placed {

@@ -130,6 +130,9 @@ pub struct State {
     /// once (`policy::place_fast`). Gone when anything else changes: a job ends, a job enters
     /// the queue without being placed, the inventory changes.
     pub leftover: Option<Leftover>,
+    /// Jobs that entered the queue since the running pass took its snapshot: to that pass they
+    /// are new jobs, which its leftover may place at once when it ends.
+    pub arrived: Vec<JobId>,
     pub estimates: HashMap<JobId, Millis>,
     pub active: HashMap<JobId, Active>,
     pub cpus_total: u32,
@@ -158,6 +161,7 @@ impl State {
             pending_index: std::sync::OnceLock::new(),
             generation: 0,
             leftover: None,
+            arrived: Vec::new(),
             estimates: HashMap::new(),
             active: HashMap::new(),
             cpus_total,
@@ -174,6 +178,7 @@ impl State {
     pub fn enqueue(&mut self, job: QueuedJob) {
         let key = job.order_key();
         self.queued_keys.insert(job.id, key);
+        self.arrived.push(job.id);
         self.queue.insert(key, job);
         // The next pass may give it what the last one left over.
         self.leftover = None;
