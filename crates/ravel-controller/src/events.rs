@@ -81,19 +81,24 @@ pub async fn record_end(ctl: &Arc<Controller>, id: JobId, n: u32, outcome: Outco
             tracing::warn!(job = id, attempt = n, error = %e, "cannot record the end of an attempt")
         }
     }
-    {
+    // A credited release needs no pass: the job's CPUs went back to the leftover, and the
+    // periodic pass refreshes reasons. Otherwise the scheduler must look again.
+    let needs_pass = {
         let mut st = ctl.lock();
         if st.active.get(&id).is_some_and(|a| a.attempt == n) {
             st.release(id);
         }
-    }
+        st.leftover.is_none()
+    };
     match ended {
         // Retried: it waits for its backoff like any parked job.
         Some(job) if job.state == JobState::Queued => admission::admit(ctl, &job).await,
         Some(job) if job.state.is_terminal() => admission::job_ended(ctl.clone(), job.id).await,
         _ => {}
     }
-    ctl.wake.notify_one();
+    if needs_pass {
+        ctl.wake.notify_one();
+    }
     ctl.finished.send_modify(|c| *c += 1);
 }
 

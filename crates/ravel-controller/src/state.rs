@@ -32,6 +32,19 @@ pub struct Active {
 }
 
 impl Active {
+    /// The scheduler's view of it.
+    pub fn running(&self, id: JobId) -> RunningJob {
+        RunningJob {
+            job: id,
+            user: self.user,
+            gpus: self.gpus.clone(),
+            gpu_mem_mib: self.gpu_mem_mib,
+            cpus: self.cpus,
+            ends_by: self.ends_by,
+            array: self.array,
+        }
+    }
+
     /// What a job holds once placed, before its attempt is recorded.
     pub fn placed(p: &Placement, q: &QueuedJob, now: Millis) -> Active {
         Active {
@@ -233,7 +246,12 @@ impl State {
     pub fn release(&mut self, id: JobId) -> Option<Active> {
         let a = self.active.remove(&id)?;
         self.generation += 1;
-        self.leftover = None;
+        // What it frees may go straight back to the leftover when provably no waiting job
+        // could use it (`policy::credit_end`); otherwise the next pass decides.
+        let credited = self.leftover.as_mut().is_some_and(|l| ravel_core::policy::credit_end(l, &a.running(id), 0));
+        if !credited {
+            self.leftover = None;
+        }
         if !a.gpus.is_empty() {
             self.released_since_probe = true;
         }
@@ -282,19 +300,7 @@ impl State {
                 }
             })
             .collect();
-        let mut running: Vec<RunningJob> = self
-            .active
-            .iter()
-            .map(|(id, a)| RunningJob {
-                job: *id,
-                user: a.user,
-                gpus: a.gpus.clone(),
-                gpu_mem_mib: a.gpu_mem_mib,
-                cpus: a.cpus,
-                ends_by: a.ends_by,
-                array: a.array,
-            })
-            .collect();
+        let mut running: Vec<RunningJob> = self.active.iter().map(|(id, a)| a.running(*id)).collect();
         running.sort_by_key(|r| r.job);
         NodeView { name: name.to_string(), gpus, cpus_total: self.cpus_total, cpus_used: self.cpus_used(), running }
     }

@@ -9,7 +9,7 @@ mod eligibility;
 mod schedule;
 
 pub use eligibility::{DepState, Eligibility, eligibility};
-pub use schedule::{place_fast, schedule};
+pub use schedule::{credit_end, place_fast, schedule};
 
 use crate::job::{JobId, Millis};
 use serde::{Deserialize, Serialize};
@@ -215,9 +215,10 @@ pub struct Decisions {
 /// on included), and whole nodes that a waiting job could be placed on; see `schedule/leftover.rs`
 /// for the argument.
 ///
-/// It describes the snapshot the pass ran on plus what `place_fast` placed since; it is void once
-/// anything else changes (a job ends, a job becomes eligible or changes priority, GPU use seen
-/// from outside changes): the caller then runs a full pass. `Leftover::default()` places nothing.
+/// It describes the snapshot the pass ran on plus what `place_fast` placed since, less the jobs
+/// whose end [`credit_end`] credited to it; it is void once anything else changes (a job ends
+/// and `credit_end` refuses it, a job becomes eligible or changes priority, GPU use seen from
+/// outside changes): the caller then runs a full pass. `Leftover::default()` places nothing.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Leftover {
     /// False when the leftover must not be handed out without a full pass: for the default value
@@ -229,8 +230,11 @@ pub struct Leftover {
     pub nodes: Vec<NodeLeftover>,
     /// Per array, the elements running or placed, plus the elements left waiting behind a
     /// reservation (which the next pass might place before a new job): an element of array `a`
-    /// with limit `l` may be fast-placed only while this is below `l`. Absent means 0.
+    /// with limit `l` may be fast-placed only while this is below `l`. Absent means 0. An element
+    /// whose end [`credit_end`] credits is taken off.
     pub arrays: BTreeMap<JobId, u32>,
+    /// What [`credit_end`] needs to know of the pass besides the above.
+    credits: schedule::Credits,
 }
 
 /// What a pass left on one node; see [`Leftover`].

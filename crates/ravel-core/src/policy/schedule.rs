@@ -9,8 +9,10 @@
 //! before the holder could start (backfill, see [`shadow`]).
 //!
 //! The pass ends by working out what it left that a job submitted after it may take at once
-//! (see [`leftover`]).
+//! (see [`leftover`]), and what it needs to know to add to that what a job that ends frees (see
+//! [`credit`]).
 
+mod credit;
 mod fair_share;
 mod leftover;
 mod pool;
@@ -21,6 +23,8 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
+pub(super) use credit::Credits;
+pub use credit::credit_end;
 pub use leftover::place_fast;
 
 use super::{Decisions, NodeView, PendingReason, Placement, QueuedJob, Snapshot};
@@ -68,6 +72,8 @@ struct Pass<'s> {
     explained: HashMap<Need, Shape>,
     /// Jobs left waiting behind a reservation, per array.
     behind_arrays: HashMap<JobId, u32>,
+    /// Per array, the highest limit of the elements left waiting on that limit.
+    limited_arrays: HashMap<JobId, u32>,
     /// Bumped whenever a placement or a reservation changes what is free.
     generation: u64,
 }
@@ -88,6 +94,7 @@ impl<'s> Pass<'s> {
             misfits: Misfits::default(),
             explained: HashMap::new(),
             behind_arrays: HashMap::new(),
+            limited_arrays: HashMap::new(),
             generation: 0,
         }
     }
@@ -98,6 +105,8 @@ impl<'s> Pass<'s> {
             && self.arrays.get(&array).copied().unwrap_or(0) >= limit
         {
             // Waiting on its own siblings, not on resources: it reserves nothing.
+            let floor = self.limited_arrays.entry(array).or_insert(0);
+            *floor = (*floor).max(limit);
             self.out.pending.push((job.id, PendingReason::ArrayLimit { array, limit }));
             return None;
         }

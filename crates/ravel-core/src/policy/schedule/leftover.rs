@@ -47,21 +47,24 @@
 //!    B places it there or on an earlier node. And the leftover is part of what is free and held
 //!    by no reservation, so `J` over-commits nothing.
 //!
-//! Nothing here depends on when B runs; but a job ending, becoming eligible or changing priority,
-//! or a change in foreign GPU use, voids the leftover.
+//! Nothing here depends on when B runs; but a job ending (unless [`credit_end`] credits its end,
+//! see `schedule/credit.rs`), becoming eligible or changing priority, or a change in foreign GPU
+//! use, voids the leftover.
 //!
 //! The bounds are worked out per distinct shape of waiting job: past [`SHAPES`] shapes, the
 //! maxima are taken over all of them whatever the hardware (still sound); past [`SHAPES`] shapes
 //! waiting behind a reservation, `fast_path_ok` is false.
+//!
+//! [`credit_end`]: crate::policy::credit_end
 
-use super::Pass;
 use super::pool::{Need, Node};
+use super::{Credits, Pass};
 use crate::job::JobId;
 use crate::policy::{GpuLeftover, Leftover, NodeLeftover, Placement, QueuedJob};
 use std::collections::BTreeMap;
 
 /// Shapes of waiting jobs looked at one by one against every node.
-const SHAPES: usize = 64;
+pub(super) const SHAPES: usize = 64;
 
 /// The most any one waiting job could hold on a node, were it to reserve there.
 #[derive(Clone, Copy, Default)]
@@ -96,12 +99,12 @@ impl Pass<'_> {
             return Leftover::default();
         }
         let everywhere = Bound::over(waiting.iter());
-        let nodes = self
+        let (nodes, owed): (Vec<NodeLeftover>, Vec<u32>) = self
             .nodes
             .iter()
             .map(|node| {
                 if behind.iter().any(|&b| node.fits(b, true)) {
-                    return nothing(node);
+                    return (nothing(node), 0);
                 }
                 let bound = if waiting.len() > SHAPES {
                     everywhere
@@ -110,12 +113,14 @@ impl Pass<'_> {
                 };
                 node_leftover(node, bound)
             })
-            .collect();
+            .unzip();
         let mut arrays: BTreeMap<JobId, u32> = self.arrays.iter().map(|(&a, &c)| (a, c)).collect();
         for (&a, &c) in &self.behind_arrays {
             *arrays.entry(a).or_insert(0) += c;
         }
-        Leftover { fast_path_ok: true, nodes, arrays }
+        // Ends are credited only when no job waits behind a reservation (see `credit.rs`).
+        let credits = if behind.is_empty() { self.credits(&waiting, owed) } else { Credits::default() };
+        Leftover { fast_path_ok: true, nodes, arrays, credits }
     }
 }
 
@@ -124,11 +129,16 @@ fn nothing(node: &Node) -> NodeLeftover {
     NodeLeftover { gpus, cpus: 0 }
 }
 
-fn node_leftover(node: &Node, bound: Bound) -> NodeLeftover {
+/// What the node leaves, and how many CPUs must be freed on it before it leaves any: how far what
+/// is free falls short of what is kept back for a reservation.
+fn node_leftover(node: &Node, bound: Bound) -> (NodeLeftover, u32) {
+    let kept = bound.cpus.max(node.cpus_held());
+    let cpus = node.cpus_free().saturating_sub(kept);
+    let owed = kept.saturating_sub(node.cpus_free());
     let free_whole = node.gpus.iter().filter(|g| g.is_free_whole()).count() as u32;
     if bound.gpus > free_whole {
         // A reservation for whole GPUs could hold any GPU here, busy ones included.
-        return NodeLeftover { cpus: cpus_left(node, bound), ..nothing(node) };
+        return (NodeLeftover { cpus, ..nothing(node) }, owed);
     }
     // The lowest-index free whole GPUs a reservation for whole GPUs could hold.
     let mut spared = bound.gpus;
@@ -150,11 +160,7 @@ fn node_leftover(node: &Node, bound: Bound) -> NodeLeftover {
             }
         })
         .collect();
-    NodeLeftover { gpus, cpus: cpus_left(node, bound) }
-}
-
-fn cpus_left(node: &Node, bound: Bound) -> u32 {
-    node.cpus_free().saturating_sub(bound.cpus.max(node.cpus_held()))
+    (NodeLeftover { gpus, cpus }, owed)
 }
 
 /// Places a job submitted after a pass on what the pass left, if it fits there, by the pass's

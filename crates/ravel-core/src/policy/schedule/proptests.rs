@@ -1,12 +1,13 @@
 //! Properties of a pass over random, self-consistent snapshots.
 
 use super::fair_share::FairOrder;
-use super::{place_fast, run, schedule};
+use super::{credit_end, place_fast, run, schedule};
 use crate::job::{JobId, Millis};
 use crate::policy::{
     Decisions, GpuSlot, NodeView, PendingReason, Placement, QueuedJob, RunningJob, Snapshot, UserShare,
 };
 use proptest::prelude::*;
+use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
 use std::collections::BTreeMap;
 
@@ -451,6 +452,21 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
+    fn credited_ends_keep_the_waiting_jobs_waiting_and_fast_placements_sound(w in arb_world(), steps in arb_steps()) {
+        check_credit(&w, &steps)?;
+    }
+
+    #[test]
+    fn credited_ends_are_sound_in_tight_worlds(w in arb_tight_world(), steps in arb_steps()) {
+        check_credit(&w, &steps)?;
+    }
+
+    #[test]
+    fn credited_ends_are_sound_beside_a_gpu_queue(w in arb_gpu_queue_world(), steps in arb_steps()) {
+        check_credit(&w, &steps)?;
+    }
+
+    #[test]
     fn fast_placements_are_safe_and_a_full_pass_would_place_them_too(w in arb_world(), new in arb_new_jobs()) {
         check_fast(&w, &new)?;
     }
@@ -486,5 +502,199 @@ proptest! {
         if let Some(j) = w.queue.first() {
             prop_assert_eq!(d.placements.len() == 1, fits_somewhere(&w.nodes, j));
         }
+    }
+}
+
+/// One step after a pass: a running job ends (picked among all running now, the pass's placements
+/// and fast placements included), or a job is submitted.
+#[derive(Clone, Debug)]
+enum Step {
+    End(Index),
+    New(QueuedJob),
+}
+
+fn arb_steps() -> impl Strategy<Value = Vec<Step>> {
+    let mib = prop::option::weighted(0.5, prop::sample::select(vec![0, GIB, 10 * GIB, 20 * GIB, 40 * GIB, 70 * GIB]));
+    let timeout = prop::option::weighted(0.6, prop::sample::select(vec![MIN, 30 * MIN, 120 * MIN, 600 * MIN]));
+    let array = prop::option::weighted(0.3, (900i64..902, 1u32..4));
+    // Half of them CPU-only: after the end of a CPU job, what it freed is mostly CPUs.
+    let gpus = prop_oneof![Just(0u32), 0u32..4];
+    let job = (-2i32..3, 0u32..5, gpus, mib, 0u32..5, timeout, array);
+    let step = prop_oneof![any::<Index>().prop_map(|i| (Some(i), None)), job.prop_map(|j| (None, Some(j)))];
+    prop::collection::vec(step, 1..10).prop_map(|steps| {
+        steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, step)| match step {
+                (Some(ix), _) => Step::End(ix),
+                (_, Some((priority, user, gpus, gpu_mem_mib, cpus, timeout_ms, array))) => Step::New(QueuedJob {
+                    id: 1000 + i as JobId,
+                    priority,
+                    submitted_at: 100 + i as Millis,
+                    user,
+                    gpus,
+                    gpu_mem_mib,
+                    cpus,
+                    timeout_ms,
+                    array,
+                }),
+                _ => unreachable!("one or the other"),
+            })
+            .collect()
+    })
+}
+
+/// What [`check_credit`] saw: ends credited, and jobs fast-placed after one.
+#[derive(Default)]
+struct Credited {
+    ends: usize,
+    placed_after: usize,
+}
+
+/// Runs a pass, then plays `steps` on its leftover, until [`credit_end`] refuses an end (the
+/// caller would run a full pass then). A submitted job goes to [`place_fast`] (and is dropped if
+/// it does not fit). Whenever `credit_end` credits an end: (b) a full pass over the nodes as they
+/// are now, with the jobs left waiting queued, places none of them; the array counts are those
+/// of the elements running; what the leftover hands out is free. Whenever `place_fast` places a
+/// job: (a) a full pass over the nodes as they are, with the jobs left waiting plus it queued,
+/// places it too (and, once an end was credited, none of the others); the placement fits and
+/// takes nothing the pass's reservation held.
+fn check_credit(w: &World, steps: &[Step]) -> Result<Credited, TestCaseError> {
+    let d = schedule(&w.snapshot());
+    let pass = run(&w.snapshot());
+    let mut left = d.leftover.clone();
+    let all: Vec<&Placement> = d.placements.iter().collect();
+    let mut nodes = apply(&w.nodes, w, &all)?;
+    let waiting: Vec<QueuedJob> =
+        w.queue.iter().filter(|j| !d.placements.iter().any(|p| p.job == j.id)).cloned().collect();
+    let mut seen = Credited::default();
+    for step in steps {
+        match step {
+            Step::End(ix) => {
+                let running: Vec<(usize, &RunningJob)> =
+                    nodes.iter().enumerate().flat_map(|(i, n)| n.running.iter().map(move |r| (i, r))).collect();
+                if running.is_empty() {
+                    continue;
+                }
+                let (at, ended) = running[ix.index(running.len())];
+                let ended = ended.clone();
+                let before = left.clone();
+                if !credit_end(&mut left, &ended, at) {
+                    prop_assert_eq!(&left, &before, "a refused end changed the leftover");
+                    break;
+                }
+                seen.ends += 1;
+                release(&mut nodes, |r| r.job == ended.job);
+
+                // (b) A full pass now leaves waiting exactly the jobs the pass left waiting.
+                let next = World { nodes: nodes.clone(), queue: waiting.clone(), users: w.users.clone() };
+                let full = schedule(&next.snapshot());
+                prop_assert!(
+                    full.placements.is_empty(),
+                    "the end of {:?} on node {} was credited, but a full pass places {:?}",
+                    ended,
+                    at,
+                    full.placements
+                );
+                prop_assert_eq!(full.pending.len(), waiting.len());
+
+                // The array counts are those of the elements running.
+                let mut arrays: BTreeMap<JobId, u32> = BTreeMap::new();
+                for a in nodes.iter().flat_map(|n| &n.running).filter_map(|r| r.array) {
+                    *arrays.entry(a).or_default() += 1;
+                }
+                prop_assert_eq!(&left.arrays, &arrays);
+
+                // What the leftover hands out is free.
+                for (n, l) in nodes.iter().zip(&left.nodes) {
+                    prop_assert!(l.cpus <= n.cpus_total - n.cpus_used, "leftover CPUs on {} are not free", n.name);
+                    for g in &l.gpus {
+                        let slot = n.gpus.iter().find(|s| s.index == g.index).expect("the GPU exists");
+                        prop_assert!(!g.whole || slot.is_free_whole(), "GPU {} is not free whole", g.index);
+                        prop_assert!(g.mib == 0 || slot.fits_mib(g.mib), "GPU {} has no {} MiB", g.index, g.mib);
+                    }
+                }
+            }
+            Step::New(j) => {
+                let Some(p) = place_fast(&mut left, j) else { continue };
+                if seen.ends > 0 {
+                    seen.placed_after += 1;
+                }
+                let mut queue = waiting.clone();
+                queue.push(j.clone());
+                queue.sort_by_key(|j| j.order_key());
+                let next = World { nodes: nodes.clone(), queue, users: w.users.clone() };
+
+                // Safe: it fits, and takes nothing the pass's reservation held.
+                let held = &pass.nodes[p.node];
+                for g in &p.gpus {
+                    let at = held.position(*g).expect("the GPU exists");
+                    prop_assert!(!held.gpus[at].held(), "job {} took GPU {}, which a reservation holds", j.id, g);
+                }
+                let after = apply(&nodes, &next, &[&p])?;
+                let n = &after[p.node];
+                prop_assert!(n.cpus_used + held.cpus_held() <= n.cpus_total, "job {} took held CPUs", j.id);
+
+                // (a) A full pass places it too, and no job left waiting once an end was credited.
+                let full = schedule(&next.snapshot());
+                prop_assert!(
+                    full.placements.iter().any(|q| q.job == j.id),
+                    "job {} was placed fast at {:?} after {} credited ends, but a full pass leaves it waiting: {:?}",
+                    j.id,
+                    p,
+                    seen.ends,
+                    full.pending.iter().find(|(id, _)| *id == j.id)
+                );
+                if seen.ends > 0 {
+                    prop_assert!(full.placements.iter().all(|q| q.job == j.id), "a full pass places {:?}", full);
+                }
+                let all: Vec<&Placement> = full.placements.iter().collect();
+                apply(&next.nodes, &next, &all)?;
+                nodes = after;
+            }
+        }
+    }
+    Ok(seen)
+}
+
+/// The pattern credits are for: every queued job needs GPUs, which are mostly busy, while jobs
+/// come and go.
+fn arb_gpu_queue_world() -> impl Strategy<Value = World> {
+    arb_world().prop_map(|mut w| {
+        for j in &mut w.queue {
+            j.gpus = j.gpus.max(1);
+        }
+        w
+    })
+}
+
+#[test]
+fn credited_ends_happen_often_enough_to_test_them() {
+    use proptest::test_runner::{Config, TestRng, TestRunner};
+    use std::cell::Cell;
+    // Most refusals are right: a job waits behind a reservation, or for what the job that ended
+    // freed. Enough cases credit an end, and place a job after one, to test them.
+    let worlds = [
+        ("loose", arb_world().boxed()),
+        ("tight", arb_tight_world().boxed()),
+        ("GPU queue", arb_gpu_queue_world().boxed()),
+    ];
+    for (name, world) in worlds {
+        let (cases, credited, placed) = (Cell::new(0), Cell::new(0), Cell::new(0));
+        let mut runner =
+            TestRunner::new_with_rng(Config::with_cases(1000), TestRng::deterministic_rng(Default::default()));
+        runner
+            .run(&(world, arb_steps()), |(w, steps)| {
+                cases.set(cases.get() + 1);
+                let seen = check_credit(&w, &steps)?;
+                credited.set(credited.get() + (seen.ends > 0) as u32);
+                placed.set(placed.get() + (seen.placed_after > 0) as u32);
+                Ok(())
+            })
+            .expect("credited ends are sound");
+        let (cases, credited, placed) = (cases.get(), credited.get(), placed.get());
+        eprintln!("{name}: {credited} of {cases} cases credited an end, {placed} placed a job after one");
+        assert!(credited * 100 >= cases * 15, "{name}: only {credited} of {cases} cases credited an end");
+        assert!(placed * 100 >= cases * 5, "{name}: only {placed} of {cases} cases placed after a credit");
     }
 }

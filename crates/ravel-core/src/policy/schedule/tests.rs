@@ -1,4 +1,4 @@
-use super::{place_fast, schedule};
+use super::{credit_end, place_fast, schedule};
 use crate::job::{JobId, Millis};
 use crate::policy::{
     Decisions, GpuSlot, Leftover, NodeView, PendingReason, Placement, QueuedJob, RunningJob, Snapshot, UserShare,
@@ -635,4 +635,176 @@ fn no_fast_path_without_a_pass() {
     let mut left = Leftover::default();
     assert!(!left.fast_path_ok);
     assert_eq!(place_fast(&mut left, &job(1, 0, 0)), None);
+}
+
+/// A CPU-only job running on `n`.
+fn run_cpus(n: &mut NodeView, job: JobId, cpus: u32, array: Option<JobId>) -> RunningJob {
+    let r = RunningJob { job, user: 0, gpus: vec![], gpu_mem_mib: None, cpus, ends_by: None, array };
+    n.cpus_used += cpus;
+    n.running.push(r.clone());
+    r
+}
+
+/// The nodes without job `id`.
+fn without(nodes: &[NodeView], id: JobId) -> Vec<NodeView> {
+    let mut nodes = nodes.to_vec();
+    for n in &mut nodes {
+        if let Some(at) = n.running.iter().position(|r| r.job == id) {
+            let r = n.running.remove(at);
+            n.cpus_used -= r.cpus;
+            for slot in &mut n.gpus {
+                if slot.whole == Some(id) {
+                    slot.whole = None;
+                }
+                slot.shared.retain(|(j, _)| *j != id);
+            }
+        }
+    }
+    nodes
+}
+
+#[test]
+fn a_cpu_job_that_ends_beside_a_long_queue_of_gpu_jobs_is_credited() {
+    // Every GPU busy, 10,000 GPU jobs waiting (the first holds 2 CPUs), and a 4-CPU job running.
+    let mut n = node(4, 32);
+    for g in 0..4 {
+        run_on(&mut n, 900 + g as JobId, 0, &[g], None, None);
+    }
+    let cpu = run_cpus(&mut n, 950, 4, None);
+    let queue: Vec<QueuedJob> = (1..=10_000).map(|i| job(i, 1, 2)).collect();
+    let nodes = [n];
+    let d = run(&nodes, queue.clone());
+    let mut left = d.leftover.clone();
+    assert_eq!(left.nodes[0].cpus, 22, "24 free, 2 held for the head");
+    // New CPU jobs take all of it.
+    let first = cpu_job(20_000, 22);
+    let p_first = place_fast(&mut left, &first).expect("fits");
+    assert_eq!(place_fast(&mut left, &cpu_job(20_001, 1)), None);
+
+    // The CPU job ends: its CPUs are credited, and the next CPU job starts at once.
+    assert!(credit_end(&mut left, &cpu, 0));
+    assert_eq!(left.nodes[0].cpus, 4);
+    let next = cpu_job(20_002, 3);
+    let p = place_fast(&mut left, &next).expect("fits on what the ended job freed");
+    assert_eq!((p.node, p.cpus), (0, 3));
+
+    // A full pass, with it gone and the first CPU job running, would leave the queue waiting
+    // and place the new job too.
+    let now = after(&without(&nodes, 950), std::slice::from_ref(&first), &[p_first]);
+    let full = run(&now, queue.clone());
+    assert!(full.placements.is_empty());
+    assert_eq!(full.pending.len(), 10_000);
+    let d_now = Decisions { placements: vec![], ..d.clone() };
+    assert!(full_pass_places(&now, &queue, &d_now, &next));
+}
+
+#[test]
+fn a_cpu_job_that_ends_while_a_job_waits_for_cpus_is_not_credited() {
+    // Node 0 has 4 CPUs free of 8 and the head needs 6; node 1 has 4 CPUs in all.
+    let mut a = node(0, 8);
+    let on_a = run_cpus(&mut a, 950, 4, None);
+    let mut b = node(0, 4);
+    let on_b = run_cpus(&mut b, 951, 2, None);
+    let nodes = [a, b];
+    let queue = vec![cpu_job(1, 6)];
+    let d = run(&nodes, queue.clone());
+    assert_eq!(reason(&d, 1).to_string(), "Resources: needs 6 CPUs, 4 free");
+    let mut left = d.leftover.clone();
+    assert!(!credit_end(&mut left, &on_a, 0));
+    assert_eq!(left, d.leftover, "a refused end changes nothing");
+    assert_eq!(placed(&run(&without(&nodes, 950), queue.clone())), vec![1], "rightly: the head starts");
+    // On node 1 the head can never run: that end is credited.
+    assert!(credit_end(&mut left, &on_b, 1));
+    assert_eq!(left.nodes[1].cpus, 4);
+    assert!(run(&without(&nodes, 951), queue).placements.is_empty());
+}
+
+#[test]
+fn a_gpu_job_that_ends_while_gpu_jobs_wait_is_not_credited() {
+    // Node 0: four GPUs, all busy; node 1: one GPU, busy. The queue needs 2 GPUs a job.
+    let mut a = node(4, 8);
+    for g in 0..4 {
+        run_on(&mut a, 900 + g as JobId, 0, &[g], None, None);
+    }
+    let mut b = node(1, 8);
+    run_on(&mut b, 910, 0, &[0], None, None);
+    let nodes = [a, b];
+    let queue: Vec<QueuedJob> = (1..=3).map(|i| job(i, 2, 1)).collect();
+    let d = run(&nodes, queue.clone());
+    let mut left = d.leftover.clone();
+    let on_a = nodes[0].running[0].clone();
+    assert!(!credit_end(&mut left, &on_a, 0));
+    assert_eq!(left, d.leftover);
+    // Node 1 can never take a 2-GPU job: its job's end is credited, CPUs only.
+    let on_b = nodes[1].running[0].clone();
+    assert!(credit_end(&mut left, &on_b, 1));
+    assert_eq!(left.nodes[1].cpus, 8);
+    assert!(!left.nodes[1].gpus[0].whole, "the GPU it freed is not credited");
+    assert!(run(&without(&nodes, 910), queue).placements.is_empty());
+}
+
+#[test]
+fn an_array_element_that_ends_lowers_its_array_count() {
+    let mut n = node(0, 8);
+    let element = run_cpus(&mut n, 900, 1, Some(7));
+    let nodes = [n];
+    let d = run(&nodes, vec![]);
+    let mut left = d.leftover.clone();
+    let next = QueuedJob { array: Some((7, 1)), ..cpu_job(1, 1) };
+    assert_eq!(place_fast(&mut left.clone(), &next), None, "one of array 7 runs");
+    assert!(credit_end(&mut left, &element, 0));
+    assert_eq!(left.arrays.get(&7), None);
+    assert_eq!(left.nodes[0].cpus, 8);
+    assert!(place_fast(&mut left, &next).is_some());
+    assert_eq!(left.arrays.get(&7), Some(&1));
+
+    // With an element waiting on the limit, its end would let that one start.
+    let d = run(&nodes, vec![next.clone()]);
+    assert_eq!(reason(&d, 1), &PendingReason::ArrayLimit { array: 7, limit: 1 });
+    let mut left = d.leftover.clone();
+    assert!(!credit_end(&mut left, &element, 0));
+    assert_eq!(left.arrays.get(&7), Some(&1));
+}
+
+#[test]
+fn ends_first_make_up_the_cpus_a_reservation_could_hold() {
+    // The GPU is busy; the head needs it and 4 CPUs, and holds the 2 free.
+    let mut n = node(1, 8);
+    run_on(&mut n, 900, 0, &[0], None, None);
+    let small = run_cpus(&mut n, 950, 1, None);
+    let big = run_cpus(&mut n, 951, 4, None);
+    let nodes = [n];
+    let queue = vec![job(1, 1, 4), job(2, 1, 4)];
+    let d = run(&nodes, queue.clone());
+    let mut left = d.leftover.clone();
+    assert_eq!(left.nodes[0].cpus, 0);
+    assert!(credit_end(&mut left, &small, 0));
+    assert_eq!(left.nodes[0].cpus, 0, "3 free, the head could hold 4");
+    assert!(credit_end(&mut left, &big, 0));
+    assert_eq!(left.nodes[0].cpus, 3);
+    let now = without(&without(&nodes, 950), 951);
+    assert!(run(&now, queue.clone()).placements.is_empty());
+    let fits = cpu_job(10, 3);
+    assert!(place_fast(&mut left.clone(), &fits).is_some());
+    assert!(full_pass_places(&now, &queue, &Decisions { placements: vec![], ..d.clone() }, &fits));
+    assert_eq!(place_fast(&mut left, &cpu_job(11, 4)), None);
+}
+
+#[test]
+fn nothing_is_credited_while_a_job_waits_behind_a_reservation() {
+    // The head holds a CPU; CPU jobs wait behind it, which a pass might place in another order.
+    let mut n = node(1, 4);
+    run_on(&mut n, 900, 0, &[0], None, None);
+    let cpu = run_cpus(&mut n, 950, 1, None);
+    let queue = vec![job(1, 1, 1), cpu_job(2, 2)];
+    let d = run(&[n], queue);
+    assert_eq!(reason(&d, 2), &PendingReason::FairShare { behind: 1 });
+    assert!(!credit_end(&mut d.leftover.clone(), &cpu, 0));
+}
+
+#[test]
+fn no_credit_without_a_pass() {
+    let r = RunningJob { job: 1, user: 0, gpus: vec![], gpu_mem_mib: None, cpus: 1, ends_by: None, array: None };
+    assert!(!credit_end(&mut Leftover::default(), &r, 0));
+    assert!(!credit_end(&mut run(&[node(0, 4)], vec![]).leftover, &r, 1), "no such node");
 }
