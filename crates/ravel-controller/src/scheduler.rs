@@ -21,12 +21,12 @@ pub async fn run(ctl: Arc<Controller>) {
         if let Some(t) = next_timer {
             sleep = sleep.min(std::time::Duration::from_millis((t - now_ms()).max(0) as u64));
         }
-        tokio::select! {
-            _ = ctl.wake.notified() => {}
-            _ = tokio::time::sleep(sleep) => {}
-        }
+        let woken = tokio::select! {
+            _ = ctl.wake.notified() => true,
+            _ = tokio::time::sleep(sleep) => false,
+        };
         admission::wake_due(&ctl).await;
-        pass(&ctl).await;
+        pass(&ctl, woken).await;
     }
 }
 
@@ -58,6 +58,7 @@ pub async fn probe_now(ctl: &Controller) {
             if st.inventory != gpus || st.foreign_used_mib != foreign {
                 st.generation += 1;
                 st.leftover = None;
+                st.dirty = true;
             }
             st.inventory = gpus;
             st.foreign_used_mib = foreign;
@@ -78,7 +79,7 @@ fn is_ours(pid: i32, sessions: &[i32]) -> bool {
     ravel_exec::procfs::read_stat(pid).is_some_and(|s| sessions.contains(&s.session))
 }
 
-async fn pass(ctl: &Arc<Controller>) {
+async fn pass(ctl: &Arc<Controller>, woken: bool) {
     let stale = {
         let st = ctl.lock();
         let old = st.last_probe.is_none_or(|t| t.elapsed() >= ctl.cfg.probe_interval);
@@ -94,9 +95,11 @@ async fn pass(ctl: &Arc<Controller>) {
         let now = now_ms();
         let (node, queue, users, generation) = {
             let mut st = ctl.lock();
-            if !st.accepting || st.queue.is_empty() {
+            // The periodic pass only looks again when something changed (probes included).
+            if !st.accepting || st.queue.is_empty() || !(woken || st.dirty) {
                 return;
             }
+            st.dirty = false;
             st.users.decay(now, ctl.half_life_ms());
             let node = st.node_view(&ctl.cfg.node_name, &ctl.cfg.thresholds);
             let queue: Vec<QueuedJob> = st.queue.values().cloned().collect();

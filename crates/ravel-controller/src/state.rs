@@ -146,6 +146,9 @@ pub struct State {
     /// Jobs that entered the queue since the running pass took its snapshot: to that pass they
     /// are new jobs, which its leftover may place at once when it ends.
     pub arrived: Vec<JobId>,
+    /// Something changed since the last pass took its snapshot; the periodic pass is skipped
+    /// when nothing did (a pass over a long queue is not free).
+    pub dirty: bool,
     pub estimates: HashMap<JobId, Millis>,
     pub active: HashMap<JobId, Active>,
     pub cpus_total: u32,
@@ -175,6 +178,7 @@ impl State {
             generation: 0,
             leftover: None,
             arrived: Vec::new(),
+            dirty: false,
             estimates: HashMap::new(),
             active: HashMap::new(),
             cpus_total,
@@ -192,6 +196,7 @@ impl State {
         let key = job.order_key();
         self.queued_keys.insert(job.id, key);
         self.arrived.push(job.id);
+        self.dirty = true;
         self.queue.insert(key, job);
         // The next pass may give it what the last one left over.
         self.leftover = None;
@@ -246,6 +251,7 @@ impl State {
     pub fn release(&mut self, id: JobId) -> Option<Active> {
         let a = self.active.remove(&id)?;
         self.generation += 1;
+        self.dirty = true;
         // What it frees may go straight back to the leftover when provably no waiting job
         // could use it (`policy::credit_end`); otherwise the next pass decides.
         let credited = self.leftover.as_mut().is_some_and(|l| ravel_core::policy::credit_end(l, &a.running(id), 0));
