@@ -83,6 +83,7 @@ pub fn evaluate(ctl: Arc<Controller>, mut p: Parked, blocked_in_store: bool) -> 
                 {
                     st.hold(id, Active::placed(&placement, &p.job, now_ms()));
                     drop(st);
+                    tracing::debug!(job = id, "placed without a pass");
                     tokio::spawn(scheduler::start_attempt(ctl.clone(), placement, p.job));
                     return;
                 }

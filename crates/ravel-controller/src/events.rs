@@ -90,6 +90,7 @@ pub async fn record_end(ctl: &Arc<Controller>, id: JobId, n: u32, outcome: Outco
         }
         st.leftover.is_none()
     };
+    tracing::debug!(job = id, needs_pass, "attempt ended");
     match ended {
         // Retried: it waits for its backoff like any parked job.
         Some(job) if job.state == JobState::Queued => admission::admit(ctl, &job).await,

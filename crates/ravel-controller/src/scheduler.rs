@@ -107,7 +107,15 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
             (node, queue, st.users.shares.clone(), st.generation)
         };
         let snap = Snapshot { now, nodes: std::slice::from_ref(&node), queue: &queue, users: &users };
+        let started = Instant::now();
         let d = ravel_core::policy::schedule(&snap);
+        tracing::debug!(
+            queued = queue.len(),
+            placed = d.placements.len(),
+            woken,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "pass"
+        );
         let mut st = ctl.lock();
         if st.generation != generation {
             continue;

@@ -88,10 +88,10 @@ pub async fn submit(
     }
     let initial = if blocked { JobState::Blocked } else { JobState::Queued };
     let jobs = ctl.store.submit(specs, initial, req.array.is_some(), now_ms()).await?;
+    // Admission places each job at once when it can, and wakes the scheduler when it cannot.
     for job in &jobs {
         admission::admit(&ctl, job).await;
     }
-    ctl.wake.notify_one();
     let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
     Ok(axum::Json(SubmitResponse { id: ids[0], ids }))
 }
