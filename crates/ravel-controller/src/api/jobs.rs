@@ -157,8 +157,12 @@ pub(super) fn view(ctl: &Controller, job: Job) -> JobView {
     JobView { job, pending_reason, position, estimated_start, run_dir: None, attempts: vec![] }
 }
 
-/// A reason as people read it: GPU-busy reasons say who keeps the GPU busy.
+/// A reason as people read it: GPU-busy reasons say who keeps the GPU busy, times are dates.
 fn describe(st: &crate::state::State, r: &PendingReason) -> String {
+    if let PendingReason::BeginTime { at } = r {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis((*at).max(0) as u64);
+        return format!("Begin time: not before {}", humantime::format_rfc3339_seconds(t));
+    }
     if let PendingReason::GpuBusy { index, need_gpus, free_gpus } = r {
         let why = st
             .inventory

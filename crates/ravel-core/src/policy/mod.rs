@@ -145,7 +145,8 @@ pub struct Placement {
 pub enum PendingReason {
     /// Resources it needs are held for a higher-priority job.
     Priority { behind: JobId },
-    /// Resources it needs are held for a job of equal priority whose user has used less.
+    /// Resources it needs are held for a job of equal priority ahead of it in the queue (earlier,
+    /// or of a user with a smaller fair share).
     FairShare { behind: JobId },
     /// Not enough free resources now.
     Resources { need_gpus: u32, free_gpus: u32, need_cpus: u32, free_cpus: u32 },
@@ -170,7 +171,7 @@ impl fmt::Display for PendingReason {
         let s = |n: u32| if n == 1 { "" } else { "s" };
         match self {
             PendingReason::Priority { behind } => write!(f, "Priority: resources held for job {behind}"),
-            PendingReason::FairShare { behind } => write!(f, "Fair share: resources held for job {behind}"),
+            PendingReason::FairShare { behind } => write!(f, "Queue order: resources held for job {behind}"),
             PendingReason::Resources { need_gpus, free_gpus, need_cpus, free_cpus } => {
                 if need_gpus > free_gpus {
                     write!(f, "Resources: needs {need_gpus} GPU{}, {free_gpus} free", s(*need_gpus))

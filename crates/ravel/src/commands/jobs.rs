@@ -68,11 +68,16 @@ fn array_row(elems: &[JobView], aid: JobId) -> Vec<String> {
     }
     counts.sort_by_key(|(s, _)| JobState::ALL.iter().position(|x| x == s));
     let summary = counts.iter().map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", ");
+    let request = match (first.spec.gpus, first.spec.gpu_mem_mib) {
+        (0, _) => "-".to_string(),
+        (g, Some(m)) => format!("({g}x{m}M)"),
+        (g, None) => format!("({g})"),
+    };
     vec![
         format!("{aid}[{}]", elems.len()),
         truncate(first.spec.name.as_deref().unwrap_or("-"), 20),
         "array".into(),
-        gpus_cell(first),
+        request,
         "-".into(),
         truncate(&command_line(&first.spec.command), 48),
         format!("{summary} (--expand to list)"),
@@ -83,6 +88,7 @@ fn gpus_cell(j: &Job) -> String {
     if !j.gpus_assigned.is_empty() && !matches!(j.state, JobState::Queued | JobState::Blocked) {
         j.gpus_assigned.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(",")
     } else if let Some(m) = j.spec.gpu_mem_mib {
+        // Requested, not (yet) assigned.
         format!("({}x{m}M)", j.spec.gpus)
     } else if j.spec.gpus > 0 {
         format!("({})", j.spec.gpus)
