@@ -1,0 +1,140 @@
+//! End to end under load: many concurrent submitters, kill -9 during a submit storm, and a store
+//! with a long history.
+
+use ravel_client::{Client, ClientError};
+use ravel_core::{JobSpec, JobState};
+use ravel_proto::{SubmitRequest, SubmitResponse};
+use ravel_test_support::{FakeGpus, TestDaemon, eventually};
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ravel");
+
+fn spec(home: &std::path::Path, cmd: &[&str]) -> SubmitRequest {
+    SubmitRequest {
+        spec: JobSpec {
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            cwd: home.to_string_lossy().into_owned(),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            ..JobSpec::default()
+        },
+        array: None,
+    }
+}
+
+/// Every listed job exists, succeeded, and ran in exactly one attempt.
+fn assert_ran_once(d: &TestDaemon, ids: &[i64]) {
+    let all: Vec<Value> = serde_json::from_str(&d.ok(&["queue", "--all", "--json"])).unwrap();
+    for id in ids {
+        let j = all.iter().find(|j| j["id"] == *id).unwrap_or_else(|| panic!("acknowledged job {id} is missing"));
+        assert_eq!(j["state"], "succeeded", "job {id}: {j}");
+        assert_eq!(j["attempt"], 1, "job {id} ran in {} attempts", j["attempt"]);
+    }
+}
+
+#[test]
+fn a_thousand_concurrent_submitters_get_distinct_ids_and_each_job_runs_once() {
+    let d = TestDaemon::builder(BIN).gpus(FakeGpus::Count(0)).cpus(8).start();
+    let socket = d.home().join("ravel.sock");
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..1000)
+        .map(|_| {
+            let (socket, ids, home) = (socket.clone(), ids.clone(), d.home().to_path_buf());
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let client = Client::local(socket);
+                    for _ in 0..10 {
+                        let r: SubmitResponse = client.post("/v1/jobs", &spec(&home, &["true"])).expect("submit");
+                        ids.lock().unwrap().push(r.id);
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut ids = ids.lock().unwrap().clone();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10_000, "10,000 acknowledged submits, 10,000 distinct ids");
+    d.ok(&["wait", "--all", "--timeout", "300"]);
+    assert_ran_once(&d, &ids);
+}
+
+#[test]
+fn kill_9_during_a_submit_storm_loses_no_acknowledged_job() {
+    let d = TestDaemon::builder(BIN).gpus(FakeGpus::Count(0)).cpus(4).start();
+    let socket = d.home().join("ravel.sock");
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let (socket, acked, stop, home) = (socket.clone(), acked.clone(), stop.clone(), d.home().to_path_buf());
+            std::thread::spawn(move || {
+                let client = Client::local(socket).with_timeout(Duration::from_secs(5));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client.post::<_, SubmitResponse>("/v1/jobs", &spec(&home, &["true"])) {
+                        Ok(r) => acked.lock().unwrap().push(r.id),
+                        // The daemon is gone: the submit was not acknowledged. Stop.
+                        Err(ClientError::NotRunning { .. } | ClientError::Io { .. } | ClientError::Protocol(_)) => {
+                            break;
+                        }
+                        Err(e) => panic!("unexpected error {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(20), || acked.lock().unwrap().len() >= 300), "the storm did not get going");
+    let pid = d.daemon_pid().unwrap();
+    // SAFETY: kill(2) of the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    d.start_daemon();
+    d.ok(&["wait", "--all", "--timeout", "120"]);
+    assert_ran_once(&d, &acked);
+}
+
+#[test]
+fn queue_answers_with_the_right_rows_over_a_long_history() {
+    let d = TestDaemon::builder(BIN).gpus(FakeGpus::Count(0)).prepare();
+    // 100,000 finished jobs written straight through the store, as a long-lived daemon leaves them.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use ravel_store::Store;
+        let store = Arc::new(
+            ravel_store::SqliteStore::open(&d.home().join("ravel.db"), ravel_store::Durability::Normal).unwrap(),
+        );
+        for chunk in 0..100 {
+            let specs: Vec<JobSpec> = (0..1000).map(|_| spec(d.home(), &["true"]).spec).collect();
+            let jobs = store.submit(specs, JobState::Queued, false, chunk).await.unwrap();
+            // Concurrent cancels share commits (group commit).
+            let tasks: Vec<_> = jobs
+                .into_iter()
+                .map(|j| {
+                    let store = store.clone();
+                    tokio::spawn(async move { store.request_cancel(j.id, "old".into(), 1_000_000 + j.id).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+        }
+    });
+    d.start_daemon();
+    let live = d.submit(&["--", "sleep", "30"]);
+    let rows: Vec<Value> = serde_json::from_str(&d.ok(&["queue", "--json", "--recent", "5"])).unwrap();
+    let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![99_996, 99_997, 99_998, 99_999, 100_000, live], "the 5 latest finished, then the active job");
+    let text = d.ok(&["queue"]);
+    assert_eq!(text.lines().count(), 1 + 10 + 1, "header, 10 recent, 1 active:\n{text}");
+    let all: Vec<Value> = serde_json::from_str(&d.ok(&["queue", "--all", "--json"])).unwrap();
+    assert_eq!(all.len(), 100_001);
+}
