@@ -66,7 +66,11 @@ pub struct JobView {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct QueueResponse {
+    /// Listed jobs in id order. Their `spec.env` is left out (see `GET /v1/jobs/{id}`).
     pub jobs: Vec<JobView>,
+    /// Waiting jobs not listed because of `limit`.
+    #[serde(default)]
+    pub more_waiting: u64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -77,6 +81,9 @@ pub struct QueueQuery {
     /// How many recently finished jobs to include when `all` is false.
     #[serde(default)]
     pub recent: Option<u32>,
+    /// At most this many waiting (queued or blocked) jobs when `all` is false, oldest first.
+    #[serde(default)]
+    pub limit: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -71,6 +71,9 @@ pub struct JobFilter {
     /// Every job ever (for `--all`); otherwise active jobs plus `recent_finished` finished ones.
     pub all: bool,
     pub recent_finished: u32,
+    /// Without `all`: at most this many waiting (queued or blocked) jobs, oldest first. Jobs
+    /// holding resources are always listed (there are few: at most the node's slots).
+    pub waiting_limit: Option<u32>,
 }
 
 /// One finished attempt, for rebuilding fair-share usage after a restart.

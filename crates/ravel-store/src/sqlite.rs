@@ -405,9 +405,16 @@ impl Store for SqliteStore {
             jobs.extend(collect(
                 &format!(
                     "SELECT {JOB_COLUMNS} FROM jobs \
-                     WHERE state IN ('blocked','queued','allocated','starting','running') ORDER BY id"
+                     WHERE state IN ('allocated','starting','running') ORDER BY id"
                 ),
                 &[],
+            )?);
+            jobs.extend(collect(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs \
+                     WHERE state IN ('blocked','queued') ORDER BY id LIMIT ?1"
+                ),
+                &[&filter.waiting_limit.map(i64::from).unwrap_or(-1)],
             )?);
             jobs.sort_by_key(|j| j.id);
             Ok(jobs)
@@ -953,10 +960,15 @@ mod tests {
                 store.request_cancel(j.id, "canceled by user".into(), 100 + i).await.unwrap();
             }
         }
-        let recent = store.list(JobFilter { all: false, recent_finished: 3 }).await.unwrap();
+        let recent = store.list(JobFilter { all: false, recent_finished: 3, waiting_limit: None }).await.unwrap();
         let ids: Vec<JobId> = recent.iter().map(|j| j.id).collect();
         assert_eq!(ids, vec![6, 7, 8, 9, 10]);
-        assert_eq!(store.list(JobFilter { all: true, recent_finished: 0 }).await.unwrap().len(), 10);
+        let page = store.list(JobFilter { all: false, recent_finished: 0, waiting_limit: Some(1) }).await.unwrap();
+        assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), vec![9], "the oldest waiting job only");
+        assert_eq!(
+            store.list(JobFilter { all: true, recent_finished: 0, waiting_limit: None }).await.unwrap().len(),
+            10
+        );
         let counts = store.counts().await.unwrap();
         assert!(counts.contains(&(JobState::Canceled, 8)) && counts.contains(&(JobState::Queued, 2)));
     }

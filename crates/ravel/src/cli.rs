@@ -149,6 +149,9 @@ pub struct QueueArgs {
     /// Show each element of job arrays on its own line
     #[arg(long)]
     pub expand: bool,
+    /// List at most N waiting jobs (the oldest); running ones are always listed
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub limit: u32,
     #[arg(long)]
     pub json: bool,
 }

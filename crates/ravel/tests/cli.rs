@@ -169,3 +169,20 @@ fn a_command_that_cannot_start_fails_with_the_reason() {
     assert_eq!(v["state"], "failed");
     assert!(v["reason"].as_str().unwrap().contains("no-such-program-xyz"), "{v}");
 }
+
+#[test]
+fn queue_lists_a_bounded_page_of_waiting_jobs() {
+    let d = TestDaemon::builder(BIN).gpus(FakeGpus::Count(0)).start();
+    let running = d.submit(&["--", "sleep", "30"]);
+    let held: Vec<i64> = (0..4).map(|_| d.submit(&["--hold", "--", "true"])).collect();
+    d.wait_state(running, "running");
+    let out = d.ok(&["queue", "--limit", "2"]);
+    assert!(out.contains(&held[0].to_string()) && out.contains(&held[1].to_string()), "{out}");
+    assert!(!out.lines().any(|l| l.starts_with(&format!("{} ", held[3]))), "{out}");
+    assert!(out.contains("and 2 more waiting jobs"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with(&format!("{running} "))), "running jobs are always listed: {out}");
+    // Listings leave the environment out; `show` has it.
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&d.ok(&["queue", "--json"])).unwrap();
+    assert!(rows.iter().all(|r| r["spec"]["env"].as_array().is_some_and(|e| e.is_empty())));
+    assert!(!d.show(running)["spec"]["env"].as_array().unwrap().is_empty());
+}

@@ -128,10 +128,23 @@ pub async fn list(
     State(ctl): State<Arc<Controller>>,
     Query(q): Query<QueueQuery>,
 ) -> Result<axum::Json<QueueResponse>, ApiError> {
-    let filter = JobFilter { all: q.all, recent_finished: q.recent.unwrap_or(DEFAULT_RECENT) };
+    let filter = JobFilter { all: q.all, recent_finished: q.recent.unwrap_or(DEFAULT_RECENT), waiting_limit: q.limit };
     let jobs = ctl.store.list(filter).await?;
-    let jobs = jobs.into_iter().map(|job| view(&ctl, job)).collect();
-    Ok(axum::Json(QueueResponse { jobs }))
+    let waiting_listed = jobs.iter().filter(|j| matches!(j.state, JobState::Queued | JobState::Blocked)).count() as u64;
+    let waiting = {
+        let st = ctl.lock();
+        (st.queue.len() + st.parked.len()) as u64
+    };
+    let jobs: Vec<JobView> = jobs
+        .into_iter()
+        .map(|mut job| {
+            // Listings leave the environment out: it is most of a job's size.
+            job.spec.env = Vec::new();
+            view(&ctl, job)
+        })
+        .collect();
+    let more_waiting = if q.all { 0 } else { waiting.saturating_sub(waiting_listed) };
+    Ok(axum::Json(QueueResponse { jobs, more_waiting }))
 }
 
 pub async fn show(State(ctl): State<Arc<Controller>>, Path(id): Path<JobId>) -> Result<axum::Json<JobView>, ApiError> {

@@ -14,7 +14,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 pub fn queue(home: &Home, args: QueueArgs) -> anyhow::Result<ExitCode> {
-    let path = if args.all { "/v1/jobs?all=true".to_string() } else { format!("/v1/jobs?recent={}", args.recent) };
+    let path = if args.all {
+        "/v1/jobs?all=true".to_string()
+    } else {
+        format!("/v1/jobs?recent={}&limit={}", args.recent, args.limit)
+    };
     let resp: QueueResponse = home.client().get(&path)?;
     if args.json {
         print_json(&resp.jobs)?;
@@ -52,6 +56,9 @@ pub fn queue(home: &Home, args: QueueArgs) -> anyhow::Result<ExitCode> {
         println!("no jobs (submit one with `ravel run -- COMMAND`)");
     } else {
         print!("{}", table(&["ID", "NAME", "STATE", "GPUS", "TIME", "COMMAND", "INFO"], &rows));
+    }
+    if resp.more_waiting > 0 {
+        println!("… and {} more waiting jobs (`ravel queue --limit N`, or `--all`)", resp.more_waiting);
     }
     Ok(ExitCode::SUCCESS)
 }
