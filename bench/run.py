@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""One benchmark run: Ravel's local figures (bench/local.py) and the shared peer harness
+(../shared/bench/peers/measure.py) for Ravel and task-spooler, back to back on this machine.
+Prints one JSON object and rewrites the table between the markers in bench/README.md.
+
+Usage: bench/run.py --ravel PATH [--jobs 300] [--submits 30] [--queued 10000] [--no-readme]
+"""
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEERS = os.path.join(HERE, "..", "..", "shared", "bench", "peers", "measure.py")
+START, END = "<!-- bench/run.py: start -->", "<!-- bench/run.py: end -->"
+
+
+def harness(system, jobs, submits, env):
+    out = subprocess.run([sys.executable, PEERS, system, "--jobs", str(jobs), "--submits", str(submits)],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ravel", required=True)
+    ap.add_argument("--jobs", type=int, default=300)
+    ap.add_argument("--submits", type=int, default=30)
+    ap.add_argument("--queued", type=int, default=10000)
+    ap.add_argument("--no-readme", action="store_true")
+    a = ap.parse_args()
+    result = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count()}
+    local = subprocess.run([sys.executable, os.path.join(HERE, "local.py"), "--ravel", a.ravel,
+                            "--queued", str(a.queued)], check=True, capture_output=True, text=True).stdout
+    result["ravel_local"] = json.loads(local.strip().splitlines()[-1])
+
+    tmp = tempfile.mkdtemp(prefix="ravel-peers-")
+    try:
+        peers = {}
+        if shutil.which("tsp"):
+            env = dict(os.environ, TS_SOCKET=os.path.join(tmp, "ts.sock"))
+            peers["tsp"] = harness("tsp", a.jobs, a.submits, env)
+            subprocess.run(["tsp", "-K"], env=env, capture_output=True)
+        env = dict(os.environ, RAVEL_HOME=os.path.join(tmp, "ravel"),
+                   PATH=os.path.dirname(os.path.abspath(a.ravel)) + os.pathsep + os.environ["PATH"])
+        env.pop("RAVEL_NO_GPU", None)
+        subprocess.run([a.ravel, "daemon", "start", "--cpus", "8"], env=env, check=True, capture_output=True)
+        try:
+            peers["ravel"] = harness("ravel", a.jobs, a.submits, env)
+        finally:
+            subprocess.run([a.ravel, "daemon", "stop", "--kill-jobs"], env=env, capture_output=True)
+        result["harness"] = peers
+        if "tsp" in peers:
+            t, r = peers["tsp"], peers["ravel"]
+            result["ratio_ravel_over_tsp"] = {
+                "submit_p50": round(r["submit_ms_p50"] / t["submit_ms_p50"], 2),
+                "dispatch_p50": round(r["dispatch_ms_p50"] / t["dispatch_ms_p50"], 2),
+                "drain_jobs_per_s": round(r["jobs_per_s"] / t["jobs_per_s"], 2),
+            }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result))
+    if not a.no_readme:
+        write_readme(result)
+
+
+def write_readme(r):
+    rows = ["| system | submit p50 / p99 ms | submit → running p50 / p99 ms | drain jobs/s |", "|---|---|---|---|"]
+    for name, m in r["harness"].items():
+        rows.append(f"| {name} | {m['submit_ms_p50']} / {m['submit_ms_p99']} | {m['dispatch_ms_p50']} / "
+                    f"{m['dispatch_ms_p99']} | {m['jobs_per_s']} |")
+    text = "\n".join([START, f"Run of {r['date']} on {r['cores']} cores (`bench/run.sh`):", "", *rows, "",
+                      "```json", json.dumps(r), "```", END])
+    path = os.path.join(HERE, "README.md")
+    readme = open(path).read()
+    if START in readme and END in readme:
+        readme = readme[:readme.index(START)] + text + readme[readme.index(END) + len(END):]
+    else:
+        readme = readme.rstrip() + "\n\n## Latest `bench/run.sh`\n\n" + text + "\n"
+    open(path, "w").write(readme)
+
+
+if __name__ == "__main__":
+    main()
