@@ -17,8 +17,11 @@ use tokio::sync::mpsc;
 #[derive(Debug)]
 pub enum AgentEvent {
     /// The supervisor of `(job, attempt)` is gone. `exit` is the status it wrote; `None` means it
-    /// vanished without writing one (killed with SIGKILL, or the machine rebooted).
-    Ended { job: JobId, attempt: u32, exit: Option<ExitRecord> },
+    /// vanished without writing one (killed with SIGKILL, or the machine rebooted). `spawned`
+    /// says whether it had started the job (it records that in `supervisor.json` right after):
+    /// a supervisor that ended before, with no exit status, never ran anything (its launcher
+    /// died while handing it the spec).
+    Ended { job: JobId, attempt: u32, exit: Option<ExitRecord>, spawned: bool },
 }
 
 /// What re-adoption found for an attempt the controller believes is live.
@@ -93,7 +96,7 @@ impl LocalAgent {
             if found.is_none() && ravel_exec::read_exit(run_dir).is_some() {
                 // It ran and ended (spawn failed, or a cancel before spawn) while no one watched.
                 let exit = ravel_exec::read_exit(run_dir);
-                let _ = self.events.send(AgentEvent::Ended { job, attempt, exit });
+                let _ = self.events.send(AgentEvent::Ended { job, attempt, exit, spawned: false });
                 return Adoption::Ended;
             }
         }
@@ -112,7 +115,8 @@ impl LocalAgent {
         if exit.is_none() {
             kill_orphaned_job(record.as_ref());
         }
-        let _ = self.events.send(AgentEvent::Ended { job, attempt, exit });
+        let spawned = record.as_ref().is_some_and(|r| r.job_pid.is_some());
+        let _ = self.events.send(AgentEvent::Ended { job, attempt, exit, spawned });
         Adoption::Ended
     }
 
@@ -130,7 +134,8 @@ impl LocalAgent {
                     ravel_exec::reap(pid);
                 }
                 let exit = ravel_exec::read_exit(&run_dir);
-                let _ = self.events.send(AgentEvent::Ended { job, attempt, exit });
+                let spawned = read_supervisor(&run_dir).is_some_and(|r| r.job_pid.is_some());
+                let _ = self.events.send(AgentEvent::Ended { job, attempt, exit, spawned });
             }
         }
     }
@@ -163,7 +168,8 @@ impl LocalAgent {
             if exit.is_none() {
                 kill_orphaned_job(record.as_ref());
             }
-            let _ = events.send(AgentEvent::Ended { job, attempt, exit });
+            let spawned = record.as_ref().is_some_and(|r| r.job_pid.is_some());
+            let _ = events.send(AgentEvent::Ended { job, attempt, exit, spawned });
         });
     }
 }

@@ -13,6 +13,10 @@ use std::sync::Arc;
 
 /// Puts a queued or blocked job where it belongs (at submit, at start-up, after a release or a retry).
 pub async fn admit(ctl: &Arc<Controller>, job: &Job) {
+    // A hold or priority change can race with a placement: once placed, the job is not waiting.
+    if ctl.lock().active.contains_key(&job.id) {
+        return;
+    }
     let user = ctl.user_id(job.spec.user.as_deref());
     let parked = Parked {
         job: queued_job(job, user),

@@ -10,14 +10,36 @@ use tokio::sync::mpsc;
 pub async fn run(ctl: Arc<Controller>, mut rx: mpsc::UnboundedReceiver<AgentEvent>) {
     while let Some(event) = rx.recv().await {
         match event {
-            AgentEvent::Ended { job, attempt, exit } => {
+            AgentEvent::Ended { job, attempt, exit, spawned } => {
                 let ctl = ctl.clone();
                 tokio::spawn(async move {
                     let requested = ctl.lock().active.get(&job).is_some_and(|a| a.cancel_requested);
+                    if exit.is_none() && !spawned && !requested {
+                        never_started(&ctl, job, attempt).await;
+                        return;
+                    }
                     let outcome = outcome(exit.as_ref(), requested);
                     record_end(&ctl, job, attempt, outcome).await;
                 });
             }
+        }
+    }
+}
+
+/// The attempt's supervisor ended before starting the job and without a status (its launcher
+/// died handing it the spec): nothing ran, so the job goes back to the queue as a new attempt.
+async fn never_started(ctl: &Arc<Controller>, id: JobId, n: u32) {
+    let reason = "the attempt ended before its job was started".to_string();
+    match ctl.store.requeue(id, n, reason, now_ms()).await {
+        Ok(job) => {
+            ctl.lock().release(id);
+            admission::admit(ctl, &job).await;
+            ctl.wake.notify_one();
+        }
+        Err(e) => {
+            tracing::warn!(job = id, attempt = n, error = %e, "cannot requeue an attempt that never started");
+            let outcome = outcome(None, false);
+            record_end(ctl, id, n, outcome).await;
         }
     }
 }

@@ -250,6 +250,7 @@ impl JobState {
                 | (Allocated, Failed)
                 | (Starting, Running)
                 | (Starting, Queued)
+                | (Running, Queued)
                 | (Starting, Failed)
                 | (Starting, Canceled)
                 | (Starting, Lost)

@@ -26,6 +26,10 @@ pub fn supervise_main(run_dir: &Path, spec_from_stdin: bool) -> i32 {
     fds::close_above_stdio();
     let spec = match if spec_from_stdin { records::read_launch_from_stdin() } else { records::read_launch(run_dir) } {
         Ok(spec) => spec,
+        // A spec cut short on the pipe means the launcher died while handing it over: nothing
+        // ran, and no record must say otherwise, so that a restarted daemon sees an attempt
+        // that was never launched and queues the job again.
+        Err(_) if spec_from_stdin => return 1,
         Err(e) => {
             let _ = write_exit(run_dir, failed(e.to_string(), None), Durability::Synced);
             return 1;

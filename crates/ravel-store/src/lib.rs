@@ -114,7 +114,7 @@ pub trait Store: Send + Sync + 'static {
     /// `allow_retry`, a failed or lost attempt of a job with retries left sends the job back to
     /// `queued`, not before its backoff (`JobSpec::retry_backoff_ms`), instead of ending it.
     fn finish(&self, id: JobId, n: u32, outcome: Outcome, now: Millis, allow_retry: bool) -> StoreFuture<'_, Job>;
-    /// allocated|starting → queued: attempt `n` never started and never will.
+    /// allocated|starting|running → queued: attempt `n` never started its job and never will.
     fn requeue(&self, id: JobId, n: u32, reason: String, now: Millis) -> StoreFuture<'_, Job>;
     /// Cancels a job that has not started (recording `reason`), or marks a started one for stopping.
     fn request_cancel(&self, id: JobId, reason: String, now: Millis) -> StoreFuture<'_, CancelEffect>;

@@ -559,7 +559,9 @@ impl Store for SqliteStore {
 
     fn requeue(&self, id: JobId, n: u32, reason: String, now: Millis) -> StoreFuture<'_, Job> {
         self.write(move |conn| {
-            let mut job = job_in(conn, id, &[JobState::Allocated, JobState::Starting])?;
+            // Running too: its supervisor may have been recorded before it turned out that the
+            // job itself never started.
+            let mut job = job_in(conn, id, &[JobState::Allocated, JobState::Starting, JobState::Running])?;
             check_attempt(&job, n)?;
             conn.prepare_cached("UPDATE jobs SET state = 'queued', gpus_assigned = '[]', node = NULL WHERE id = ?1")
                 .map_err(db)?

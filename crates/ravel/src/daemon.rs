@@ -140,21 +140,27 @@ pub fn start_detached(home: &Home, opts: &DaemonOpts) -> anyhow::Result<StatusRe
         .append(true)
         .open(home.log_file())
         .with_context(|| format!("cannot open {}", home.log_file().display()))?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["daemon", "start", "--foreground"])
-        .args(saved.args())
-        .env("RAVEL_HOME", &home.dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // SAFETY: setsid is async-signal-safe; the child detaches from our terminal and session.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().context("cannot start the daemon")?;
+    let spawn = || -> anyhow::Result<std::process::Child> {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["daemon", "start", "--foreground"])
+            .args(saved.args())
+            .env("RAVEL_HOME", &home.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log.try_clone()?);
+        // SAFETY: setsid is async-signal-safe; the child detaches from our terminal and session.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        cmd.spawn().context("cannot start the daemon")
+    };
+    let mut child = spawn()?;
+    // A daemon killed a moment ago may still hold the lock while the kernel tears it down: our
+    // child then exits ("already running"), and once the lock is free we start another.
+    let mut respawns = 3;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(s) = status(home) {
@@ -167,7 +173,10 @@ pub fn start_detached(home: &Home, opts: &DaemonOpts) -> anyhow::Result<StatusRe
                 return Ok(s);
             }
             if running_pid(home).is_some() {
-                // Another daemon holds the lock and is still starting: keep waiting for it.
+                // Another daemon holds the lock (starting, or dying): wait and see.
+            } else if respawns > 0 {
+                respawns -= 1;
+                child = spawn()?;
             } else {
                 bail!(
                     "the daemon exited ({code}) before it answered; see {}:\n{}",

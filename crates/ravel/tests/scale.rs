@@ -23,13 +23,24 @@ fn spec(home: &std::path::Path, cmd: &[&str]) -> SubmitRequest {
     }
 }
 
-/// Every listed job exists, succeeded, and ran in exactly one attempt.
+/// Every listed job exists and succeeded, and every attempt but the last never launched (placed,
+/// then the daemon died before starting it).
 fn assert_ran_once(d: &TestDaemon, ids: &[i64]) {
     let all: Vec<Value> = serde_json::from_str(&d.ok(&["queue", "--all", "--json"])).unwrap();
     for id in ids {
         let j = all.iter().find(|j| j["id"] == *id).unwrap_or_else(|| panic!("acknowledged job {id} is missing"));
         assert_eq!(j["state"], "succeeded", "job {id}: {j}");
-        assert_eq!(j["attempt"], 1, "job {id} ran in {} attempts", j["attempt"]);
+        if j["attempt"] != 1 {
+            let shown = d.show(*id);
+            let attempts = shown["attempts"].as_array().unwrap();
+            for a in &attempts[..attempts.len() - 1] {
+                assert_eq!(a["state"], "lost", "job {id}: {shown:#}");
+                assert!(
+                    a["supervisor_pid"].is_null() && a["started_at"].is_null(),
+                    "job {id} started twice: {shown:#}"
+                );
+            }
+        }
     }
 }
 
@@ -76,7 +87,8 @@ fn kill_9_during_a_submit_storm_loses_no_acknowledged_job() {
             std::thread::spawn(move || {
                 let client = Client::local(socket).with_timeout(Duration::from_secs(5));
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    match client.post::<_, SubmitResponse>("/v1/jobs", &spec(&home, &["true"])) {
+                    let log = format!("echo $RAVEL_JOB_ID >> {}/runs.log", home.display());
+                    match client.post::<_, SubmitResponse>("/v1/jobs", &spec(&home, &["sh", "-c", &log])) {
                         Ok(r) => acked.lock().unwrap().push(r.id),
                         // The daemon is gone: the submit was not acknowledged. Stop.
                         Err(ClientError::NotRunning { .. } | ClientError::Io { .. } | ClientError::Protocol(_)) => {
@@ -100,6 +112,16 @@ fn kill_9_during_a_submit_storm_loses_no_acknowledged_job() {
     d.start_daemon();
     d.ok(&["wait", "--all", "--timeout", "120"]);
     assert_ran_once(&d, &acked);
+    // Each job wrote its id once: no acknowledged job ran twice, none was lost.
+    let log = std::fs::read_to_string(d.home().join("runs.log")).unwrap();
+    let mut counts = std::collections::HashMap::new();
+    for line in log.lines() {
+        *counts.entry(line.parse::<i64>().unwrap()).or_insert(0) += 1;
+    }
+    for id in &acked {
+        assert_eq!(counts.get(id), Some(&1), "job {id} ran {:?} times", counts.get(id));
+    }
+    assert!(counts.values().all(|c| *c == 1), "some job ran twice");
 }
 
 #[test]

@@ -159,7 +159,7 @@ pub async fn show(State(ctl): State<Arc<Controller>>, Path(id): Path<JobId>) -> 
 pub(super) fn view(ctl: &Controller, job: Job) -> JobView {
     let st = ctl.lock();
     let (pending_reason, position) = match st.pending(job.id) {
-        Some((r, pos)) => (Some(describe(&st, &r)), pos),
+        Some((r, pos)) => (Some(describe(&st, &r, &ctl.cfg.thresholds)), pos),
         None if matches!(job.state, JobState::Queued | JobState::Blocked) => {
             (Some(PendingReason::NotYetScheduled.to_string()), None)
         }
@@ -171,7 +171,7 @@ pub(super) fn view(ctl: &Controller, job: Job) -> JobView {
 }
 
 /// A reason as people read it: GPU-busy reasons say who keeps the GPU busy, times are dates.
-fn describe(st: &crate::state::State, r: &PendingReason) -> String {
+fn describe(st: &crate::state::State, r: &PendingReason, thresholds: &ravel_gpu::Thresholds) -> String {
     if let PendingReason::BeginTime { at } = r {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis((*at).max(0) as u64);
         return format!("Begin time: not before {}", humantime::format_rfc3339_seconds(t));
@@ -181,7 +181,7 @@ fn describe(st: &crate::state::State, r: &PendingReason) -> String {
             .inventory
             .iter()
             .find(|g| g.index == *index)
-            .and_then(|g| g.foreign_busy(&ravel_gpu::Thresholds::default()).or(Some("foreign use".into())))
+            .and_then(|g| g.foreign_busy(thresholds).or(Some("foreign use".into())))
             .unwrap_or_default();
         let s = if *need_gpus == 1 { "" } else { "s" };
         return format!("GPU {index} busy: {why} (needs {need_gpus} GPU{s}, {free_gpus} free)");
