@@ -58,7 +58,13 @@ impl SqliteStore {
             .name("ravel-store-reader".into())
             .spawn(move || {
                 for op in read_rx {
+                    // One read transaction per operation: its statements see one snapshot, so a
+                    // job changing state between two of them is never missed or seen twice.
+                    let began = read_conn.execute_batch("BEGIN DEFERRED").is_ok();
                     op(&read_conn);
+                    if began {
+                        let _ = read_conn.execute_batch("COMMIT");
+                    }
                 }
             })
             .map_err(|e| StoreError::Db(format!("cannot start reader thread: {e}")))?;
