@@ -81,7 +81,7 @@ impl LocalAgent {
 
     /// Takes back an attempt after a controller restart.
     pub fn adopt(&self, job: JobId, attempt: u32, run_dir: &Path, known: Option<(i32, u64)>) -> Adoption {
-        let mut record = read_supervisor(run_dir);
+        let mut record = ravel_exec::read_supervisor(run_dir);
         let from_record = |r: &Option<SupervisorRecord>| r.as_ref().map(|r| (r.supervisor_pid, r.supervisor_start));
         let mut found = known.or(from_record(&record));
         if found.is_none() && run_dir.join(ravel_exec::OUTPUTS_DIR).exists() {
@@ -90,13 +90,12 @@ impl LocalAgent {
             // unlaunched, or the job could run twice.
             found = ravel_exec::procfs::find_supervisor(run_dir).map(|p| (p.pid, p.start_time));
             if found.is_none() {
-                record = read_supervisor(run_dir);
+                record = ravel_exec::read_supervisor(run_dir);
                 found = from_record(&record);
             }
             if found.is_none() && ravel_exec::read_exit(run_dir).is_some() {
                 // It ran and ended (spawn failed, or a cancel before spawn) while no one watched.
-                let exit = ravel_exec::read_exit(run_dir);
-                let _ = self.events.send(AgentEvent::Ended { job, attempt, exit, spawned: false });
+                report_end(&self.events, job, attempt, run_dir);
                 return Adoption::Ended;
             }
         }
@@ -111,12 +110,7 @@ impl LocalAgent {
             return Adoption::Watching { pid, start_time };
         }
         // The supervisor is gone. It writes exit.json before it exits, so reading it now is final.
-        let exit = ravel_exec::read_exit(run_dir);
-        if exit.is_none() {
-            kill_orphaned_job(record.as_ref());
-        }
-        let spawned = record.as_ref().is_some_and(|r| r.job_pid.is_some());
-        let _ = self.events.send(AgentEvent::Ended { job, attempt, exit, spawned });
+        report_end(&self.events, job, attempt, run_dir);
         Adoption::Ended
     }
 
@@ -133,9 +127,7 @@ impl LocalAgent {
                 if child {
                     ravel_exec::reap(pid);
                 }
-                let exit = ravel_exec::read_exit(&run_dir);
-                let spawned = read_supervisor(&run_dir).is_some_and(|r| r.job_pid.is_some());
-                let _ = self.events.send(AgentEvent::Ended { job, attempt, exit, spawned });
+                report_end(&self.events, job, attempt, &run_dir);
             }
         }
     }
@@ -152,7 +144,7 @@ impl LocalAgent {
                 Err(e) => {
                     // Fall back to polling identity; rare (no pidfd support in the reactor).
                     tracing::warn!(pid, error = %e.to_string(), "cannot register pidfd; polling");
-                    while std::path::Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+                    while ravel_exec::procfs::read_stat(pid).is_some_and(|s| !s.is_zombie()) {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
@@ -160,29 +152,22 @@ impl LocalAgent {
             if child {
                 ravel_exec::reap(pid);
             }
-            let dir = run_dir.clone();
-            let (exit, record) =
-                tokio::task::spawn_blocking(move || (ravel_exec::read_exit(&dir), read_supervisor(&dir)))
-                    .await
-                    .unwrap_or((None, None));
-            if exit.is_none() {
-                kill_orphaned_job(record.as_ref());
-            }
-            let spawned = record.as_ref().is_some_and(|r| r.job_pid.is_some());
-            let _ = events.send(AgentEvent::Ended { job, attempt, exit, spawned });
+            // Reading the records (and maybe killing an orphaned group) blocks.
+            let _ = tokio::task::spawn_blocking(move || report_end(&events, job, attempt, &run_dir)).await;
         });
     }
 }
 
-fn read_supervisor(run_dir: &Path) -> Option<SupervisorRecord> {
-    ravel_exec::read_supervisor(run_dir)
-}
-
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-        .unwrap_or(false)
+/// The supervisor of `(job, attempt)` is gone: report what it left in the run dir. It writes
+/// `exit.json` before it exits, so what is there now is final.
+fn report_end(events: &mpsc::UnboundedSender<AgentEvent>, job: JobId, attempt: u32, run_dir: &Path) {
+    let exit = ravel_exec::read_exit(run_dir);
+    let record = ravel_exec::read_supervisor(run_dir);
+    if exit.is_none() {
+        kill_orphaned_job(record.as_ref());
+    }
+    let spawned = record.as_ref().is_some_and(|r| r.job_pid.is_some());
+    let _ = events.send(AgentEvent::Ended { job, attempt, exit, spawned });
 }
 
 /// A supervisor that died without writing its exit status may have left its job running with no
