@@ -34,15 +34,18 @@ pub async fn run(ctl: Arc<Controller>) {
 /// processes outside Ravel. A failed probe keeps the last good inventory.
 pub async fn probe_now(ctl: &Controller) {
     let result = ctl.agent.inventory().await;
-    let sessions: Vec<i32> = ctl.lock().active.values().filter_map(|a| a.supervisor.map(|s| s.0)).collect();
+    let (sessions, in_use) = {
+        let st = ctl.lock();
+        let sessions: Vec<i32> = st.active.values().filter_map(|a| a.supervisor.map(|s| s.0)).collect();
+        (sessions, st.gpu_use())
+    };
     let foreign: Option<Vec<u64>> = result.as_ref().ok().map(|gpus| {
         gpus.iter()
             .map(|g| {
                 if g.processes.is_empty() {
                     // No per-process view: all use counts as foreign unless a Ravel job is on
                     // it, in which case it cannot be told apart (and thresholds do not apply).
-                    let ours = ctl.lock().jobs_on_gpu(g.index);
-                    if ours.0.is_some() || !ours.1.is_empty() { 0 } else { g.memory_used_mib }
+                    if in_use.contains_key(&g.index) { 0 } else { g.memory_used_mib }
                 } else {
                     g.processes.iter().filter(|p| !is_ours(p.pid as i32, &sessions)).map(|p| p.used_memory_mib).sum()
                 }

@@ -268,8 +268,8 @@ impl State {
         self.active.values().map(|a| a.cpus).sum()
     }
 
-    /// Jobs on each GPU index.
-    fn gpu_use(&self) -> HashMap<u32, GpuUse> {
+    /// Jobs on each GPU index (GPUs without any are absent).
+    pub fn gpu_use(&self) -> HashMap<u32, GpuUse> {
         let mut m: HashMap<u32, GpuUse> = HashMap::new();
         for (id, a) in &self.active {
             for g in &a.gpus {
@@ -309,11 +309,6 @@ impl State {
         let mut running: Vec<RunningJob> = self.active.iter().map(|(id, a)| a.running(*id)).collect();
         running.sort_by_key(|r| r.job);
         NodeView { name: name.to_string(), gpus, cpus_total: self.cpus_total, cpus_used: self.cpus_used(), running }
-    }
-
-    /// The job holding GPU `index` whole, and the jobs sharing it with their reservations.
-    pub fn jobs_on_gpu(&self, index: u32) -> GpuUse {
-        self.gpu_use().remove(&index).unwrap_or_default()
     }
 
     /// The Ravel job a GPU process belongs to: the one whose supervisor leads its session.

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 pub async fn list(State(ctl): State<Arc<Controller>>) -> axum::Json<GpusResponse> {
     let st = ctl.lock();
+    let mut in_use = st.gpu_use();
     let gpus = st
         .inventory
         .iter()
         .map(|g| {
-            let (allocated_to, shared) = st.jobs_on_gpu(g.index);
+            let (allocated_to, shared) = in_use.remove(&g.index).unwrap_or_default();
             let on_gpu = allocated_to.or(shared.first().map(|(j, _)| *j));
             GpuView {
                 index: g.index,
@@ -29,7 +30,7 @@ pub async fn list(State(ctl): State<Arc<Controller>>) -> axum::Json<GpusResponse
                     .map(|p| GpuProcessView {
                         pid: p.pid,
                         used_memory_mib: p.used_memory_mib,
-                        user: process_user(p.pid),
+                        user: ravel_exec::users::process_uid(p.pid).map(ravel_exec::users::user_name),
                         job: st.job_of_process(p.pid),
                     })
                     .collect(),
@@ -37,19 +38,4 @@ pub async fn list(State(ctl): State<Arc<Controller>>) -> axum::Json<GpusResponse
         })
         .collect();
     axum::Json(GpusResponse { probe: ctl.probe_kind.to_string(), gpus, probe_error: st.probe_error.clone() })
-}
-
-/// The user name owning a process, from /proc and /etc/passwd.
-fn process_user(pid: u32) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.to_string();
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    passwd
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            (f.nth(1)? == uid).then(|| name.to_string())
-        })
-        .or(Some(format!("uid {uid}")))
 }
