@@ -24,6 +24,7 @@ mod resolve;
 mod signals;
 mod spawn;
 mod supervise;
+pub mod users;
 mod wait;
 
 pub use atomic::{Durability, write_json, write_json_atomic};

@@ -76,7 +76,14 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
         gpus,
         cpus: args.cpus,
         priority: args.priority,
-        user: std::env::var("USER").ok().filter(|u| !u.is_empty()).or_else(current_user),
+        // Without `$USER` (cron, containers), the passwd name of the caller's uid.
+        // SAFETY: getuid cannot fail.
+        user: Some(
+            std::env::var("USER")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| ravel_exec::users::user_name(unsafe { libc::getuid() })),
+        ),
         gpu_mem_mib,
         memory_tag: args.memory_tag.clone(),
         after: args.after.clone(),
@@ -108,18 +115,4 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
         return super::logs::follow_to_end(home, resp.id, true, true);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The caller's user name from /etc/passwd when `$USER` is not set (cron, containers).
-fn current_user() -> Option<String> {
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() }.to_string();
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
-        })
-        .or(Some(format!("uid {uid}")))
 }
