@@ -138,6 +138,7 @@ mod tests {
             error: None,
             started_at_ms: Some(5),
             finished_at_ms: 9,
+            oom_killed: false,
         }
     }
 

@@ -266,5 +266,8 @@ fn launch_spec(ctl: &Controller, job: &Job, gpus: &[u32], n: u32, run_dir: &std:
         kill_grace_ms: ctl.cfg.kill_grace.as_millis() as u64,
         sync_records: ctl.cfg.durable,
         timeout_ms: job.spec.timeout_ms,
+        run_as: None,
+        umask: None,
+        cgroup: None,
     }
 }

@@ -51,6 +51,9 @@ fn one_launch(exe: &Path) -> (i64, i64) {
         kill_grace_ms: 1000,
         sync_records: false,
         timeout_ms: None,
+        run_as: None,
+        umask: None,
+        cgroup: None,
     };
     let t0 = now_ns();
     let launched = ravel_exec::launch(exe, dir.path(), &spec).expect("launch");

@@ -11,6 +11,7 @@
 //! Linux only: it relies on `/proc`, `pidfd_open(2)` and `PR_SET_CHILD_SUBREAPER`.
 
 mod atomic;
+pub mod cgroup;
 mod cleanup;
 mod control;
 mod error;
@@ -33,7 +34,7 @@ pub use error::ExecError;
 pub use launch::{Launched, SPEC_FROM_STDIN, SUPERVISE_SUBCOMMAND, launch};
 pub use procfs::{is_same_process, process_start_time};
 pub use records::{
-    EXIT_FILE, ExitRecord, LAUNCH_FILE, LaunchSpec, OUTPUTS_DIR, STDERR_FILE, STDOUT_FILE, SUPERVISOR_FILE,
-    SupervisorRecord, read_exit, read_launch, read_supervisor,
+    CgroupSpec, EXIT_FILE, ExitRecord, LAUNCH_FILE, LaunchSpec, OUTPUTS_DIR, RunAs, STDERR_FILE, STDOUT_FILE,
+    SUPERVISOR_FILE, SupervisorRecord, read_exit, read_launch, read_supervisor,
 };
 pub use supervise::supervise_main;

@@ -34,6 +34,37 @@ pub struct LaunchSpec {
     /// `kill_grace_ms`), also while no daemon is running. None: no limit.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Run the job as this user (system mode: the supervisor is root and drops privileges in
+    /// the job's process). None: the job runs as the supervisor's own user.
+    #[serde(default)]
+    pub run_as: Option<RunAs>,
+    /// The submitter's umask, applied in the job's process. None: inherited.
+    #[serde(default)]
+    pub umask: Option<u32>,
+    /// Contain the job in its own cgroup. None: no cgroup.
+    #[serde(default)]
+    pub cgroup: Option<CgroupSpec>,
+}
+
+/// Whom a job runs as: the submitter, identified by the kernel (`SO_PEERCRED`) at submit time.
+/// Supplementary groups, home directory and shell variables come from the user's entry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    /// The user's name (for supplementary groups and `USER`/`LOGNAME`).
+    pub user: String,
+}
+
+/// The cgroup one attempt runs in, relative to each controller's hierarchy root
+/// (e.g. `ravel/12.1`), and its limits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CgroupSpec {
+    pub name: String,
+    /// Hard memory limit (swap included where the host accounts it).
+    pub memory_max_bytes: Option<u64>,
+    /// Most processes/threads the job may have at once.
+    pub pids_max: Option<u64>,
 }
 
 /// Identity of the supervisor and of the job it spawned, so that a restarted daemon can tell
@@ -69,6 +100,10 @@ pub struct ExitRecord {
     /// When the job was spawned; None if it never was.
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: i64,
+    /// The kernel's OOM killer killed a process of the job because its cgroup hit its memory
+    /// limit.
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 /// Reads `launch.json`; the supervisor's first step.

@@ -93,6 +93,7 @@ pub fn supervise_main(run_dir: &Path, spec_from_stdin: bool) -> i32 {
         error: lost.or(cleanup.err()),
         started_at_ms: Some(started_at_ms),
         finished_at_ms: now_ms(),
+        oom_killed: false,
     };
     exit_code_for(write_exit(run_dir, record, durability))
 }
@@ -107,6 +108,7 @@ fn not_started() -> ExitRecord {
         error: None,
         started_at_ms: None,
         finished_at_ms: now_ms(),
+        oom_killed: false,
     }
 }
 

@@ -64,6 +64,9 @@ pub fn spec(command: &[&str], cwd: &Path) -> LaunchSpec {
         kill_grace_ms: 5_000,
         sync_records: true,
         timeout_ms: None,
+        run_as: None,
+        umask: None,
+        cgroup: None,
     }
 }
 
