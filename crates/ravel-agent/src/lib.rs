@@ -24,6 +24,11 @@ pub enum AgentEvent {
     Ended { job: JobId, attempt: u32, exit: Option<ExitRecord>, spawned: bool },
 }
 
+/// The cgroup (relative to Ravel's cgroup root) an attempt of a job runs in.
+pub fn cgroup_name(job: JobId, attempt: u32) -> String {
+    format!("{job}.{attempt}")
+}
+
 /// What re-adoption found for an attempt the controller believes is live.
 #[derive(Debug, PartialEq)]
 pub enum Adoption {
@@ -164,7 +169,9 @@ fn report_end(events: &mpsc::UnboundedSender<AgentEvent>, job: JobId, attempt: u
     let exit = ravel_exec::read_exit(run_dir);
     let record = ravel_exec::read_supervisor(run_dir);
     if exit.is_none() {
-        kill_orphaned_job(record.as_ref());
+        kill_orphaned_job(record.as_ref(), run_dir);
+        // Its supervisor did not live to empty and remove the job's cgroup.
+        ravel_exec::cgroup::remove_leftover(&cgroup_name(job, attempt));
     }
     let spawned = record.as_ref().is_some_and(|r| r.job_pid.is_some());
     let _ = events.send(AgentEvent::Ended { job, attempt, exit, spawned });
@@ -172,11 +179,22 @@ fn report_end(events: &mpsc::UnboundedSender<AgentEvent>, job: JobId, attempt: u
 
 /// A supervisor that died without writing its exit status may have left its job running with no
 /// one to report it: kill that job's group, so the GPUs it held are really free again.
-fn kill_orphaned_job(record: Option<&SupervisorRecord>) {
+///
+/// On a shared box the record lies in a run dir its job's user owns, so it may be forged: only a
+/// process of that user, in the session the supervisor led, is killed.
+fn kill_orphaned_job(record: Option<&SupervisorRecord>, run_dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
     let Some(r) = record else { return };
     let (Some(pid), Some(start)) = (r.job_pid, r.job_start) else {
         return;
     };
+    let in_session = ravel_exec::procfs::read_stat(pid).is_some_and(|s| s.session == r.supervisor_pid);
+    let dir_owner = std::fs::symlink_metadata(run_dir).map(|m| m.uid()).unwrap_or(0);
+    let owner_ok = dir_owner == 0 || ravel_exec::users::process_uid(pid as u32) == Some(dir_owner);
+    if !(in_session && owner_ok) {
+        tracing::warn!(pid, run_dir = %run_dir.display(), "supervisor record names a process that is not its job's; not killing it");
+        return;
+    }
     if ravel_exec::is_same_process(pid, start) {
         tracing::warn!(pid, "supervisor vanished; killing its job's process group");
         ravel_exec::kill_group_and_wait(pid, Duration::from_secs(5));

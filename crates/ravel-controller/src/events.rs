@@ -62,6 +62,9 @@ fn outcome(exit: Option<&ExitRecord>, cancel_requested: bool) -> Outcome {
     if e.timed_out {
         o.state = JobState::Failed;
         o.reason = Some("timeout".into());
+    } else if e.oom_killed && !canceled {
+        o.state = JobState::Failed;
+        o.reason = Some("out of memory".into());
     } else if let Some(err) = &e.error {
         o.reason = Some(err.clone());
     } else if e.canceled && !cancel_requested {
@@ -155,5 +158,9 @@ mod tests {
         let mut timed = exit(None, Some(15), false);
         timed.timed_out = true;
         assert_eq!(outcome(Some(&timed), false).reason.as_deref(), Some("timeout"));
+        let mut oom = exit(None, Some(9), false);
+        oom.oom_killed = true;
+        let o = outcome(Some(&oom), false);
+        assert_eq!((o.state, o.reason.as_deref()), (JobState::Failed, Some("out of memory")));
     }
 }

@@ -6,8 +6,11 @@
 
 mod admission;
 mod api;
+mod auth;
 mod clock;
 mod events;
+mod gputruth;
+mod limits;
 mod recovery;
 mod runjson;
 mod scheduler;
@@ -22,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 
+pub use auth::group_id;
 pub use clock::now_ms;
 
 /// Everything the controller is told at start; clap flags in the binary turn into this.
@@ -50,6 +54,22 @@ pub struct Config {
     /// Crash-test hook: abort the process at this named point (`after_allocate`, `after_launch`).
     /// Set from `RAVEL_FAILPOINT` by the daemon; tests use it to prove recovery from each point.
     pub failpoint: Option<String>,
+    /// A shared box's daemon (root): every job runs as its submitter, in its own cgroup.
+    pub system: bool,
+    /// The socket the API is served on (shown by `ravel daemon status`).
+    pub socket: PathBuf,
+    /// Members of this group are admins (besides root and the daemon's own user).
+    pub admin_group: Option<String>,
+    /// Non-admins see only their own jobs.
+    pub private_queue: bool,
+    /// System mode: root may submit jobs (refused by default).
+    pub allow_root_jobs: bool,
+    /// Per-user limits, read at start and rewritten by `ravel admin limits`. None: kept in memory.
+    pub limits_file: Option<PathBuf>,
+    /// What the host lets jobs be contained in.
+    pub cgroups: ravel_exec::cgroup::CgroupSupport,
+    /// A GPU a running job holds at 0% utilization for this long is flagged. None: never.
+    pub idle_gpu_after: Option<Duration>,
 }
 
 impl Config {
@@ -72,6 +92,13 @@ pub struct Controller {
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) started_at: i64,
     pub(crate) probe_kind: &'static str,
+    /// User names by uid (the passwd file is read once per uid).
+    pub(crate) names: Mutex<std::collections::HashMap<u32, String>>,
+    /// The daemon's own effective uid: its user is an admin, and owns jobs recorded without one.
+    pub(crate) own_uid: u32,
+    pub(crate) admin_gid: Option<u32>,
+    /// Serialises changes of the limits (and their file).
+    pub(crate) limits_write: tokio::sync::Mutex<()>,
 }
 
 impl Controller {
@@ -84,11 +111,18 @@ impl Controller {
     ) -> Result<Arc<Controller>, String> {
         let (tx, rx) = mpsc::unbounded_channel::<AgentEvent>();
         let probe_kind = probe.kind();
+        let admin_gid = match &cfg.admin_group {
+            Some(g) => Some(auth::group_id(g).ok_or_else(|| format!("--admin-group: no group {g:?} here"))?),
+            None => None,
+        };
+        let limits = limits::load(cfg.limits_file.as_deref())?;
         let agent = LocalAgent::new(cfg.exe.clone(), probe, tx);
         std::fs::create_dir_all(cfg.runs_dir())
             .map_err(|e| format!("cannot create {}: {e}", cfg.runs_dir().display()))?;
+        let mut state = State::new(cfg.cpus);
+        state.users.limits_cfg = limits;
         let ctl = Arc::new(Controller {
-            state: Mutex::new(State::new(cfg.cpus)),
+            state: Mutex::new(state),
             cfg,
             store,
             agent,
@@ -97,6 +131,11 @@ impl Controller {
             shutdown: watch::channel(false).0,
             started_at: now_ms(),
             probe_kind,
+            names: Mutex::new(Default::default()),
+            // SAFETY: geteuid cannot fail.
+            own_uid: unsafe { libc::geteuid() },
+            admin_gid,
+            limits_write: tokio::sync::Mutex::new(()),
         });
         scheduler::probe_now(&ctl).await;
         ctl.register_node().await;
@@ -148,6 +187,11 @@ impl Controller {
         self.lock().users.id(name, |n| weights.iter().find(|(u, _)| u == n).map(|(_, w)| *w).unwrap_or(1.0))
     }
 
+    /// The daemon's mode, as `ravel daemon status` shows it.
+    pub(crate) fn mode(&self) -> &'static str {
+        if self.cfg.system { "system" } else { "user" }
+    }
+
     pub(crate) fn half_life_ms(&self) -> f64 {
         self.cfg.fair_share_half_life.as_millis() as f64
     }
@@ -164,5 +208,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = api::router(ctl);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app.into_make_service_with_connect_info::<auth::Peer>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }

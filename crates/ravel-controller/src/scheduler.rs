@@ -66,6 +66,11 @@ pub async fn probe_now(ctl: &Controller) {
             st.inventory = gpus;
             st.foreign_used_mib = foreign;
             st.probe_error = None;
+            let mut idle = std::mem::take(&mut st.idle_since);
+            let raised = crate::gputruth::check(&mut st, &mut idle, ctl.cfg.idle_gpu_after);
+            st.idle_since = idle;
+            drop(st);
+            crate::gputruth::record(ctl, raised);
         }
         Err(e) => {
             if st.probe_error.as_deref() != Some(e.as_str()) {
@@ -96,7 +101,7 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
     // submit changes nothing held: it is simply considered by the next pass).
     let placed: Vec<(Placement, QueuedJob)> = loop {
         let now = now_ms();
-        let (node, queue, users, generation) = {
+        let (node, queue, users, limits, generation) = {
             let mut st = ctl.lock();
             // The periodic pass only looks again when something changed (probes included).
             if !st.accepting || st.queue.is_empty() || !(woken || st.dirty) {
@@ -107,9 +112,9 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
             let node = st.node_view(&ctl.cfg.node_name, &ctl.cfg.thresholds);
             let queue: Vec<QueuedJob> = st.queue.values().cloned().collect();
             st.arrived.clear();
-            (node, queue, st.users.shares.clone(), st.generation)
+            (node, queue, st.users.shares.clone(), st.users.limits.clone(), st.generation)
         };
-        let snap = Snapshot { now, nodes: std::slice::from_ref(&node), queue: &queue, users: &users };
+        let snap = Snapshot { now, nodes: std::slice::from_ref(&node), queue: &queue, users: &users, limits: &limits };
         let started = Instant::now();
         let d = ravel_core::policy::schedule(&snap);
         tracing::debug!(
@@ -266,8 +271,27 @@ fn launch_spec(ctl: &Controller, job: &Job, gpus: &[u32], n: u32, run_dir: &std:
         kill_grace_ms: ctl.cfg.kill_grace.as_millis() as u64,
         sync_records: ctl.cfg.durable,
         timeout_ms: job.spec.timeout_ms,
-        run_as: None,
-        umask: None,
-        cgroup: None,
+        run_as: run_as(ctl, job),
+        umask: job.spec.umask,
+        // A shared box contains every job; elsewhere only a job with a memory limit needs one.
+        cgroup: (ctl.cfg.cgroups.available() && (ctl.cfg.system || job.spec.mem_mib.is_some())).then(|| {
+            ravel_exec::CgroupSpec {
+                name: ravel_agent::cgroup_name(job.id, n),
+                memory_max_bytes: job.spec.mem_mib.map(|m| m << 20),
+                pids_max: None,
+            }
+        }),
     }
+}
+
+/// On a shared box, the job runs as its submitter. A job recorded without a uid (never the case
+/// for jobs submitted to a system daemon) runs as nobody rather than as root.
+fn run_as(ctl: &Controller, job: &Job) -> Option<ravel_exec::RunAs> {
+    if !ctl.cfg.system {
+        return None;
+    }
+    Some(match (job.spec.uid, job.spec.gid, &job.spec.user) {
+        (Some(uid), Some(gid), Some(user)) => ravel_exec::RunAs { uid, gid, user: user.clone() },
+        _ => ravel_exec::RunAs { uid: 65534, gid: 65534, user: "nobody".into() },
+    })
 }

@@ -5,7 +5,8 @@
 
 use ravel_core::Millis;
 use ravel_core::policy::{
-    GpuSlot, Leftover, NodeView, PendingReason, Placement, QueueKey, QueuedJob, RunningJob, UserId, UserShare,
+    GpuSlot, Leftover, NodeView, PendingReason, Placement, QueueKey, QueuedJob, RunningJob, UserId, UserLimits,
+    UserShare,
 };
 use ravel_core::{Job, JobId};
 use ravel_gpu::{GpuInfo, Thresholds};
@@ -74,7 +75,7 @@ pub struct Parked {
     pub reason: PendingReason,
 }
 
-/// Users interned to small ids, with their fair-share standing.
+/// Users interned to small ids, with their fair-share standing and limits.
 #[derive(Default)]
 pub struct Users {
     names: Vec<String>,
@@ -82,6 +83,10 @@ pub struct Users {
     pub shares: Vec<UserShare>,
     /// Time the usages were last decayed to.
     decayed_to: Millis,
+    /// The limits as configured (`limits.json`, `ravel admin limits`).
+    pub limits_cfg: ravel_proto::LimitsConfig,
+    /// What the policy enforces, per user id.
+    pub limits: Vec<UserLimits>,
 }
 
 impl Users {
@@ -94,7 +99,27 @@ impl Users {
         self.names.push(name.to_string());
         self.ids.insert(name.to_string(), id);
         self.shares.push(UserShare { weight: weight(name), usage: 0.0 });
+        self.limits.push(crate::limits::policy_limits(self.limits_cfg.for_user(name)));
         id
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<UserId> {
+        self.ids.get(name).copied()
+    }
+
+    pub fn name(&self, id: UserId) -> &str {
+        self.names.get(id as usize).map_or("-", |n| n.as_str())
+    }
+
+    /// Applies changed limits to every known user.
+    pub fn set_limits(&mut self, cfg: ravel_proto::LimitsConfig) {
+        self.limits = self.names.iter().map(|n| crate::limits::policy_limits(cfg.for_user(n))).collect();
+        self.limits_cfg = cfg;
+    }
+
+    /// The limits the policy enforces for `id`, if it has any.
+    pub fn limits_of(&self, id: UserId) -> Option<UserLimits> {
+        self.limits.get(id as usize).copied().filter(|l| !l.is_none())
     }
 
     /// Decays every usage to `now` with half-life `half_life_ms`.
@@ -163,6 +188,12 @@ pub struct State {
     /// False once a shutdown started: no new submissions, no new launches.
     pub accepting: bool,
     pub users: Users,
+    /// Users with jobs the last pass left waiting on their user limit: when one of their jobs
+    /// ends, those may start, so what it frees cannot go to the leftover.
+    pub limited_users: std::collections::HashSet<UserId>,
+    /// Problems seen per running job (GPU checks), already reported once each.
+    pub flags: HashMap<JobId, Vec<crate::gputruth::Flag>>,
+    pub idle_since: crate::gputruth::IdleSince,
 }
 
 impl State {
@@ -189,6 +220,9 @@ impl State {
             released_since_probe: false,
             accepting: true,
             users: Users::default(),
+            limited_users: Default::default(),
+            flags: HashMap::new(),
+            idle_since: Default::default(),
         }
     }
 
@@ -254,13 +288,16 @@ impl State {
         self.dirty = true;
         // What it frees may go straight back to the leftover when provably no waiting job
         // could use it (`policy::credit_end`); otherwise the next pass decides.
-        let credited = self.leftover.as_mut().is_some_and(|l| ravel_core::policy::credit_end(l, &a.running(id), 0));
+        // A job of a user with jobs waiting on that user's limit: those may start now.
+        let credited = !self.limited_users.contains(&a.user)
+            && self.leftover.as_mut().is_some_and(|l| ravel_core::policy::credit_end(l, &a.running(id), 0));
         if !credited {
             self.leftover = None;
         }
         if !a.gpus.is_empty() {
             self.released_since_probe = true;
         }
+        self.flags.remove(&id);
         Some(a)
     }
 
@@ -352,11 +389,29 @@ impl State {
     /// Places a newly eligible job without a pass when the last pass's leftover allows it
     /// exactly as a full pass would (see `policy::place_fast`).
     pub fn place_fast(&mut self, q: &QueuedJob) -> Option<Placement> {
+        // A limited user's job may start without a pass only within the user's limits; a full
+        // pass, seeing the same use, would then place it too (the leftover keeps anything an
+        // older waiting job could take).
+        if let Some(limits) = self.users.limits_of(q.user) {
+            let mine = self.active.values().filter(|a| a.user == q.user);
+            let (gpus, jobs) = mine.fold((0, 0), |(g, j), a| (g + a.gpus.len() as u32, j + 1));
+            if limits.exceeded_by(gpus, jobs, q.gpus).is_some() {
+                return None;
+            }
+        }
         ravel_core::policy::place_fast(self.leftover.as_mut()?, q)
     }
 
     /// Records a pass's reasons.
     pub fn set_pending(&mut self, list: Vec<(JobId, PendingReason)>) {
+        self.limited_users.clear();
+        if self.users.limits.iter().any(|l| !l.is_none()) {
+            for (_, r) in &list {
+                if let PendingReason::UserLimit { user, .. } = r {
+                    self.limited_users.insert(*user);
+                }
+            }
+        }
         self.pending_list = list;
         self.pending_index = std::sync::OnceLock::new();
     }

@@ -62,6 +62,18 @@ pub struct JobSpec {
     /// Most elements of its array that may run at once.
     #[serde(default)]
     pub array_limit: Option<u32>,
+    /// The submitter's uid and gid, from the kernel (the socket peer's credentials), never from
+    /// the request: a shared box's daemon runs the job as them.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// The submitter's umask, applied to the job.
+    #[serde(default)]
+    pub umask: Option<u32>,
+    /// Hard memory limit for the job's processes in MiB (`--mem`), enforced with a cgroup.
+    #[serde(default)]
+    pub mem_mib: Option<u64>,
 }
 
 impl Default for JobSpec {
@@ -86,6 +98,10 @@ impl Default for JobSpec {
             begin_at: None,
             array_index: None,
             array_limit: None,
+            uid: None,
+            gid: None,
+            umask: None,
+            mem_mib: None,
         }
     }
 }
@@ -164,6 +180,12 @@ impl JobSpec {
         }
         if self.timeout_ms == Some(0) {
             return err("--timeout must be more than 0".into());
+        }
+        if self.mem_mib.is_some_and(|m| m < 4) {
+            return err("--mem must be at least 4M (a process needs some memory to start)".into());
+        }
+        if self.umask.is_some_and(|m| m > 0o777) {
+            return err(format!("umask {:o} is not a permission mask (0 to 777 octal)", self.umask.unwrap_or(0)));
         }
         if self.array_limit == Some(0) {
             return err("an array's running limit (%N) must be at least 1".into());

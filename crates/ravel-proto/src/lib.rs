@@ -62,6 +62,81 @@ pub struct JobView {
     /// Every attempt, oldest first (filled by `GET /v1/jobs/{id}` only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<Attempt>,
+    /// Notable things seen while it ran, oldest first (filled by `GET /v1/jobs/{id}` only): a
+    /// process on a GPU it was not given, a GPU it holds idle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<JobEventView>,
+}
+
+/// Something seen about a job, kept with it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct JobEventView {
+    /// Monotonically increasing over the store.
+    pub id: i64,
+    pub attempt: u32,
+    /// UTC ms.
+    pub at: i64,
+    /// Stable kind: `gpu_not_allocated`, `gpu_idle`.
+    pub kind: String,
+    pub message: String,
+}
+
+/// One user's limits; `None` is no limit (or, in a user's entry, the default's value).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// GPUs the user's running jobs may hold at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    /// Jobs the user may have running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<u32>,
+    /// Jobs the user may have waiting (queued, blocked or held) at once; more are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<u32>,
+}
+
+impl Limits {
+    /// Each field from `self`, else from `fallback`.
+    pub fn or(self, fallback: Limits) -> Limits {
+        Limits {
+            gpus: self.gpus.or(fallback.gpus),
+            running: self.running.or(fallback.running),
+            queued: self.queued.or(fallback.queued),
+        }
+    }
+}
+
+/// Per-user limits of a daemon: a default for everyone and per-user entries (field by field,
+/// a user's entry wins over the default). Kept in the daemon's `limits.json`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default)]
+    pub default: Limits,
+    #[serde(default)]
+    pub users: std::collections::BTreeMap<String, Limits>,
+}
+
+impl LimitsConfig {
+    pub fn for_user(&self, user: &str) -> Limits {
+        self.users.get(user).copied().unwrap_or_default().or(self.default)
+    }
+}
+
+/// `POST /v1/admin/limits`: set (or with `clear`, remove) the default's or one user's limits.
+/// Fields left out keep their value.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SetLimitsRequest {
+    /// None: the default for every user.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Remove these limits (the user's entry, or the default's) before applying `limits`.
+    #[serde(default)]
+    pub clear: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -101,6 +176,8 @@ pub enum CancelOutcome {
     /// It had already finished; nothing changed.
     AlreadyFinished,
     NotFound,
+    /// The job belongs to another user, and the caller is not an admin; nothing changed.
+    Denied,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -207,6 +284,10 @@ pub struct GpuView {
     /// Set when use outside Ravel keeps it out of scheduling.
     pub foreign_busy: Option<String>,
     pub processes: Vec<GpuProcessView>,
+    /// What looks wrong on it now: a job's process on it that was not given it, a job holding
+    /// it idle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -234,6 +315,20 @@ pub struct StatusResponse {
     pub gpu_probe: String,
     pub queued: u64,
     pub running: u64,
+    /// `user` (one daemon per user) or `system` (a shared box's daemon; jobs run as their submitters).
+    #[serde(default)]
+    pub mode: String,
+    /// The socket this daemon listens on.
+    #[serde(default)]
+    pub socket: String,
+    /// Who the daemon sees asking (from the socket's peer credentials), and whether they are an admin.
+    #[serde(default)]
+    pub you: String,
+    #[serde(default)]
+    pub you_are_admin: bool,
+    /// How jobs are contained: `cgroup v1`, `cgroup v2`, or why not.
+    #[serde(default)]
+    pub cgroups: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -246,7 +341,8 @@ pub struct ShutdownRequest {
 /// Every error the API returns.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct ErrorBody {
-    /// Stable machine-readable code: `bad_request`, `not_found`, `conflict`, `too_large`, `unavailable`, `internal`.
+    /// Stable machine-readable code: `bad_request`, `not_found`, `conflict`, `forbidden`, `limit`, `too_large`,
+    /// `unavailable`, `internal`.
     pub code: String,
     /// One line for a person: what failed, with which value, and what to do.
     pub error: String,

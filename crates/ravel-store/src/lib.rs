@@ -85,6 +85,18 @@ pub struct UsageRecord {
     pub finished_at: Millis,
 }
 
+/// Something seen about a job while it ran (see `ravel_proto::JobEventView`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobEvent {
+    /// Assigned by the store, increasing.
+    pub id: i64,
+    pub job: JobId,
+    pub attempt: u32,
+    pub at: Millis,
+    pub kind: String,
+    pub message: String,
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Records new jobs in one transaction, each in state `initial` (`queued`, or `blocked` when
     /// it waits for dependencies), held if its spec says so, not before its begin time. With
@@ -134,4 +146,8 @@ pub trait Store: Send + Sync + 'static {
     fn register_node(&self, node: NodeRecord, now: Millis) -> StoreFuture<'_, ()>;
     /// Nodes as recorded, with their GPUs.
     fn nodes(&self) -> StoreFuture<'_, Vec<NodeRecord>>;
+    /// Keeps an event with its job (its `id` is ignored and assigned); returns the id.
+    fn add_event(&self, event: JobEvent) -> StoreFuture<'_, i64>;
+    /// A job's events, oldest first.
+    fn events(&self, job: JobId) -> StoreFuture<'_, Vec<JobEvent>>;
 }

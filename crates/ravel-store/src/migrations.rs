@@ -73,4 +73,16 @@ pub const SQLITE: &[&str] = &[
     CREATE INDEX job_deps_depends_on ON job_deps(depends_on);
     CREATE INDEX attempts_finished ON attempts(finished_at) WHERE finished_at IS NOT NULL;
     "#,
+    // 3: things seen about a job while it ran (GPU checks), kept with it.
+    r#"
+    CREATE TABLE job_events (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id  INTEGER NOT NULL REFERENCES jobs(id),
+        attempt INTEGER NOT NULL,
+        at      INTEGER NOT NULL,
+        kind    TEXT    NOT NULL,
+        message TEXT    NOT NULL
+    );
+    CREATE INDEX job_events_job ON job_events(job_id);
+    "#,
 ];

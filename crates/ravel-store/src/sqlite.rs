@@ -5,7 +5,9 @@
 //! rolls back only itself. Its caller hears the result only after the whole batch committed.
 
 use crate::migrations;
-use crate::{CancelEffect, GpuRecord, JobFilter, NewAttempt, NodeRecord, Store, StoreError, StoreFuture, UsageRecord};
+use crate::{
+    CancelEffect, GpuRecord, JobEvent, JobFilter, NewAttempt, NodeRecord, Store, StoreError, StoreFuture, UsageRecord,
+};
 use ravel_core::{Attempt, Job, JobId, JobSpec, JobState, Millis, Outcome};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::{Path, PathBuf};
@@ -765,6 +767,39 @@ impl Store for SqliteStore {
                 .collect()
         })
     }
+
+    fn add_event(&self, e: JobEvent) -> StoreFuture<'_, i64> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO job_events (job_id, attempt, at, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(db)?
+            .execute(params![e.job, e.attempt, e.at, e.kind, e.message])
+            .map_err(db)?;
+            Ok(conn.last_insert_rowid())
+        })
+    }
+
+    fn events(&self, job: JobId) -> StoreFuture<'_, Vec<JobEvent>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT id, attempt, at, kind, message FROM job_events WHERE job_id = ?1 ORDER BY id")
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([job], |r| {
+                    Ok(JobEvent {
+                        id: r.get(0)?,
+                        job,
+                        attempt: r.get(1)?,
+                        at: r.get(2)?,
+                        kind: r.get(3)?,
+                        message: r.get(4)?,
+                    })
+                })
+                .map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -779,6 +814,22 @@ mod tests {
         store.register_node(NodeRecord { name: "a".into(), cpus: 4, gpus: vec![gpu(0)] }, 2).await.unwrap();
         let nodes = store.nodes().await.unwrap();
         assert_eq!(nodes, vec![NodeRecord { name: "a".into(), cpus: 4, gpus: vec![gpu(0)] }]);
+    }
+
+    #[tokio::test]
+    async fn events_are_kept_per_job_in_order() {
+        let (_dir, store) = open();
+        let jobs = store.submit(vec![spec("a"), spec("b")], JobState::Queued, false, 1).await.unwrap();
+        let ev = |job, kind: &str| JobEvent { id: 0, job, attempt: 1, at: 5, kind: kind.into(), message: "m".into() };
+        let first = store.add_event(ev(jobs[0].id, "gpu_idle")).await.unwrap();
+        store.add_event(ev(jobs[1].id, "other")).await.unwrap();
+        let second = store.add_event(ev(jobs[0].id, "gpu_not_allocated")).await.unwrap();
+        assert!(second > first);
+        let got = store.events(jobs[0].id).await.unwrap();
+        assert_eq!(
+            got.iter().map(|e| (e.id, e.kind.as_str())).collect::<Vec<_>>(),
+            vec![(first, "gpu_idle"), (second, "gpu_not_allocated")]
+        );
     }
 
     fn spec(cmd: &str) -> JobSpec {

@@ -72,6 +72,42 @@ pub enum Command {
     /// Start, stop or inspect the background daemon
     #[command(subcommand)]
     Daemon(DaemonCommand),
+    /// Administer a shared daemon: per-user limits
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Show or set per-user limits. Without USER or --default it shows them all
+    #[command(
+        after_help = "Examples:\n  ravel admin limits\n  ravel admin limits --default --gpus 4 --queued 1000\n  \
+ravel admin limits alice --gpus 8\n  ravel admin limits alice --clear"
+    )]
+    Limits(LimitsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LimitsArgs {
+    /// The user whose limits to set (their entry wins over the default, field by field)
+    pub user: Option<String>,
+    /// Set the default that applies to every user
+    #[arg(long, conflicts_with = "user")]
+    pub default: bool,
+    /// Most GPUs the user's running jobs may hold at once
+    #[arg(long, value_name = "N")]
+    pub gpus: Option<u32>,
+    /// Most jobs the user may have running at once
+    #[arg(long, value_name = "N")]
+    pub running: Option<u32>,
+    /// Most jobs the user may have waiting; further submits are refused
+    #[arg(long, value_name = "N")]
+    pub queued: Option<u32>,
+    /// Remove the user's limits (or the default's) first
+    #[arg(long)]
+    pub clear: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -97,6 +133,10 @@ pub struct RunArgs {
     /// Reserve this much memory on each of its GPUs and share them with other such jobs (e.g. 12G)
     #[arg(long, value_name = "SIZE", help_heading = "GPU memory")]
     pub gpu_mem: Option<String>,
+    /// Hard limit on the job's memory (e.g. 32G), enforced with a cgroup: past it the job is
+    /// killed and recorded failed: out of memory
+    #[arg(long, value_name = "SIZE")]
+    pub mem: Option<String>,
     /// Reserve the memory of a tag from the daemon's --memory-limits (e.g. small)
     #[arg(long, value_name = "TAG", conflicts_with = "gpu_mem", help_heading = "GPU memory")]
     pub memory_tag: Option<String>,
@@ -199,8 +239,11 @@ pub enum DaemonCommand {
         /// Terminate running jobs first
         #[arg(long)]
         kill_jobs: bool,
+        /// Stop the shared box's system daemon (as root)
+        #[arg(long)]
+        system: bool,
     },
-    /// Is the daemon running? Exits 0 if so, 3 if not
+    /// Is the daemon running, and which one do commands talk to? Exits 0 if it runs, 3 if not
     Status {
         #[arg(long)]
         json: bool,
@@ -214,6 +257,25 @@ pub struct DaemonOpts {
     /// Run in this terminal instead of detaching
     #[arg(long)]
     pub foreground: bool,
+    /// The shared box's daemon (as root): one for every user, jobs run as their submitters, state in
+    /// /var/lib/ravel, socket /run/ravel/ravel.sock
+    #[arg(long)]
+    pub system: bool,
+    /// System mode: members of this group are admins (besides root)
+    #[arg(long, value_name = "GROUP", help_heading = "Shared box")]
+    pub admin_group: Option<String>,
+    /// System mode: the socket is 0660 for this group instead of 0666 for everyone
+    #[arg(long, value_name = "GROUP", help_heading = "Shared box")]
+    pub socket_group: Option<String>,
+    /// System mode: users see only their own jobs (admins see all)
+    #[arg(long, help_heading = "Shared box")]
+    pub private_queue: bool,
+    /// System mode: let root submit jobs (refused by default)
+    #[arg(long, help_heading = "Shared box")]
+    pub allow_root_jobs: bool,
+    /// Flag a job that holds a GPU at 0% utilization this long (default 30m; 0 = never)
+    #[arg(long, value_name = "DURATION")]
+    pub idle_gpu_after: Option<String>,
     /// CPU slots of this node (default: the number of cores)
     #[arg(long)]
     pub cpus: Option<u32>,

@@ -33,6 +33,16 @@ pub struct Saved {
     pub fair_share_weights: Option<String>,
     #[serde(default)]
     pub fair_share_half_life: Option<String>,
+    #[serde(default)]
+    pub admin_group: Option<String>,
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    #[serde(default)]
+    pub private_queue: bool,
+    #[serde(default)]
+    pub allow_root_jobs: bool,
+    #[serde(default)]
+    pub idle_gpu_after: Option<String>,
 }
 
 type Policy = (Vec<(String, u64)>, Vec<(String, f64)>, Duration);
@@ -78,6 +88,11 @@ impl Saved {
             memory_limits: o.memory_limits.clone().or(self.memory_limits),
             fair_share_weights: o.fair_share_weights.clone().or(self.fair_share_weights),
             fair_share_half_life: o.fair_share_half_life.clone().or(self.fair_share_half_life),
+            admin_group: o.admin_group.clone().or(self.admin_group),
+            socket_group: o.socket_group.clone().or(self.socket_group),
+            private_queue: o.private_queue || self.private_queue,
+            allow_root_jobs: o.allow_root_jobs || self.allow_root_jobs,
+            idle_gpu_after: o.idle_gpu_after.clone().or(self.idle_gpu_after),
         }
     }
 
@@ -100,7 +115,26 @@ impl Saved {
         push("--memory-limits", self.memory_limits.clone());
         push("--fair-share-weights", self.fair_share_weights.clone());
         push("--fair-share-half-life", self.fair_share_half_life.clone());
+        push("--admin-group", self.admin_group.clone());
+        push("--socket-group", self.socket_group.clone());
+        push("--idle-gpu-after", self.idle_gpu_after.clone());
+        if self.private_queue {
+            a.push("--private-queue".into());
+        }
+        if self.allow_root_jobs {
+            a.push("--allow-root-jobs".into());
+        }
         a
+    }
+
+    /// `--idle-gpu-after`: None = never flag.
+    fn idle_gpu_after(&self) -> anyhow::Result<Option<Duration>> {
+        let Some(s) = &self.idle_gpu_after else { return Ok(Some(Duration::from_secs(30 * 60))) };
+        if s.trim() == "0" {
+            return Ok(None);
+        }
+        let ms = ravel_core::units::parse_duration_ms(s).map_err(|e| anyhow!("--idle-gpu-after: {e}"))?;
+        Ok(Some(Duration::from_millis(ms)))
     }
 }
 
@@ -142,12 +176,13 @@ pub fn start_detached(home: &Home, opts: &DaemonOpts) -> anyhow::Result<StatusRe
         .with_context(|| format!("cannot open {}", home.log_file().display()))?;
     let spawn = || -> anyhow::Result<std::process::Child> {
         let mut cmd = Command::new(&exe);
-        cmd.args(["daemon", "start", "--foreground"])
-            .args(saved.args())
-            .env("RAVEL_HOME", &home.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log.try_clone()?);
+        cmd.args(["daemon", "start", "--foreground"]).args(saved.args());
+        if home.system {
+            cmd.arg("--system").env("RAVEL_SYSTEM_HOME", &home.dir).env("RAVEL_SYSTEM_SOCKET", &home.socket);
+        } else {
+            cmd.env("RAVEL_HOME", &home.dir);
+        }
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log.try_clone()?);
         // SAFETY: setsid is async-signal-safe; the child detaches from our terminal and session.
         unsafe {
             cmd.pre_exec(|| {
@@ -237,6 +272,18 @@ pub fn stop(home: &Home, kill_jobs: bool) -> anyhow::Result<bool> {
 
 /// Runs the daemon in this process until it is told to stop.
 pub fn run_foreground(home: &Home, opts: &DaemonOpts) -> anyhow::Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if home.system && unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the system daemon must run as root (it runs each job as its submitter); use sudo, or run your own daemon without --system"
+        );
+    }
+    if home.system {
+        // Files the daemon creates for everyone (run dirs, the socket's dir) get exactly the
+        // modes it asks for, whatever umask the service manager left.
+        // SAFETY: umask cannot fail.
+        unsafe { libc::umask(0o022) };
+    }
     home.ensure()?;
     let saved = Saved::load(home).merge(opts);
     // Checked before anything is saved, so a bad value never sticks in daemon.json.
@@ -247,6 +294,7 @@ pub fn run_foreground(home: &Home, opts: &DaemonOpts) -> anyhow::Result<()> {
         bail!("--kill-grace must be a number of seconds >= 0, not {g}");
     }
     saved.policy()?;
+    saved.idle_gpu_after()?;
     let mut pid_file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -268,7 +316,7 @@ pub fn run_foreground(home: &Home, opts: &DaemonOpts) -> anyhow::Result<()> {
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = rt.block_on(serve(home, &saved));
-    let _ = std::fs::remove_file(home.socket());
+    let _ = std::fs::remove_file(&home.socket);
     let _ = std::fs::remove_file(home.pid_file());
     drop(pid_file);
     result
@@ -309,15 +357,45 @@ async fn serve(home: &Home, saved: &Saved) -> anyhow::Result<()> {
         memory_limits: policy.0,
         fair_share_weights: policy.1,
         fair_share_half_life: policy.2,
+        system: home.system,
+        socket: home.socket.clone(),
+        admin_group: saved.admin_group.clone(),
+        private_queue: saved.private_queue,
+        allow_root_jobs: saved.allow_root_jobs,
+        limits_file: Some(home.limits_file()),
+        cgroups: ravel_exec::cgroup::detect(),
+        idle_gpu_after: saved.idle_gpu_after()?,
     };
+    match &cfg.cgroups {
+        ravel_exec::cgroup::CgroupSupport::Unavailable(why) => tracing::warn!(
+            "jobs run without cgroups ({why}): --mem is refused{}",
+            if home.system { ", and jobs are not contained" } else { "" }
+        ),
+        c => tracing::info!(cgroups = ?c, "jobs get their own cgroups"),
+    }
     // Bind first: if the socket cannot be had, fail before any job is touched. Clients that
     // connect during recovery wait in the backlog until the API serves.
-    let socket = home.socket();
+    let socket = home.socket.clone();
     // The lock is ours, so any socket file left here belongs to a dead daemon.
     let _ = std::fs::remove_file(&socket);
     let listener =
         tokio::net::UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
-    set_mode(&socket, 0o600)?;
+    // A user's daemon is theirs alone. The system daemon is for everyone (or one group): who
+    // asks is told by the kernel on each connection, so the socket itself need not be private.
+    match (home.system, &saved.socket_group) {
+        (false, _) => set_mode(&socket, 0o600)?,
+        (true, None) => set_mode(&socket, 0o666)?,
+        (true, Some(group)) => {
+            let gid =
+                ravel_controller::group_id(group).ok_or_else(|| anyhow!("--socket-group: no group {group:?} here"))?;
+            let c = std::ffi::CString::new(socket.as_os_str().as_encoded_bytes())?;
+            // SAFETY: chown on a NUL-terminated path we own; -1 keeps the owner.
+            if unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) } != 0 {
+                bail!("cannot give {} to group {group}: {}", socket.display(), std::io::Error::last_os_error());
+            }
+            set_mode(&socket, 0o660)?;
+        }
+    }
 
     let store = ravel_store::SqliteStore::open(&cfg.db_path, durability).map_err(|e| anyhow!("{e}"))?;
     // Jobs' environments are stored here and in run dirs: keep them to their owner.
@@ -325,7 +403,8 @@ async fn serve(home: &Home, saved: &Saved) -> anyhow::Result<()> {
     let probe = ravel_gpu::detect();
     let runs = cfg.runs_dir();
     let ctl = ravel_controller::Controller::start(cfg, Arc::new(store), probe).await.map_err(|e| anyhow!(e))?;
-    let _ = set_mode(&runs, 0o700);
+    // Users reach their own run dirs (each 0700 and theirs) through it on a shared box.
+    let _ = set_mode(&runs, if home.system { 0o755 } else { 0o700 });
     tracing::info!(socket = %socket.display(), pid = std::process::id(), "ravel daemon ready");
 
     let stop = {

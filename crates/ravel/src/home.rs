@@ -1,17 +1,62 @@
-//! Where local state lives: `$RAVEL_HOME` (default `~/.local/share/ravel`) and the files in it.
+//! Where a daemon's state lives and which daemon a command talks to.
+//!
+//! A user's own daemon keeps its state in `$RAVEL_HOME` (default `~/.local/share/ravel`), socket
+//! included. A shared box's system daemon keeps it in `/var/lib/ravel` with its socket at
+//! `/run/ravel/ravel.sock` (`RAVEL_SYSTEM_HOME` and `RAVEL_SYSTEM_SOCKET` move them, for tests
+//! and packagers). Commands find their daemon in this order: `RAVEL_HOME` if set; else the
+//! user's own daemon if it runs; else the system daemon if its socket exists; else the user's own
+//! (which `ravel run` starts).
 
 use std::path::PathBuf;
 
 pub struct Home {
     pub dir: PathBuf,
+    pub socket: PathBuf,
+    /// The shared box's system daemon.
+    pub system: bool,
+    /// Why commands talk to this daemon (shown by `ravel daemon status`).
+    pub why: &'static str,
 }
 
+const SYSTEM_HOME: &str = "/var/lib/ravel";
+const SYSTEM_SOCKET: &str = "/run/ravel/ravel.sock";
+
 impl Home {
+    /// The daemon commands talk to, in the documented order.
+    pub fn target() -> anyhow::Result<Home> {
+        let own = Home::from_env()?;
+        if std::env::var_os("RAVEL_HOME").is_some_and(|v| !v.is_empty()) {
+            return Ok(Home { why: "RAVEL_HOME is set", ..own });
+        }
+        if crate::daemon::running_pid(&own).is_some() {
+            return Ok(Home { why: "your own daemon runs", ..own });
+        }
+        let system = Home::system();
+        if system.socket.exists() {
+            return Ok(system);
+        }
+        Ok(Home { why: "no system daemon here: your own daemon", ..own })
+    }
+
+    /// The shared box's system daemon.
+    pub fn system() -> Home {
+        let var = |k: &str, default: &str| {
+            std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default))
+        };
+        Home {
+            dir: var("RAVEL_SYSTEM_HOME", SYSTEM_HOME),
+            socket: var("RAVEL_SYSTEM_SOCKET", SYSTEM_SOCKET),
+            system: true,
+            why: "the system daemon",
+        }
+    }
+
+    /// The user's own daemon.
     pub fn from_env() -> anyhow::Result<Home> {
         if let Some(dir) = std::env::var_os("RAVEL_HOME").filter(|v| !v.is_empty()) {
             let dir = PathBuf::from(dir);
             let dir = if dir.is_absolute() { dir } else { std::env::current_dir()?.join(dir) };
-            return Ok(Home { dir });
+            return Ok(Home::own(dir));
         }
         let base = std::env::var_os("XDG_DATA_HOME")
             .filter(|v| !v.is_empty())
@@ -20,11 +65,11 @@ impl Home {
             .ok_or_else(|| {
                 anyhow::anyhow!("neither RAVEL_HOME nor HOME is set: set RAVEL_HOME to a directory for ravel's state")
             })?;
-        Ok(Home { dir: base.join("ravel") })
+        Ok(Home::own(base.join("ravel")))
     }
 
-    pub fn socket(&self) -> PathBuf {
-        self.dir.join("ravel.sock")
+    fn own(dir: PathBuf) -> Home {
+        Home { socket: dir.join("ravel.sock"), dir, system: false, why: "your own daemon" }
     }
 
     /// `RAVEL_DB_PATH` overrides the database file (kept from the seed, for tests).
@@ -53,16 +98,32 @@ impl Home {
         self.dir.join("daemon.json")
     }
 
-    pub fn client(&self) -> ravel_client::Client {
-        ravel_client::Client::local(self.socket())
+    /// Per-user limits of this daemon (`ravel admin limits`).
+    pub fn limits_file(&self) -> PathBuf {
+        self.dir.join("limits.json")
     }
 
+    pub fn client(&self) -> ravel_client::Client {
+        ravel_client::Client::local(self.socket.clone())
+    }
+
+    /// Creates the state dir (and the socket's dir): private for a user's daemon; readable for
+    /// the system daemon's, whose users reach their run dirs and the socket through them.
     pub fn ensure(&self) -> anyhow::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", self.dir.display()))
+        let mode = if self.system { 0o755 } else { 0o700 };
+        let mut dirs = vec![self.dir.as_path()];
+        let socket_dir = self.socket.parent().filter(|p| *p != self.dir.as_path());
+        if let Some(p) = socket_dir {
+            dirs.push(p);
+        }
+        for dir in dirs {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
+        Ok(())
     }
 }

@@ -2,12 +2,16 @@
 
 use super::{ApiError, Json};
 use crate::Controller;
+use crate::auth::Caller;
 use axum::extract::State;
 use ravel_proto::{ShutdownRequest, StatusResponse};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub async fn status(State(ctl): State<Arc<Controller>>) -> Result<axum::Json<StatusResponse>, ApiError> {
+pub async fn status(
+    State(ctl): State<Arc<Controller>>,
+    caller: Caller,
+) -> Result<axum::Json<StatusResponse>, ApiError> {
     let st = ctl.lock();
     let running = st.active.len() as u64;
     Ok(axum::Json(StatusResponse {
@@ -25,6 +29,15 @@ pub async fn status(State(ctl): State<Arc<Controller>>) -> Result<axum::Json<Sta
         gpu_probe: ctl.probe_kind.to_string(),
         queued: st.queue.len() as u64,
         running,
+        mode: ctl.mode().to_string(),
+        socket: ctl.cfg.socket.display().to_string(),
+        you: caller.name,
+        you_are_admin: caller.admin,
+        cgroups: match &ctl.cfg.cgroups {
+            ravel_exec::cgroup::CgroupSupport::V1 { .. } => "cgroup v1".into(),
+            ravel_exec::cgroup::CgroupSupport::V2 { .. } => "cgroup v2".into(),
+            ravel_exec::cgroup::CgroupSupport::Unavailable(why) => format!("none: {why}"),
+        },
     }))
 }
 
@@ -32,8 +45,12 @@ pub async fn status(State(ctl): State<Arc<Controller>>) -> Result<axum::Json<Sta
 /// by the next start) unless `kill_jobs` is set, in which case they are canceled first.
 pub async fn shutdown(
     State(ctl): State<Arc<Controller>>,
+    caller: Caller,
     Json(req): Json<ShutdownRequest>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    if !caller.admin {
+        return Err(ApiError::forbidden(format!("only an admin may stop the daemon (you are {})", caller.name)));
+    }
     ctl.lock().accepting = false;
     let mut stopped = 0;
     if req.kill_jobs {

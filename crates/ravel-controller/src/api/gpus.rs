@@ -34,6 +34,7 @@ pub async fn list(State(ctl): State<Arc<Controller>>) -> axum::Json<GpusResponse
                         job: st.job_of_process(p.pid),
                     })
                     .collect(),
+                flags: st.flags.values().flatten().filter(|f| f.gpu == g.index).map(|f| f.message.clone()).collect(),
             }
         })
         .collect();

@@ -1,6 +1,7 @@
 //! Jobs: submit, list, show, cancel, wait, hold, release, retry, priority.
 
 use super::{ApiError, Json, Path, Query};
+use crate::auth::{Caller, owned_job};
 use crate::{Controller, admission, now_ms};
 use axum::extract::State;
 use ravel_core::policy::{DepState, PendingReason};
@@ -20,9 +21,11 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 
 pub async fn submit(
     State(ctl): State<Arc<Controller>>,
+    caller: Caller,
     Json(req): Json<SubmitRequest>,
 ) -> Result<axum::Json<SubmitResponse>, ApiError> {
     let mut spec = req.spec;
+    identify(&ctl, &caller, &mut spec)?;
     if let Some(tag) = &spec.memory_tag {
         let limits = &ctl.cfg.memory_limits;
         let Some((_, mib)) = limits.iter().find(|(t, _)| t == tag) else {
@@ -48,6 +51,19 @@ pub async fn submit(
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(ApiError::bad_request(format!("working directory {} is not a directory", spec.cwd))),
         Err(_) => return Err(ApiError::bad_request(format!("working directory {} does not exist", spec.cwd))),
+    }
+    if ctl.cfg.system {
+        let groups = crate::auth::groups_of(&caller.name, caller.gid);
+        crate::auth::can_enter(&spec.cwd, caller.uid, &groups).map_err(|e| {
+            ApiError::forbidden(format!("working directory {}: {} cannot enter {e}", spec.cwd, caller.name))
+        })?;
+    }
+    if spec.mem_mib.is_some()
+        && let ravel_exec::cgroup::CgroupSupport::Unavailable(why) = &ctl.cfg.cgroups
+    {
+        return Err(ApiError::bad_request(format!(
+            "--mem needs a cgroup to enforce it, and this daemon has none ({why}); run without --mem"
+        )));
     }
     check_resources(&ctl, &spec)?;
     let mut blocked = false;
@@ -86,6 +102,7 @@ pub async fn submit(
     if !ctl.lock().accepting {
         return Err(ApiError::unavailable("the daemon is shutting down; submit again after `ravel daemon start`"));
     }
+    ctl.check_queued_limit(&caller.name, specs.len())?;
     let initial = if blocked { JobState::Blocked } else { JobState::Queued };
     let jobs = ctl.store.submit(specs, initial, req.array.is_some(), now_ms()).await?;
     // Admission places each job at once when it can, and wakes the scheduler when it cannot.
@@ -94,6 +111,33 @@ pub async fn submit(
     }
     let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
     Ok(axum::Json(SubmitResponse { id: ids[0], ids }))
+}
+
+/// Makes the job the caller's: user, uid and gid come from the socket's peer credentials. A body
+/// that claims someone else is refused, as is root on a shared box (unless allowed).
+fn identify(ctl: &Controller, caller: &Caller, spec: &mut ravel_core::JobSpec) -> Result<(), ApiError> {
+    if let Some(claimed) = spec.user.as_deref().filter(|u| *u != caller.name) {
+        return Err(ApiError::forbidden(format!(
+            "you are {}: a job cannot be submitted as another user ({claimed})",
+            caller.name
+        )));
+    }
+    if spec.uid.is_some_and(|u| u != caller.uid) || spec.gid.is_some_and(|g| g != caller.gid) {
+        return Err(ApiError::forbidden(format!(
+            "you are {} (uid {}, gid {}): a job cannot claim another uid or gid",
+            caller.name, caller.uid, caller.gid
+        )));
+    }
+    if ctl.cfg.system && caller.uid == 0 && !ctl.cfg.allow_root_jobs {
+        return Err(ApiError::forbidden(
+            "jobs as root are refused on this shared daemon: submit as your own user \
+             (or start the daemon with --allow-root-jobs)",
+        ));
+    }
+    spec.user = Some(caller.name.clone());
+    spec.uid = Some(caller.uid);
+    spec.gid = Some(caller.gid);
+    Ok(())
 }
 
 /// Refuses what this node can never run.
@@ -126,10 +170,12 @@ fn check_resources(ctl: &Controller, spec: &ravel_core::JobSpec) -> Result<(), A
 
 pub async fn list(
     State(ctl): State<Arc<Controller>>,
+    caller: Caller,
     Query(q): Query<QueueQuery>,
 ) -> Result<axum::Json<QueueResponse>, ApiError> {
     let filter = JobFilter { all: q.all, recent_finished: q.recent.unwrap_or(DEFAULT_RECENT), waiting_limit: q.limit };
-    let jobs = ctl.store.list(filter).await?;
+    let mut jobs = ctl.store.list(filter).await?;
+    jobs.retain(|j| ctl.may_see(&caller, j));
     let waiting_listed = jobs.iter().filter(|j| matches!(j.state, JobState::Queued | JobState::Blocked)).count() as u64;
     let waiting = {
         let st = ctl.lock();
@@ -147,12 +193,30 @@ pub async fn list(
     Ok(axum::Json(QueueResponse { jobs, more_waiting }))
 }
 
-pub async fn show(State(ctl): State<Arc<Controller>>, Path(id): Path<JobId>) -> Result<axum::Json<JobView>, ApiError> {
-    let job = ctl.store.job(id).await?.ok_or(ravel_store::StoreError::NotFound(id))?;
+pub async fn show(
+    State(ctl): State<Arc<Controller>>,
+    caller: Caller,
+    Path(id): Path<JobId>,
+) -> Result<axum::Json<JobView>, ApiError> {
+    let mut job = ctl.store.job(id).await?.ok_or(ravel_store::StoreError::NotFound(id))?;
+    if !ctl.may_see(&caller, &job) {
+        return Err(ApiError::forbidden(format!(
+            "job {id} is another user's (this daemon shows users their own jobs)"
+        )));
+    }
+    if !caller.admin && ctl.owner_of(&job) != caller.uid {
+        // Another user's environment may hold their secrets.
+        job.spec.env = Vec::new();
+    }
     let attempts = ctl.store.attempts(id).await?;
+    let events = ctl.store.events(id).await?;
     let mut v = view(&ctl, job);
     v.run_dir = attempts.last().map(|a| a.run_dir.clone());
     v.attempts = attempts;
+    v.events = events
+        .into_iter()
+        .map(|e| ravel_proto::JobEventView { id: e.id, attempt: e.attempt, at: e.at, kind: e.kind, message: e.message })
+        .collect();
     Ok(axum::Json(v))
 }
 
@@ -167,7 +231,7 @@ pub(super) fn view(ctl: &Controller, job: Job) -> JobView {
     };
     let estimated_start = st.estimates.get(&job.id).copied();
     drop(st);
-    JobView { job, pending_reason, position, estimated_start, run_dir: None, attempts: vec![] }
+    JobView { job, pending_reason, position, estimated_start, run_dir: None, attempts: vec![], events: vec![] }
 }
 
 /// A reason as people read it: GPU-busy reasons say who keeps the GPU busy, times are dates.
@@ -175,6 +239,9 @@ fn describe(st: &crate::state::State, r: &PendingReason, thresholds: &ravel_gpu:
     if let PendingReason::BeginTime { at } = r {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis((*at).max(0) as u64);
         return format!("Begin time: not before {}", humantime::format_rfc3339_seconds(t));
+    }
+    if let PendingReason::UserLimit { user, hit } = r {
+        return format!("User limit: {} {hit}", st.users.name(*user));
     }
     if let PendingReason::GpuBusy { index, need_gpus, free_gpus } = r {
         let why = st
@@ -191,6 +258,7 @@ fn describe(st: &crate::state::State, r: &PendingReason, thresholds: &ravel_gpu:
 
 pub async fn cancel(
     State(ctl): State<Arc<Controller>>,
+    caller: Caller,
     Json(req): Json<CancelRequest>,
 ) -> Result<axum::Json<CancelResponse>, ApiError> {
     if req.ids.is_empty() {
@@ -198,6 +266,13 @@ pub async fn cancel(
     }
     let mut results = Vec::with_capacity(req.ids.len());
     for id in req.ids {
+        match ctl.store.job(id).await? {
+            Some(job) if ctl.check_owner(&caller, &job, "cancel").is_err() => {
+                results.push(CancelResult { id, outcome: CancelOutcome::Denied, state: Some(job.state) });
+                continue;
+            }
+            _ => {}
+        }
         results.push(match cancel_one(&ctl, id).await {
             Ok(r) => r,
             Err(ravel_store::StoreError::NotFound(_)) => {
@@ -292,7 +367,12 @@ pub async fn wait(
 }
 
 /// `POST /v1/jobs/{id}/hold`: a queued or blocked job waits until released.
-pub async fn hold(State(ctl): State<Arc<Controller>>, Path(id): Path<JobId>) -> Result<axum::Json<JobView>, ApiError> {
+pub async fn hold(
+    State(ctl): State<Arc<Controller>>,
+    caller: Caller,
+    Path(id): Path<JobId>,
+) -> Result<axum::Json<JobView>, ApiError> {
+    owned_job(&ctl, &caller, id, "hold").await?;
     let job = ctl.store.set_held(id, true).await.map_err(not_waiting("hold"))?;
     ctl.lock().forget_waiting(id);
     admission::admit(&ctl, &job).await;
@@ -302,8 +382,10 @@ pub async fn hold(State(ctl): State<Arc<Controller>>, Path(id): Path<JobId>) -> 
 /// `POST /v1/jobs/{id}/release`.
 pub async fn release(
     State(ctl): State<Arc<Controller>>,
+    caller: Caller,
     Path(id): Path<JobId>,
 ) -> Result<axum::Json<JobView>, ApiError> {
+    owned_job(&ctl, &caller, id, "release").await?;
     let job = ctl.store.set_held(id, false).await.map_err(not_waiting("release"))?;
     ctl.lock().forget_waiting(id);
     admission::admit(&ctl, &job).await;
@@ -313,9 +395,17 @@ pub async fn release(
 /// `POST /v1/jobs/{id}/priority`.
 pub async fn priority(
     State(ctl): State<Arc<Controller>>,
+    caller: Caller,
     Path(id): Path<JobId>,
     Json(req): Json<PriorityRequest>,
 ) -> Result<axum::Json<JobView>, ApiError> {
+    let before = owned_job(&ctl, &caller, id, "change the priority of").await?;
+    if req.priority > before.spec.priority && !caller.admin && ctl.cfg.system {
+        return Err(ApiError::forbidden(format!(
+            "only an admin may raise a job's priority on a shared daemon (job {id} has {}; you may lower it)",
+            before.spec.priority
+        )));
+    }
     let job = ctl.store.set_priority(id, req.priority).await.map_err(not_waiting("change the priority of"))?;
     ctl.lock().forget_waiting(id);
     admission::admit(&ctl, &job).await;
@@ -323,7 +413,12 @@ pub async fn priority(
 }
 
 /// `POST /v1/jobs/{id}/retry`: a finished job runs again as a new attempt.
-pub async fn retry(State(ctl): State<Arc<Controller>>, Path(id): Path<JobId>) -> Result<axum::Json<JobView>, ApiError> {
+pub async fn retry(
+    State(ctl): State<Arc<Controller>>,
+    caller: Caller,
+    Path(id): Path<JobId>,
+) -> Result<axum::Json<JobView>, ApiError> {
+    owned_job(&ctl, &caller, id, "retry").await?;
     let job = ctl.store.retry(id, now_ms()).await.map_err(|e| match e {
         ravel_store::StoreError::Conflict { found, .. } => {
             ApiError::conflict(format!("job {id} is {found}; only a finished job can be retried"))

@@ -2,6 +2,7 @@
 
 use super::{ApiError, Path, Query};
 use crate::Controller;
+use crate::auth::{Caller, owned_job};
 use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
@@ -12,10 +13,14 @@ use std::sync::Arc;
 
 pub async fn read(
     State(ctl): State<Arc<Controller>>,
+    caller: Caller,
     Path(id): Path<JobId>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let job = ctl.store.job(id).await?.ok_or(ravel_store::StoreError::NotFound(id))?;
+    let job = owned_job(&ctl, &caller, id, "read the logs of").await?;
+    // On a shared box the job's user owns its run dir and could swap its logs for links to
+    // files they may not read: open only a regular file of theirs, never through a symlink.
+    let owner = ctl.cfg.system.then(|| ctl.owner_of(&job));
     let attempts = ctl.store.attempts(id).await?;
     let attempt = match q.attempt {
         Some(n) => Some(
@@ -32,7 +37,7 @@ pub async fn read(
         Some(a) => {
             let path = std::path::Path::new(&a.run_dir).join(q.stream.file_name());
             let offset = q.offset;
-            tokio::task::spawn_blocking(move || read_range(&path, offset, limit))
+            tokio::task::spawn_blocking(move || read_range(&path, offset, limit, owner))
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .map_err(ApiError::internal)?
@@ -48,8 +53,13 @@ pub async fn read(
 }
 
 /// Reads up to `limit` bytes from `offset`; a file not created yet reads as empty.
-fn read_range(path: &std::path::Path, offset: u64, limit: u64) -> Result<(Vec<u8>, u64, u64), String> {
-    let mut f = match std::fs::File::open(path) {
+fn read_range(
+    path: &std::path::Path,
+    offset: u64,
+    limit: u64,
+    owner: Option<u32>,
+) -> Result<(Vec<u8>, u64, u64), String> {
+    let mut f = match open_log_tmp(path, owner) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), offset, 0)),
         Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
@@ -63,4 +73,15 @@ fn read_range(path: &std::path::Path, offset: u64, limit: u64) -> Result<(Vec<u8
     f.take(limit).read_to_end(&mut buf).map_err(|e| e.to_string())?;
     let next = offset + buf.len() as u64;
     Ok((buf, next, size))
+}
+
+// TEMPORARY until ravel_exec::open_log_for_reading lands.
+fn open_log_tmp(path: &std::path::Path, owner: Option<u32>) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
+    let m = f.metadata()?;
+    if !m.is_file() || owner.is_some_and(|o| m.uid() != o) {
+        return Err(std::io::Error::other("not a log file of the job's user"));
+    }
+    Ok(f)
 }

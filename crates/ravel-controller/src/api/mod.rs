@@ -1,5 +1,6 @@
 //! HTTP/JSON API, one file per resource. Every error is an `ErrorBody` with a stable code.
 
+mod admin;
 mod daemon;
 mod gpus;
 mod jobs;
@@ -31,6 +32,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/jobs/{id}/priority", post(jobs::priority))
         .route("/v1/wait", get(jobs::wait))
         .route("/v1/gpus", get(gpus::list))
+        .route("/v1/admin/limits", get(admin::limits).post(admin::set_limits))
         .fallback(|| async { ApiError::not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
             ApiError {
@@ -59,6 +61,13 @@ impl ApiError {
     }
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: message.into() }
+    }
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::FORBIDDEN, code: "forbidden", message: message.into() }
+    }
+    /// A per-user limit refuses the request.
+    pub fn limit(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::TOO_MANY_REQUESTS, code: "limit", message: message.into() }
     }
     pub fn conflict(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::CONFLICT, code: "conflict", message: message.into() }

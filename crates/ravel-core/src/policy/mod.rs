@@ -118,6 +118,46 @@ pub struct UserShare {
     pub usage: f64,
 }
 
+/// The most a user may hold at once (a shared box's per-user limits). `None`: no limit.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserLimits {
+    /// GPUs held by the user's running jobs (a memory-sharing job counts each GPU it uses).
+    pub max_gpus: Option<u32>,
+    /// Jobs of the user holding an attempt.
+    pub max_running: Option<u32>,
+}
+
+impl UserLimits {
+    pub fn is_none(&self) -> bool {
+        self.max_gpus.is_none() && self.max_running.is_none()
+    }
+
+    /// The limit a user holding `gpus` GPUs in `jobs` jobs would pass by also starting a job of
+    /// `more_gpus` GPUs, if any.
+    pub fn exceeded_by(&self, gpus: u32, jobs: u32, more_gpus: u32) -> Option<LimitHit> {
+        if let Some(max) = self.max_gpus
+            && more_gpus > 0
+            && gpus + more_gpus > max
+        {
+            return Some(LimitHit { gpus: true, used: gpus, limit: max });
+        }
+        if let Some(max) = self.max_running
+            && jobs >= max
+        {
+            return Some(LimitHit { gpus: false, used: jobs, limit: max });
+        }
+        None
+    }
+}
+
+/// Which user limit a job waits on: GPUs (`gpus`) or running jobs, with the user's use.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitHit {
+    pub gpus: bool,
+    pub used: u32,
+    pub limit: u32,
+}
+
 #[derive(Clone, Debug)]
 pub struct Snapshot<'a> {
     pub now: Millis,
@@ -126,6 +166,8 @@ pub struct Snapshot<'a> {
     pub queue: &'a [QueuedJob],
     /// Indexed by `UserId`.
     pub users: &'a [UserShare],
+    /// Per-user limits, indexed by `UserId`; a user past the end has none.
+    pub limits: &'a [UserLimits],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +198,9 @@ pub enum PendingReason {
     GpuBusy { index: u32, need_gpus: u32, free_gpus: u32 },
     /// Its array already runs as many elements as its limit allows.
     ArrayLimit { array: JobId, limit: u32 },
+    /// Its user already holds as many GPUs (or running jobs) as the user's limit allows. It
+    /// reserves nothing: it waits for its own user's jobs, not for resources.
+    UserLimit { user: UserId, hit: LimitHit },
     /// Held by the user (`ravel hold`, `--hold`).
     Held,
     /// Not eligible before this time (`--begin`, or a retry's backoff).
@@ -189,10 +234,21 @@ impl fmt::Display for PendingReason {
                 write!(f, "GPU {index} busy (needs {need_gpus} GPU{}, {free_gpus} free)", s(*need_gpus))
             }
             PendingReason::ArrayLimit { array, limit } => write!(f, "Array limit: {limit} of array {array} running"),
+            PendingReason::UserLimit { hit, .. } => write!(f, "User limit: {hit}"),
             PendingReason::Held => f.write_str("Held"),
             PendingReason::BeginTime { at } => write!(f, "Begin time: not before {at}"),
             PendingReason::Dependency { job } => write!(f, "Dependency {job}"),
             PendingReason::NotYetScheduled => f.write_str("Queued"),
+        }
+    }
+}
+
+impl fmt::Display for LimitHit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.gpus {
+            write!(f, "uses {} of {} GPUs", self.used, self.limit)
+        } else {
+            write!(f, "runs {} of {} jobs", self.used, self.limit)
         }
     }
 }

@@ -27,7 +27,7 @@ pub(super) use credit::Credits;
 pub use credit::credit_end;
 pub use leftover::place_fast;
 
-use super::{Decisions, NodeView, PendingReason, Placement, QueuedJob, Snapshot};
+use super::{Decisions, NodeView, PendingReason, Placement, QueuedJob, Snapshot, UserId, UserLimits};
 use crate::job::{JobId, Millis};
 use fair_share::FairOrder;
 use pool::{Need, Node, Reservation};
@@ -76,6 +76,9 @@ struct Pass<'s> {
     limited_arrays: HashMap<JobId, u32>,
     /// Bumped whenever a placement or a reservation changes what is free.
     generation: u64,
+    limits: &'s [UserLimits],
+    /// GPUs and jobs each limited user holds, running or placed by this pass.
+    user_use: HashMap<UserId, (u32, u32)>,
 }
 
 impl<'s> Pass<'s> {
@@ -85,7 +88,17 @@ impl<'s> Pass<'s> {
         for a in snap.nodes.iter().flat_map(|n| &n.running).filter_map(|r| r.array) {
             *arrays.entry(a).or_insert(0u32) += 1;
         }
+        let mut user_use = HashMap::new();
+        for r in snap.nodes.iter().flat_map(|n| &n.running) {
+            if snap.limits.get(r.user as usize).is_some_and(|l| !l.is_none()) {
+                let u = user_use.entry(r.user).or_insert((0u32, 0u32));
+                u.0 += r.gpus.len() as u32;
+                u.1 += 1;
+            }
+        }
         Pass {
+            limits: snap.limits,
+            user_use,
             now: snap.now,
             views: snap.nodes,
             nodes: snap.nodes.iter().map(Node::new).collect(),
@@ -101,6 +114,14 @@ impl<'s> Pass<'s> {
 
     /// Places the job or records why not; returns the GPUs it took if placed.
     fn consider(&mut self, job: &QueuedJob) -> Option<u32> {
+        if let Some(limits) = self.limits.get(job.user as usize).filter(|l| !l.is_none()) {
+            let (gpus, jobs) = self.user_use.get(&job.user).copied().unwrap_or((0, 0));
+            if let Some(hit) = limits.exceeded_by(gpus, jobs, job.gpus) {
+                // Like an array limit: it waits on its own user's jobs and reserves nothing.
+                self.out.pending.push((job.id, PendingReason::UserLimit { user: job.user, hit }));
+                return None;
+            }
+        }
         if let Some((array, limit)) = job.array
             && self.arrays.get(&array).copied().unwrap_or(0) >= limit
         {
@@ -134,6 +155,11 @@ impl<'s> Pass<'s> {
         self.out.placements.push(Placement { job: job.id, node: i, gpus, gpu_mem_mib: need.mib, cpus: need.cpus });
         if let Some((array, _)) = job.array {
             *self.arrays.entry(array).or_insert(0) += 1;
+        }
+        if self.limits.get(job.user as usize).is_some_and(|l| !l.is_none()) {
+            let u = self.user_use.entry(job.user).or_insert((0, 0));
+            u.0 += need.gpus;
+            u.1 += 1;
         }
         self.generation += 1;
     }

@@ -50,5 +50,12 @@ pub fn gpus(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
         })
         .collect();
     print!("{}", table(&["GPU", "NAME", "MEMORY", "UTIL", "STATUS", "PROCESSES"], &rows));
+    let flags: Vec<(u32, &String)> = resp.gpus.iter().flat_map(|g| g.flags.iter().map(move |f| (g.index, f))).collect();
+    if !flags.is_empty() {
+        println!();
+        for (gpu, f) in flags {
+            println!("! GPU {gpu}: {f}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

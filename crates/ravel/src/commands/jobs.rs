@@ -43,6 +43,7 @@ pub fn queue(home: &Home, args: QueueArgs) -> anyhow::Result<ExitCode> {
         };
         rows.push(vec![
             id,
+            truncate(j.spec.user.as_deref().unwrap_or("-"), 12),
             truncate(j.spec.name.as_deref().unwrap_or("-"), 20),
             j.state.to_string(),
             gpus_cell(j),
@@ -55,7 +56,7 @@ pub fn queue(home: &Home, args: QueueArgs) -> anyhow::Result<ExitCode> {
     if rows.is_empty() {
         println!("no jobs (submit one with `ravel run -- COMMAND`)");
     } else {
-        print!("{}", table(&["ID", "NAME", "STATE", "GPUS", "TIME", "COMMAND", "INFO"], &rows));
+        print!("{}", table(&["ID", "USER", "NAME", "STATE", "GPUS", "TIME", "COMMAND", "INFO"], &rows));
     }
     if resp.more_waiting > 0 {
         println!("… and {} more waiting jobs (`ravel queue --limit N`, or `--all`)", resp.more_waiting);
@@ -82,6 +83,7 @@ fn array_row(elems: &[JobView], aid: JobId) -> Vec<String> {
     };
     vec![
         format!("{aid}[{}]", elems.len()),
+        truncate(first.spec.user.as_deref().unwrap_or("-"), 12),
         truncate(first.spec.name.as_deref().unwrap_or("-"), 20),
         "array".into(),
         request,
@@ -211,6 +213,9 @@ pub fn show(home: &Home, id: JobId, json: bool) -> anyhow::Result<ExitCode> {
     if let Some(r) = &j.reason {
         lines.push(("reason", r.clone()));
     }
+    if let Some(m) = j.spec.mem_mib {
+        lines.push(("memory limit", format!("{m} MiB")));
+    }
     if j.cancel_requested && !j.state.is_terminal() {
         lines.push(("cancel", "requested".into()));
     }
@@ -249,6 +254,13 @@ pub fn show(home: &Home, id: JobId, json: bool) -> anyhow::Result<ExitCode> {
             .collect();
         print!("{}", table(&["ATTEMPT", "STATE", "NODE", "GPUS", "STARTED", "RUNTIME", "EXIT"], &rows));
     }
+    if !v.events.is_empty() {
+        println!();
+        println!("events:");
+        for e in &v.events {
+            println!("  {}  attempt {}  {}", timestamp(e.at), e.attempt, e.message);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -272,9 +284,13 @@ pub fn cancel(home: &Home, ids: Vec<JobId>, json: bool) -> anyhow::Result<ExitCo
                 missing = true;
                 format!("job {}: no such job", r.id)
             }
+            CancelOutcome::Denied => {
+                missing = true;
+                format!("job {}: belongs to another user; only they or an admin may cancel it", r.id)
+            }
         };
         if !json {
-            if r.outcome == CancelOutcome::NotFound {
+            if matches!(r.outcome, CancelOutcome::NotFound | CancelOutcome::Denied) {
                 eprintln!("ravel: {line}");
             } else {
                 println!("{line}");

@@ -4,6 +4,7 @@
 //! 3 `daemon status` found no daemon; 124 `wait --timeout` ran out; `run --wait` exits with the
 //! job's own code (128+N if a signal N killed it, 130 if it was canceled).
 
+mod admin;
 mod daemon;
 mod gpus;
 mod jobs;
@@ -15,7 +16,12 @@ use crate::home::Home;
 use std::process::ExitCode;
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let home = Home::from_env()?;
+    // Starting and stopping concern the user's own daemon unless --system says otherwise; every
+    // other command talks to the daemon `Home::target` finds.
+    if let Command::Daemon(cmd) = cli.command {
+        return daemon::daemon(cmd);
+    }
+    let home = Home::target()?;
     match cli.command {
         Command::Run(args) => run::run(&home, args),
         Command::Queue(args) => jobs::queue(&home, args),
@@ -28,7 +34,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retry { ids } => jobs::act(&home, ids, "retry"),
         Command::Priority { id, priority } => jobs::priority(&home, id, priority),
         Command::Gpus { json } => gpus::gpus(&home, json),
-        Command::Daemon(cmd) => daemon::daemon(&home, cmd),
+        Command::Admin(crate::cli::AdminCommand::Limits(args)) => admin::limits(&home, args),
+        Command::Daemon(_) => unreachable!("handled above"),
     }
 }
 

@@ -52,6 +52,13 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         None => None,
     };
+    let mem_mib = match &args.mem {
+        Some(s) => match parse_size_mib(s) {
+            Ok(m) => Some(m),
+            Err(e) => usage!("--mem: {e}"),
+        },
+        None => None,
+    };
     let begin_at = match &args.begin {
         Some(w) => match when::parse_begin(w, now_ms()) {
             Ok(t) => Some(t),
@@ -76,14 +83,12 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
         gpus,
         cpus: args.cpus,
         priority: args.priority,
-        // Without `$USER` (cron, containers), the passwd name of the caller's uid.
-        // SAFETY: getuid cannot fail.
-        user: Some(
-            std::env::var("USER")
-                .ok()
-                .filter(|u| !u.is_empty())
-                .unwrap_or_else(|| ravel_exec::users::user_name(unsafe { libc::getuid() })),
-        ),
+        // Who submits is what the kernel says of our connection, filled in by the daemon.
+        user: None,
+        uid: None,
+        gid: None,
+        umask: Some(current_umask()),
+        mem_mib,
         gpu_mem_mib,
         memory_tag: args.memory_tag.clone(),
         after: args.after.clone(),
@@ -100,10 +105,15 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
     let req = SubmitRequest { spec, array };
     let client = home.client();
     let resp: SubmitResponse = match client.post("/v1/jobs", &req) {
-        Err(e) if e.is_not_running() => {
+        // Only a user's own daemon is started on demand; a system daemon is the admin's.
+        Err(e) if e.is_not_running() && !home.system => {
             daemon::ensure_running(home)?;
             client.post("/v1/jobs", &req)?
         }
+        Err(e) if e.is_not_running() => bail!(
+            "the system daemon at {} does not answer ({e}); ask an admin to start it, or set RAVEL_HOME to use a daemon of your own",
+            home.socket.display()
+        ),
         other => other?,
     };
     if args.json {
@@ -115,4 +125,14 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
         return super::logs::follow_to_end(home, resp.id, true, true);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// This process's umask (read by setting it, then putting it back).
+fn current_umask() -> u32 {
+    // SAFETY: umask cannot fail; the CLI is single-threaded here, so nothing sees the moment it is 0.
+    unsafe {
+        let m = libc::umask(0);
+        libc::umask(m);
+        m as u32
+    }
 }

@@ -4,7 +4,7 @@ use super::fair_share::FairOrder;
 use super::{credit_end, place_fast, run, schedule};
 use crate::job::{JobId, Millis};
 use crate::policy::{
-    Decisions, GpuSlot, NodeView, PendingReason, Placement, QueuedJob, RunningJob, Snapshot, UserShare,
+    Decisions, GpuSlot, NodeView, PendingReason, Placement, QueuedJob, RunningJob, Snapshot, UserLimits, UserShare,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -138,23 +138,31 @@ struct World {
     nodes: Vec<NodeView>,
     queue: Vec<QueuedJob>,
     users: Vec<UserShare>,
+    /// Per-user limits; empty in the worlds the fast-path properties use (the caller keeps
+    /// limited users off the fast path).
+    limits: Vec<UserLimits>,
 }
 
 fn arb_world() -> impl Strategy<Value = World> {
     let nodes = (1usize..4).prop_flat_map(|n| (0..n).map(arb_node).collect::<Vec<_>>());
-    (nodes, arb_queue(), arb_users()).prop_map(|(nodes, queue, users)| World { nodes, queue, users })
+    (nodes, arb_queue(), arb_users()).prop_map(|(nodes, queue, users)| World { nodes, queue, users, limits: vec![] })
 }
 
 /// Tighter worlds: more, smaller nodes, and jobs that may need no CPU, so that reservations,
 /// backfill and fair share come into play more often.
 fn arb_tight_world() -> impl Strategy<Value = World> {
     let nodes = (2usize..5).prop_flat_map(|n| (0..n).map(|k| arb_node_sized(k, 1..6)).collect::<Vec<_>>());
-    (nodes, arb_queue_sized(0..3, 0..40), arb_users()).prop_map(|(nodes, queue, users)| World { nodes, queue, users })
+    (nodes, arb_queue_sized(0..3, 0..40), arb_users()).prop_map(|(nodes, queue, users)| World {
+        nodes,
+        queue,
+        users,
+        limits: vec![],
+    })
 }
 
 impl World {
     fn snapshot(&self) -> Snapshot<'_> {
-        Snapshot { now: NOW, nodes: &self.nodes, queue: &self.queue, users: &self.users }
+        Snapshot { now: NOW, nodes: &self.nodes, queue: &self.queue, users: &self.users, limits: &self.limits }
     }
 
     fn job(&self, id: JobId) -> &QueuedJob {
@@ -395,7 +403,7 @@ fn check_fast(w: &World, new: &[QueuedJob]) -> Result<usize, TestCaseError> {
         let mut queue = waiting.clone();
         queue.push(j.clone());
         queue.sort_by_key(|j| j.order_key());
-        let next = World { nodes: nodes.clone(), queue, users: w.users.clone() };
+        let next = World { nodes: nodes.clone(), queue, users: w.users.clone(), limits: vec![] };
 
         // (b) Safe on top of what was placed before.
         let held = &pass.nodes[p.node];
@@ -448,8 +456,61 @@ fn the_fast_path_places_jobs_often_enough_to_test_it() {
     assert!(placing.get() * 10 >= cases.get(), "only {} of {} cases placed a job fast", placing.get(), cases.get());
 }
 
+fn arb_limits() -> impl Strategy<Value = Vec<UserLimits>> {
+    let one = (prop::option::of(0u32..4), prop::option::of(0u32..3))
+        .prop_map(|(max_gpus, max_running)| UserLimits { max_gpus, max_running });
+    prop::collection::vec(one, 0..5)
+}
+
+/// Worlds where users have limits.
+fn arb_limited_world() -> impl Strategy<Value = World> {
+    (arb_tight_world(), arb_limits()).prop_map(|(mut w, limits)| {
+        w.limits = limits;
+        w
+    })
+}
+
+/// No user ends a pass holding more than its limits allow (unless it already did before the
+/// pass: limits lowered while jobs run stop new starts only), and a job waits on its user's
+/// limit exactly when starting it would pass the limit.
+fn check_user_limits(w: &World) -> Result<(), TestCaseError> {
+    let d = schedule(&w.snapshot());
+    let mut before: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+    for r in w.nodes.iter().flat_map(|n| &n.running) {
+        let e = before.entry(r.user).or_default();
+        e.0 += r.gpus.len() as u32;
+        e.1 += 1;
+    }
+    let mut after = before.clone();
+    for p in &d.placements {
+        let e = after.entry(w.job(p.job).user).or_default();
+        e.0 += p.gpus.len() as u32;
+        e.1 += 1;
+        // Each placement, at its turn, was within the limits.
+        let l = w.limits.get(w.job(p.job).user as usize).copied().unwrap_or_default();
+        if let Some(max) = l.max_gpus.filter(|_| !p.gpus.is_empty()) {
+            prop_assert!(e.0 <= max, "job {} took its user past {} GPUs", p.job, max);
+        }
+        if let Some(max) = l.max_running {
+            prop_assert!(e.1 <= max, "job {} took its user past {} running jobs", p.job, max);
+        }
+    }
+    for (id, r) in &d.pending {
+        if let PendingReason::UserLimit { user, hit } = r {
+            prop_assert_eq!(*user, w.job(*id).user);
+            prop_assert!(hit.used >= hit.limit || w.job(*id).gpus + hit.used > hit.limit);
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn user_limits_hold(w in arb_limited_world()) {
+        check_user_limits(&w)?;
+    }
 
     #[test]
     fn credited_ends_keep_the_waiting_jobs_waiting_and_fast_placements_sound(w in arb_world(), steps in arb_steps()) {
@@ -587,7 +648,8 @@ fn check_credit(w: &World, steps: &[Step]) -> Result<Credited, TestCaseError> {
                 release(&mut nodes, |r| r.job == ended.job);
 
                 // (b) A full pass now leaves waiting exactly the jobs the pass left waiting.
-                let next = World { nodes: nodes.clone(), queue: waiting.clone(), users: w.users.clone() };
+                let next =
+                    World { nodes: nodes.clone(), queue: waiting.clone(), users: w.users.clone(), limits: vec![] };
                 let full = schedule(&next.snapshot());
                 prop_assert!(
                     full.placements.is_empty(),
@@ -623,7 +685,7 @@ fn check_credit(w: &World, steps: &[Step]) -> Result<Credited, TestCaseError> {
                 let mut queue = waiting.clone();
                 queue.push(j.clone());
                 queue.sort_by_key(|j| j.order_key());
-                let next = World { nodes: nodes.clone(), queue, users: w.users.clone() };
+                let next = World { nodes: nodes.clone(), queue, users: w.users.clone(), limits: vec![] };
 
                 // Safe: it fits, and takes nothing the pass's reservation held.
                 let held = &pass.nodes[p.node];

@@ -1,7 +1,8 @@
 use super::{credit_end, place_fast, schedule};
 use crate::job::{JobId, Millis};
 use crate::policy::{
-    Decisions, GpuSlot, Leftover, NodeView, PendingReason, Placement, QueuedJob, RunningJob, Snapshot, UserShare,
+    Decisions, GpuSlot, Leftover, NodeView, PendingReason, Placement, QueuedJob, RunningJob, Snapshot, UserLimits,
+    UserShare,
 };
 
 const GIB: u64 = 1024;
@@ -65,7 +66,7 @@ fn users(n: usize) -> Vec<UserShare> {
 
 fn run_users(nodes: &[NodeView], mut queue: Vec<QueuedJob>, users: &[UserShare]) -> Decisions {
     queue.sort_by_key(|j| j.order_key());
-    schedule(&Snapshot { now: NOW, nodes, queue: &queue, users })
+    schedule(&Snapshot { now: NOW, nodes, queue: &queue, users, limits: &[] })
 }
 
 fn run(nodes: &[NodeView], queue: Vec<QueuedJob>) -> Decisions {
@@ -228,6 +229,30 @@ fn array_limit_caps_running_elements_without_reserving() {
     assert_eq!(placed(&d), vec![1, 4], "the limited elements hold nothing back");
     assert_eq!(reason(&d, 2), &PendingReason::ArrayLimit { array: 7, limit: 2 });
     assert_eq!(reason(&d, 3).to_string(), "Array limit: 2 of array 7 running");
+}
+
+#[test]
+fn user_limits_cap_gpus_and_running_jobs_without_reserving() {
+    let mut n = node(8, 16);
+    run_on(&mut n, 900, 0, &[0, 1], None, None);
+    let limits = [UserLimits { max_gpus: Some(4), max_running: None }, UserLimits::default()];
+    let alice = |id, gpus| job(id, gpus, 1);
+    let bob = |id, gpus| QueuedJob { user: 1, ..job(id, gpus, 1) };
+    let mut q = vec![alice(1, 1), alice(2, 2), alice(3, 1), alice(4, 0), bob(5, 3)];
+    q.sort_by_key(|j| j.order_key());
+    let d = schedule(&Snapshot { now: NOW, nodes: &[n.clone()], queue: &q, users: &users(2), limits: &limits });
+    let mut ids = placed(&d);
+    ids.sort();
+    assert_eq!(ids, vec![1, 3, 4, 5], "alice stops at 4 GPUs; her CPU job and bob's run");
+    let PendingReason::UserLimit { user: 0, hit } = reason(&d, 2) else { panic!("{:?}", reason(&d, 2)) };
+    assert_eq!((hit.gpus, hit.used, hit.limit), (true, 3, 4));
+    assert_eq!(reason(&d, 2).to_string(), "User limit: uses 3 of 4 GPUs");
+
+    let limits = [UserLimits { max_gpus: None, max_running: Some(2) }];
+    let q = vec![alice(1, 1), alice(2, 1), alice(3, 1)];
+    let d = schedule(&Snapshot { now: NOW, nodes: &[n], queue: &q, users: &users(1), limits: &limits });
+    assert_eq!(placed(&d), vec![1]);
+    assert_eq!(reason(&d, 2).to_string(), "User limit: runs 2 of 2 jobs");
 }
 
 #[test]

@@ -1,0 +1,205 @@
+//! Who is asking: the Unix socket peer's credentials (`SO_PEERCRED`), read by the kernel when
+//! the connection was made — never a flag, a header or a field of the request — and what they
+//! may do.
+//!
+//! Admins are root, the daemon's own user, and members of the configured admin group. A job
+//! belongs to the user who submitted it; only they or an admin may change it or read its logs.
+
+use crate::Controller;
+use crate::api::ApiError;
+use axum::extract::FromRequestParts;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::http::request::Parts;
+use axum::serve::IncomingStream;
+use ravel_core::Job;
+use std::sync::Arc;
+use tokio::net::UnixListener;
+
+/// The credentials of the process at the other end of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Connected<IncomingStream<'_, UnixListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Peer {
+        match stream.io().peer_cred() {
+            Ok(c) => Peer { uid: c.uid(), gid: c.gid() },
+            // Cannot happen on Linux for a connected Unix socket; if it did, the caller gets
+            // the rights of nobody in particular.
+            Err(_) => Peer { uid: u32::MAX, gid: u32::MAX },
+        }
+    }
+}
+
+/// The caller of a request, as far as permissions go.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    pub admin: bool,
+}
+
+impl FromRequestParts<Arc<Controller>> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, ctl: &Arc<Controller>) -> Result<Caller, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<Peer>>()
+            .map(|c| c.0)
+            .ok_or_else(|| ApiError::internal("the connection has no peer credentials"))?;
+        Ok(ctl.caller(peer))
+    }
+}
+
+impl Controller {
+    /// Names and admin rights of a peer (names are cached: the passwd file is read once per uid).
+    pub(crate) fn caller(&self, peer: Peer) -> Caller {
+        let name = {
+            let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+            names.entry(peer.uid).or_insert_with(|| ravel_exec::users::user_name(peer.uid)).clone()
+        };
+        let admin = peer.uid == 0
+            || peer.uid == self.own_uid
+            || self.admin_gid.is_some_and(|g| peer.gid == g || member_of(&name, peer.gid, g));
+        Caller { uid: peer.uid, gid: peer.gid, name, admin }
+    }
+
+    /// The uid a job belongs to (jobs recorded before uids were kept belong to the daemon's user).
+    pub(crate) fn owner_of(&self, job: &Job) -> u32 {
+        job.spec.uid.unwrap_or(self.own_uid)
+    }
+
+    /// Refuses, with one clear line, a caller who may not `verb` (e.g. "cancel") `job`.
+    pub(crate) fn check_owner(&self, caller: &Caller, job: &Job, verb: &str) -> Result<(), ApiError> {
+        if caller.admin || self.owner_of(job) == caller.uid {
+            return Ok(());
+        }
+        let owner = job.spec.user.as_deref().unwrap_or("another user");
+        Err(ApiError::forbidden(format!(
+            "job {} belongs to {owner}; only {owner} or an admin may {verb} it (you are {})",
+            job.id, caller.name
+        )))
+    }
+
+    /// Whether `caller` may see `job` at all (everyone may, unless the queue is private).
+    pub(crate) fn may_see(&self, caller: &Caller, job: &Job) -> bool {
+        !self.cfg.private_queue || caller.admin || self.owner_of(job) == caller.uid
+    }
+}
+
+/// Whether user `name` (primary group `gid`) is in group `group`, by the group database.
+pub fn member_of(name: &str, gid: u32, group: u32) -> bool {
+    groups_of(name, gid).contains(&group)
+}
+
+/// The groups of user `name` whose primary group is `gid`, from the group database (the
+/// primary one included).
+pub fn groups_of(name: &str, gid: u32) -> Vec<u32> {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return vec![gid];
+    };
+    let mut n: libc::c_int = 64;
+    loop {
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        let before = n;
+        // SAFETY: `groups` has room for `n` entries; getgrouplist writes at most that many and
+        // sets `n` to the number it needs.
+        let r = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if r >= 0 {
+            groups.truncate(n.max(0) as usize);
+            return groups;
+        }
+        if n <= before {
+            return vec![gid];
+        }
+    }
+}
+
+/// The gid of group `name`, from /etc/group.
+pub fn group_id(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
+/// Whether user `uid` with groups `gids` may enter every directory of the absolute path `dir`
+/// (search permission on each component, by the mode bits; root may always). A check at submit
+/// time so that a job is refused at once; the job's own `chdir`, made after it dropped to the
+/// user's rights, is what finally decides.
+pub fn can_enter(dir: &str, uid: u32, gids: &[u32]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if uid == 0 {
+        return Ok(());
+    }
+    let mut path = std::path::PathBuf::from("/");
+    let components: Vec<_> = std::path::Path::new(dir).components().skip(1).collect();
+    for c in std::iter::once(None).chain(components.into_iter().map(Some)) {
+        if let Some(c) = c {
+            path.push(c);
+        }
+        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mode = meta.mode();
+        let bit = if meta.uid() == uid {
+            0o100
+        } else if gids.contains(&meta.gid()) {
+            0o010
+        } else {
+            0o001
+        };
+        if mode & bit == 0 {
+            return Err(format!("{}: permission denied", path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Shared by handlers that take a job by id and check its owner.
+pub(crate) async fn owned_job(
+    ctl: &Arc<Controller>,
+    caller: &Caller,
+    id: ravel_core::JobId,
+    verb: &str,
+) -> Result<Job, ApiError> {
+    let job = ctl.store.job(id).await?.ok_or(ravel_store::StoreError::NotFound(id))?;
+    ctl.check_owner(caller, &job, verb)?;
+    Ok(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_enters_anywhere_and_others_need_search_rights() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let locked = dir.path().join("locked");
+        std::fs::create_dir(&locked).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let owner = std::fs::metadata(&locked).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+        let stranger = if owner == 0 { 4_000_000 } else { 0 };
+        let p = locked.to_str().unwrap();
+        assert!(can_enter(p, owner, &[]).is_ok());
+        if stranger != 0 {
+            let e = can_enter(p, stranger, &[]).unwrap_err();
+            assert!(e.contains("locked: permission denied"), "{e}");
+            assert!(can_enter(dir.path().to_str().unwrap(), stranger, &[]).is_ok());
+        }
+        assert!(can_enter("/no/such/dir", 0, &[]).is_ok(), "root is not checked");
+        assert!(can_enter("/no/such/dir", 4_000_000, &[]).is_err());
+    }
+
+    #[test]
+    fn groups_come_from_the_group_database() {
+        assert!(groups_of("root", 0).contains(&0));
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(group_id("no-such-group-here"), None);
+    }
+}
