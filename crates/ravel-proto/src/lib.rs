@@ -185,6 +185,9 @@ pub struct CancelResult {
     pub id: JobId,
     pub outcome: CancelOutcome,
     pub state: Option<JobState>,
+    /// Why, when it was denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -3,6 +3,8 @@
 //! Nothing is mocked but the GPUs: the daemon, its store, the supervisors and the jobs are the
 //! real ones. Every daemon (and every job it started) is stopped when its `TestDaemon` drops.
 
+pub mod system;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -41,9 +43,16 @@ pub struct Builder {
     gpus: FakeGpus,
     cpus: Option<u32>,
     kill_grace: Option<f64>,
+    args: Vec<String>,
 }
 
 impl Builder {
+    /// An extra flag for `ravel daemon start`.
+    pub fn arg(mut self, a: &str) -> Builder {
+        self.args.push(a.to_string());
+        self
+    }
+
     pub fn gpus(mut self, gpus: FakeGpus) -> Builder {
         self.gpus = gpus;
         self
@@ -77,6 +86,7 @@ impl Builder {
         if let Some(g) = self.kill_grace {
             daemon_args.extend(["--kill-grace".to_string(), g.to_string()]);
         }
+        daemon_args.extend(self.args);
         TestDaemon { home, bin: self.bin, fake, gpu_file, daemon_args }
     }
 
@@ -99,7 +109,7 @@ pub struct TestDaemon {
 impl TestDaemon {
     /// `bin` is the ravel binary: `env!("CARGO_BIN_EXE_ravel")` in the binary crate's tests.
     pub fn builder(bin: impl Into<PathBuf>) -> Builder {
-        Builder { bin: bin.into(), gpus: FakeGpus::Count(4), cpus: Some(8), kill_grace: Some(2.0) }
+        Builder { bin: bin.into(), gpus: FakeGpus::Count(4), cpus: Some(8), kill_grace: Some(2.0), args: vec![] }
     }
 
     pub fn home(&self) -> &Path {
@@ -245,7 +255,7 @@ pub fn kill_jobs_under(dir: &Path) {
     }
 }
 
-fn write_gpus(path: &Path, gpus: &[FakeGpu]) {
+pub(crate) fn write_gpus(path: &Path, gpus: &[FakeGpu]) {
     let list: Vec<Value> = gpus
         .iter()
         .enumerate()

@@ -266,17 +266,17 @@ pub async fn cancel(
     }
     let mut results = Vec::with_capacity(req.ids.len());
     for id in req.ids {
-        match ctl.store.job(id).await? {
-            Some(job) if ctl.check_owner(&caller, &job, "cancel").is_err() => {
-                results.push(CancelResult { id, outcome: CancelOutcome::Denied, state: Some(job.state) });
-                continue;
-            }
-            _ => {}
+        if let Some(job) = ctl.store.job(id).await?
+            && let Err(e) = ctl.check_owner(&caller, &job, "cancel")
+        {
+            let message = Some(e.message().to_string());
+            results.push(CancelResult { id, outcome: CancelOutcome::Denied, state: Some(job.state), message });
+            continue;
         }
         results.push(match cancel_one(&ctl, id).await {
             Ok(r) => r,
             Err(ravel_store::StoreError::NotFound(_)) => {
-                CancelResult { id, outcome: CancelOutcome::NotFound, state: None }
+                CancelResult { id, outcome: CancelOutcome::NotFound, state: None, message: None }
             }
             Err(e) => return Err(e.into()),
         });
@@ -292,7 +292,7 @@ pub async fn cancel_one(ctl: &Arc<Controller>, id: JobId) -> Result<CancelResult
             ctl.finished.send_modify(|c| *c += 1);
             ctl.wake.notify_one();
             admission::job_ended(ctl.clone(), id).await;
-            CancelResult { id, outcome: CancelOutcome::Canceled, state: Some(job.state) }
+            CancelResult { id, outcome: CancelOutcome::Canceled, state: Some(job.state), message: None }
         }
         CancelEffect::MustStop(job, _attempt) => {
             let supervisor = {
@@ -306,10 +306,10 @@ pub async fn cancel_one(ctl: &Arc<Controller>, id: JobId) -> Result<CancelResult
             if let Some((pid, start)) = supervisor {
                 ctl.agent.stop(pid, start);
             }
-            CancelResult { id, outcome: CancelOutcome::Terminating, state: Some(job.state) }
+            CancelResult { id, outcome: CancelOutcome::Terminating, state: Some(job.state), message: None }
         }
         CancelEffect::AlreadyFinished(job) => {
-            CancelResult { id, outcome: CancelOutcome::AlreadyFinished, state: Some(job.state) }
+            CancelResult { id, outcome: CancelOutcome::AlreadyFinished, state: Some(job.state), message: None }
         }
     })
 }

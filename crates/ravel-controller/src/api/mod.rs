@@ -62,6 +62,9 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, code: "unavailable", message: message.into() }
     }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
     pub fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::FORBIDDEN, code: "forbidden", message: message.into() }
     }

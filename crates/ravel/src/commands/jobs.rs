@@ -286,7 +286,11 @@ pub fn cancel(home: &Home, ids: Vec<JobId>, json: bool) -> anyhow::Result<ExitCo
             }
             CancelOutcome::Denied => {
                 missing = true;
-                format!("job {}: belongs to another user; only they or an admin may cancel it", r.id)
+                format!(
+                    "job {}: {}",
+                    r.id,
+                    r.message.as_deref().unwrap_or("belongs to another user; only they or an admin may cancel it")
+                )
             }
         };
         if !json {
