@@ -165,26 +165,8 @@ fn ravel_controller_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-#[test]
-fn one_users_backlog_does_not_lock_out_another_users_job() {
-    let d = TestDaemon::builder(BIN).gpus(FakeGpus::Count(2)).start();
-    let submit_as = |user: &str, args: &[&str]| -> i64 {
-        let out = d.cmd().env("USER", user).arg("run").args(args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
-    let alice: Vec<i64> = (0..8).map(|_| submit_as("alice", &["--gpus", "1", "--", "sleep", "1.5"])).collect();
-    d.wait_state(alice[0], "running");
-    d.wait_state(alice[1], "running");
-    let bob = submit_as("bob", &["--gpus", "1", "--", "sleep", "0.1"]);
-    let v = d.wait_state(bob, "succeeded");
-    assert_eq!(v["spec"]["user"], "bob");
-    let bob_start = v["started_at"].as_i64().unwrap();
-    // Alice holds both GPUs; bob's job takes the next one that frees, ahead of her backlog.
-    let alice_started_before: usize =
-        alice.iter().filter(|id| d.show(**id)["started_at"].as_i64().is_some_and(|t| t < bob_start)).count();
-    assert!(alice_started_before <= 2, "{alice_started_before} of alice's jobs started before bob's");
-}
+// Fair share between users needs real users (a job's user is its submitter's uid, from the
+// kernel): see `a_user_with_a_long_queue_does_not_keep_another_from_the_next_gpu` in shared_box.rs.
 
 #[test]
 fn backfill_only_uses_held_gpus_when_it_provably_ends_in_time() {
