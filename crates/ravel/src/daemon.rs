@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -172,6 +173,7 @@ pub fn start_detached(home: &Home, opts: &DaemonOpts) -> anyhow::Result<StatusRe
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(home.log_file())
         .with_context(|| format!("cannot open {}", home.log_file().display()))?;
     let spawn = || -> anyhow::Result<std::process::Child> {
@@ -397,9 +399,19 @@ async fn serve(home: &Home, saved: &Saved) -> anyhow::Result<()> {
         }
     }
 
+    // Jobs' environments are stored in the database: keep it to the daemon's user. SQLite gives
+    // its -wal and -shm files the database file's mode, so the file is made 0600 before SQLite
+    // first opens it (the system daemon's home is readable by everyone).
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&cfg.db_path);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = cfg.db_path.clone().into_os_string();
+            p.push(suffix);
+            let _ = set_mode(Path::new(&p), 0o600);
+        }
+    }
     let store = ravel_store::SqliteStore::open(&cfg.db_path, durability).map_err(|e| anyhow!("{e}"))?;
-    // Jobs' environments are stored here and in run dirs: keep them to their owner.
-    let _ = set_mode(&cfg.db_path, 0o600);
     let probe = ravel_gpu::detect();
     let runs = cfg.runs_dir();
     let ctl = ravel_controller::Controller::start(cfg, Arc::new(store), probe).await.map_err(|e| anyhow!(e))?;
