@@ -24,9 +24,20 @@ pub enum AgentEvent {
     Ended { job: JobId, attempt: u32, exit: Option<ExitRecord>, spawned: bool },
 }
 
-/// The cgroup (relative to Ravel's cgroup root) an attempt of a job runs in.
-pub fn cgroup_name(job: JobId, attempt: u32) -> String {
-    format!("{job}.{attempt}")
+/// The cgroup (relative to Ravel's cgroup root, which every daemon on the host shares) that an
+/// attempt of a job runs in: `<instance>-<job>.<attempt>`, where the instance tells daemons
+/// apart (job ids are only unique within one daemon's store).
+pub fn cgroup_name(instance: &str, job: JobId, attempt: u32) -> String {
+    format!("{instance}-{job}.{attempt}")
+}
+
+/// A short name for the daemon whose state lives in `home` (FNV-1a of the path, in hex).
+pub fn instance_of(home: &Path) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in home.as_os_str().as_encoded_bytes() {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
 }
 
 /// What re-adoption found for an attempt the controller believes is live.
@@ -44,13 +55,25 @@ pub enum Adoption {
 pub struct LocalAgent {
     /// The `ravel` binary, run as `ravel __supervise RUN_DIR`.
     exe: PathBuf,
+    /// This daemon's part of its attempts' cgroup names (see [`cgroup_name`]).
+    instance: String,
     events: mpsc::UnboundedSender<AgentEvent>,
     probe: Arc<dyn GpuProbe>,
 }
 
 impl LocalAgent {
-    pub fn new(exe: PathBuf, probe: Box<dyn GpuProbe>, events: mpsc::UnboundedSender<AgentEvent>) -> LocalAgent {
-        LocalAgent { exe, events, probe: Arc::from(probe) }
+    pub fn new(
+        exe: PathBuf,
+        instance: String,
+        probe: Box<dyn GpuProbe>,
+        events: mpsc::UnboundedSender<AgentEvent>,
+    ) -> LocalAgent {
+        LocalAgent { exe, instance, events, probe: Arc::from(probe) }
+    }
+
+    /// The cgroup an attempt of this daemon runs in.
+    pub fn cgroup_name(&self, job: JobId, attempt: u32) -> String {
+        cgroup_name(&self.instance, job, attempt)
     }
 
     pub fn probe_kind(&self) -> &'static str {
@@ -100,7 +123,7 @@ impl LocalAgent {
             }
             if found.is_none() && ravel_exec::read_exit(run_dir).is_some() {
                 // It ran and ended (spawn failed, or a cancel before spawn) while no one watched.
-                report_end(&self.events, job, attempt, run_dir);
+                report_end(&self.events, job, attempt, run_dir, &self.cgroup_name(job, attempt));
                 return Adoption::Ended;
             }
         }
@@ -115,7 +138,7 @@ impl LocalAgent {
             return Adoption::Watching { pid, start_time };
         }
         // The supervisor is gone. It writes exit.json before it exits, so reading it now is final.
-        report_end(&self.events, job, attempt, run_dir);
+        report_end(&self.events, job, attempt, run_dir, &self.cgroup_name(job, attempt));
         Adoption::Ended
     }
 
@@ -132,13 +155,14 @@ impl LocalAgent {
                 if child {
                     ravel_exec::reap(pid);
                 }
-                report_end(&self.events, job, attempt, &run_dir);
+                report_end(&self.events, job, attempt, &run_dir, &self.cgroup_name(job, attempt));
             }
         }
     }
 
     fn watch_fd(&self, job: JobId, attempt: u32, run_dir: PathBuf, pid: i32, fd: std::os::fd::OwnedFd, child: bool) {
         let events = self.events.clone();
+        let cgroup = self.cgroup_name(job, attempt);
         tokio::spawn(async move {
             // SAFETY: the AsyncFd owns the OwnedFd; nothing else closes or reuses this fd while
             // it is registered.
@@ -158,20 +182,20 @@ impl LocalAgent {
                 ravel_exec::reap(pid);
             }
             // Reading the records (and maybe killing an orphaned group) blocks.
-            let _ = tokio::task::spawn_blocking(move || report_end(&events, job, attempt, &run_dir)).await;
+            let _ = tokio::task::spawn_blocking(move || report_end(&events, job, attempt, &run_dir, &cgroup)).await;
         });
     }
 }
 
 /// The supervisor of `(job, attempt)` is gone: report what it left in the run dir. It writes
 /// `exit.json` before it exits, so what is there now is final.
-fn report_end(events: &mpsc::UnboundedSender<AgentEvent>, job: JobId, attempt: u32, run_dir: &Path) {
+fn report_end(events: &mpsc::UnboundedSender<AgentEvent>, job: JobId, attempt: u32, run_dir: &Path, cgroup: &str) {
     let exit = ravel_exec::read_exit(run_dir);
     let record = ravel_exec::read_supervisor(run_dir);
     if exit.is_none() {
         kill_orphaned_job(record.as_ref(), run_dir);
         // Its supervisor did not live to empty and remove the job's cgroup.
-        ravel_exec::cgroup::remove_leftover(&cgroup_name(job, attempt));
+        ravel_exec::cgroup::remove_leftover(cgroup);
     }
     let spawned = record.as_ref().is_some_and(|r| r.job_pid.is_some());
     let _ = events.send(AgentEvent::Ended { job, attempt, exit, spawned });

@@ -95,28 +95,7 @@ pub fn member_of(name: &str, gid: u32, group: u32) -> bool {
     groups_of(name, gid).contains(&group)
 }
 
-/// The groups of user `name` whose primary group is `gid`, from the group database (the
-/// primary one included).
-pub fn groups_of(name: &str, gid: u32) -> Vec<u32> {
-    let Ok(cname) = std::ffi::CString::new(name) else {
-        return vec![gid];
-    };
-    let mut n: libc::c_int = 64;
-    loop {
-        let mut groups = vec![0 as libc::gid_t; n as usize];
-        let before = n;
-        // SAFETY: `groups` has room for `n` entries; getgrouplist writes at most that many and
-        // sets `n` to the number it needs.
-        let r = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
-        if r >= 0 {
-            groups.truncate(n.max(0) as usize);
-            return groups;
-        }
-        if n <= before {
-            return vec![gid];
-        }
-    }
-}
+pub use ravel_exec::users::groups_of;
 
 /// The gid of group `name`, from /etc/group.
 pub fn group_id(name: &str) -> Option<u32> {

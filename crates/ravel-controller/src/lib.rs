@@ -116,7 +116,7 @@ impl Controller {
             None => None,
         };
         let limits = limits::load(cfg.limits_file.as_deref())?;
-        let agent = LocalAgent::new(cfg.exe.clone(), probe, tx);
+        let agent = LocalAgent::new(cfg.exe.clone(), ravel_agent::instance_of(&cfg.home), probe, tx);
         std::fs::create_dir_all(cfg.runs_dir())
             .map_err(|e| format!("cannot create {}: {e}", cfg.runs_dir().display()))?;
         let mut state = State::new(cfg.cpus);

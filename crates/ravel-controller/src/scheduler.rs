@@ -276,7 +276,7 @@ fn launch_spec(ctl: &Controller, job: &Job, gpus: &[u32], n: u32, run_dir: &std:
         // A shared box contains every job; elsewhere only a job with a memory limit needs one.
         cgroup: (ctl.cfg.cgroups.available() && (ctl.cfg.system || job.spec.mem_mib.is_some())).then(|| {
             ravel_exec::CgroupSpec {
-                name: ravel_agent::cgroup_name(job.id, n),
+                name: ctl.agent.cgroup_name(job.id, n),
                 memory_max_bytes: job.spec.mem_mib.map(|m| m << 20),
                 pids_max: None,
             }

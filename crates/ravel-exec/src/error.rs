@@ -41,6 +41,15 @@ pub enum ExecError {
 
     #[error("cannot run `{program}`: {source}")]
     CannotRun { program: String, source: io::Error },
+
+    #[error("cannot enter working directory {cwd} as {user}: {source}")]
+    EnterCwd { cwd: String, user: String, source: io::Error },
+
+    #[error("cannot run as {user}: {reason}")]
+    RunAs { user: String, reason: String },
+
+    #[error("{0}")]
+    Cgroup(String),
 }
 
 impl ExecError {

@@ -1,29 +1,39 @@
 //! Spawning the job: its program, arguments, environment, working directory, logs, process
 //! group and signal state, and the mapping of spawn failures to exit records.
 
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::error::ExecError;
-use crate::records::{LaunchSpec, STDERR_FILE, STDOUT_FILE};
-use crate::{fds, resolve, signals};
+use crate::records::{LaunchSpec, RunAs, STDERR_FILE, STDOUT_FILE};
+use crate::{fds, resolve, signals, users};
 
 /// Starts the job described by `spec` as the leader of a new process group (pgid = its pid)
 /// and returns its pid. Its stdout/stderr are the run dir's log files themselves, not pipes,
 /// so the job keeps running (and logging) if the supervisor dies.
-pub(crate) fn spawn(spec: &LaunchSpec, run_dir: &Path) -> Result<i32, ExecError> {
+///
+/// With `spec.run_as`, the job's process (never the supervisor) first joins the cgroup whose
+/// `cgroup.procs` are open as `cgroup_fds`, then drops to the user: supplementary groups,
+/// gid, uid, in that order, and only then changes to the working directory, so that the
+/// directory is entered with the user's rights, not root's.
+pub(crate) fn spawn(spec: &LaunchSpec, run_dir: &Path, cgroup_fds: &[RawFd]) -> Result<i32, ExecError> {
     let Some(program) = spec.command.first() else {
         return Err(ExecError::EmptyCommand { run_dir: run_dir.to_owned() });
     };
     let cwd = Path::new(&spec.cwd);
     check_cwd(&spec.cwd)?;
+    let user = spec.run_as.as_ref().map(prepare_user).transpose()?;
     let resolved = resolve::find_program(program, &spec.env, cwd)
         .map_err(|source| ExecError::CannotRun { program: program.clone(), source })?;
-    let stdout = open_log(&run_dir.join(STDOUT_FILE))?;
-    let stderr = open_log(&run_dir.join(STDERR_FILE))?;
+    let owner = spec.run_as.as_ref().map(|r| (r.uid, r.gid));
+    let stdout = open_log(&run_dir.join(STDOUT_FILE), owner)?;
+    let stderr = open_log(&run_dir.join(STDERR_FILE), owner)?;
 
     let mut command = Command::new(&resolved);
     command
@@ -31,27 +41,117 @@ pub(crate) fn spawn(spec: &LaunchSpec, run_dir: &Path) -> Result<i32, ExecError>
         .args(&spec.command[1..])
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
+    if let Some(u) = &user {
+        command.env("HOME", &u.home).env("USER", &u.name).env("LOGNAME", &u.name);
+    } else {
+        command.current_dir(cwd);
+    }
+    // Which step failed in the child, for the error message (only an errno crosses back).
+    let (step_read, step_write) =
+        step_pipe().map_err(|source| ExecError::CannotRun { program: program.clone(), source })?;
+    let step_fd = step_write.as_raw_fd();
+    let cwd_c = CString::new(spec.cwd.as_bytes())
+        .map_err(|_| ExecError::BadCwd { cwd: spec.cwd.clone(), source: io::Error::from_raw_os_error(libc::EINVAL) })?;
+    let fds = cgroup_fds.to_vec();
+    let umask = spec.umask;
+    let drop_to = user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone()));
     let mut reset_signals = signals::reset_for_job();
-    // SAFETY: the closure only makes async-signal-safe calls (signal, sigprocmask,
-    // close_range).
+    // SAFETY: the closure only makes async-signal-safe calls (write, setgroups, setresgid,
+    // setresuid, chdir, umask, signal, sigprocmask, close_range) and allocates nothing.
     unsafe {
         command.pre_exec(move || {
+            let failed = |step: u8| {
+                let e = io::Error::last_os_error();
+                libc::write(step_fd, [step].as_ptr().cast(), 1);
+                Err(e)
+            };
+            if crate::cgroup::join(&fds).is_err() {
+                return failed(STEP_CGROUP);
+            }
+            if let Some((uid, gid, groups)) = &drop_to {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setresgid(*gid, *gid, *gid) != 0
+                    || libc::setresuid(*uid, *uid, *uid) != 0
+                {
+                    return failed(STEP_USER);
+                }
+                if libc::chdir(cwd_c.as_ptr()) != 0 {
+                    return failed(STEP_CWD);
+                }
+            }
+            if let Some(m) = umask {
+                libc::umask(m as libc::mode_t);
+            }
             reset_signals()?;
             fds::cloexec_above_stdio()
         });
     }
     // The child is reaped with waitpid by pid, not through `Child`; dropping it neither waits
     // nor kills.
-    command.spawn().map(|child| child.id() as i32).map_err(|source| {
-        // The directory was checked above; if chdir failed anyway it vanished meanwhile, and
-        // std's bare ENOENT would wrongly blame the program.
-        check_cwd(&spec.cwd).err().unwrap_or_else(|| ExecError::CannotRun { program: program.clone(), source })
+    let spawned = command.spawn();
+    drop(step_write);
+    spawned.map(|child| child.id() as i32).map_err(|source| {
+        let user_name = || spec.run_as.as_ref().map(|r| r.user.clone()).unwrap_or_default();
+        match read_step(step_read) {
+            Some(STEP_CWD) => ExecError::EnterCwd { cwd: spec.cwd.clone(), user: user_name(), source },
+            Some(STEP_USER) => ExecError::RunAs { user: user_name(), reason: source.to_string() },
+            Some(STEP_CGROUP) => ExecError::Cgroup(format!("cannot put the job in its cgroup: {source}")),
+            // The directory was checked above; if chdir failed anyway it vanished meanwhile,
+            // and std's bare ENOENT would wrongly blame the program.
+            _ => {
+                check_cwd(&spec.cwd).err().unwrap_or_else(|| ExecError::CannotRun { program: program.clone(), source })
+            }
+        }
     })
+}
+
+const STEP_CGROUP: u8 = 1;
+const STEP_USER: u8 = 2;
+const STEP_CWD: u8 = 3;
+
+/// What the job's process needs to become `run_as`, prepared before fork (no allocation after).
+struct User {
+    name: String,
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+    home: String,
+}
+
+fn prepare_user(r: &RunAs) -> Result<User, ExecError> {
+    let entry = users::passwd(&r.user)
+        .ok_or_else(|| ExecError::RunAs { user: r.user.clone(), reason: "no such user in /etc/passwd".into() })?;
+    if entry.uid != r.uid {
+        return Err(ExecError::RunAs {
+            user: r.user.clone(),
+            reason: format!("the user's uid is now {}, not {} as when the job was submitted", entry.uid, r.uid),
+        });
+    }
+    let mut groups = users::groups_of(&r.user, r.gid);
+    if !groups.contains(&r.gid) {
+        groups.push(r.gid);
+    }
+    Ok(User { name: r.user.clone(), uid: r.uid, gid: r.gid, groups, home: entry.home })
+}
+
+fn step_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds on success; we take ownership of both.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn read_step(fd: OwnedFd) -> Option<u8> {
+    let mut b = [0u8; 1];
+    // SAFETY: reading one byte into a local buffer from an fd we own.
+    (unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1) } == 1).then_some(b[0])
 }
 
 fn check_cwd(cwd: &str) -> Result<(), ExecError> {
@@ -64,11 +164,22 @@ fn check_cwd(cwd: &str) -> Result<(), ExecError> {
 }
 
 /// Appends rather than truncates, so that nothing already logged is lost if the same run dir
-/// is ever reused.
-fn open_log(path: &Path) -> Result<File, ExecError> {
-    OpenOptions::new()
+/// is ever reused. Never through a symlink: on a shared box the job's user owns the run dir and
+/// could plant one pointing anywhere root may write. With `owner`, the file becomes theirs.
+fn open_log(path: &Path, owner: Option<(u32, u32)>) -> Result<File, ExecError> {
+    let err = |source| ExecError::OpenLog { path: path.to_owned(), source };
+    let f = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|source| ExecError::OpenLog { path: path.to_owned(), source })
+        .map_err(err)?;
+    if !f.metadata().map_err(err)?.is_file() {
+        return Err(err(io::Error::other("not a regular file")));
+    }
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(err)?;
+    }
+    Ok(f)
 }

@@ -37,7 +37,14 @@ pub fn launch(exe: &Path, run_dir: &Path, spec: &LaunchSpec) -> Result<Launched,
     // (and logs should name unambiguous paths).
     let run_dir = absolute(run_dir)?;
     let outputs = run_dir.join(OUTPUTS_DIR);
-    fs::create_dir_all(&outputs).map_err(|source| ExecError::CreateDir { path: outputs, source })?;
+    fs::create_dir_all(&outputs).map_err(|source| ExecError::CreateDir { path: outputs.clone(), source })?;
+    if let Some(user) = &spec.run_as {
+        // The attempt's dir and its outputs are the job's user's alone. Done through fds opened
+        // without following links: the dirs were just made by us, under root's own dirs.
+        for dir in [&run_dir, &outputs] {
+            give_dir(dir, user.uid, user.gid).map_err(|source| ExecError::CreateDir { path: dir.clone(), source })?;
+        }
+    }
     let json = serde_json::to_vec(spec)
         .map_err(|e| ExecError::SpawnSupervisor { exe: exe.to_owned(), source: std::io::Error::other(e) })?;
     let spawn_err = |source: std::io::Error| ExecError::SpawnSupervisor { exe: exe.to_owned(), source };
@@ -56,6 +63,17 @@ pub fn launch(exe: &Path, run_dir: &Path, spec: &LaunchSpec) -> Result<Launched,
     // Not yet reaped, so /proc/PID exists even if the supervisor already exited.
     let start_time = procfs::process_start_time(pid).ok_or(ExecError::StartTime { pid })?;
     Ok(Launched { pid, start_time })
+}
+
+/// Makes directory `dir` owned by `uid:gid`, mode 0700, without following a symlink.
+fn give_dir(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)?;
+    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+    f.set_permissions(fs::Permissions::from_mode(0o700))
 }
 
 /// The argument after RUN_DIR that tells the supervisor to read its spec from stdin.

@@ -35,6 +35,6 @@ pub use launch::{Launched, SPEC_FROM_STDIN, SUPERVISE_SUBCOMMAND, launch};
 pub use procfs::{is_same_process, process_start_time};
 pub use records::{
     CgroupSpec, EXIT_FILE, ExitRecord, LAUNCH_FILE, LaunchSpec, OUTPUTS_DIR, RunAs, STDERR_FILE, STDOUT_FILE,
-    SUPERVISOR_FILE, SupervisorRecord, read_exit, read_launch, read_supervisor,
+    SUPERVISOR_FILE, SupervisorRecord, open_log_for_reading, read_exit, read_launch, read_supervisor,
 };
 pub use supervise::supervise_main;

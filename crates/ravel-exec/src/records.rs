@@ -106,10 +106,72 @@ pub struct ExitRecord {
     pub oom_killed: bool,
 }
 
+/// Largest record read from a run dir: on a shared box its user owns the run dir and could
+/// plant anything there.
+const MAX_RECORD_BYTES: u64 = 1 << 20;
+
+/// Reads a file of a run dir without following a symlink in its place, up to the size limit.
+fn read_record(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = open_nofollow(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_RECORD_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_RECORD_BYTES {
+        return Err(std::io::Error::other("larger than any record"));
+    }
+    Ok(bytes)
+}
+
+/// Opens for reading without following a symlink, and without blocking on a FIFO.
+fn open_nofollow(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    // Back to blocking reads for a regular file (O_NONBLOCK only kept a FIFO from hanging open).
+    // SAFETY: fcntl on an fd we own.
+    unsafe {
+        let flags = libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_GETFL);
+        libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    Ok(f)
+}
+
+/// Opens a job's log for the daemon to serve: never through a symlink, only a regular file
+/// (a planted FIFO neither hangs nor feeds the reader), and, when `owner` is given, only one
+/// owned by that uid (a hard link to another user's file is refused). On a shared box the
+/// job's user owns the run dir and could otherwise make the daemon, as root, read for them.
+pub fn open_log_for_reading(path: &Path, owner: Option<u32>) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let f = open_nofollow(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            std::io::Error::other(format!("{} is a symbolic link, not a log", path.display()))
+        } else {
+            e
+        }
+    })?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(format!("{} is not a regular file", path.display())));
+    }
+    if let Some(uid) = owner.filter(|uid| meta.uid() != *uid) {
+        return Err(std::io::Error::other(format!(
+            "{} belongs to uid {}, not to the job's user (uid {uid})",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    Ok(f)
+}
+
 /// Reads `launch.json`; the supervisor's first step.
 pub fn read_launch(run_dir: &Path) -> Result<LaunchSpec, ExecError> {
     let path = run_dir.join(LAUNCH_FILE);
-    let bytes = fs::read(&path).map_err(|source| ExecError::ReadFile { path: path.clone(), source })?;
+    let bytes = read_record(&path).map_err(|source| ExecError::ReadFile { path: path.clone(), source })?;
     serde_json::from_slice(&bytes).map_err(|source| ExecError::Parse { path, source })
 }
 
@@ -137,7 +199,7 @@ pub fn read_supervisor(run_dir: &Path) -> Option<SupervisorRecord> {
 }
 
 fn read_optional<T: DeserializeOwned>(path: &Path) -> Option<T> {
-    let bytes = fs::read(path).ok()?;
+    let bytes = read_record(path).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::atomic::{self, Durability};
+use crate::cgroup::Cgroup;
 use crate::records::{EXIT_FILE, ExitRecord, SUPERVISOR_FILE, SupervisorRecord, now_ms};
 use crate::wait::{JobEnd, Termination};
 use crate::{cleanup, fds, job, procfs, records, signals, wait};
@@ -60,9 +61,22 @@ pub fn supervise_main(run_dir: &Path, spec_from_stdin: bool) -> i32 {
         return exit_code_for(write_exit(run_dir, record, durability));
     }
 
-    let job_pid = match job::spawn(&spec, run_dir) {
+    // The job's own cgroup, made before it starts: a job that asked to be contained never runs
+    // uncontained.
+    let cgroup = match spec.cgroup.as_ref().map(Cgroup::create).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = atomic::write_json(&run_dir.join(SUPERVISOR_FILE), &identity(None, now_ms()), durability);
+            return exit_code_for(write_exit(run_dir, failed(e, None), durability));
+        }
+    };
+    let cgroup_fds = cgroup.as_ref().map(Cgroup::procs_fds).unwrap_or_default();
+    let job_pid = match job::spawn(&spec, run_dir, &cgroup_fds) {
         Ok(pid) => pid,
         Err(e) => {
+            if let Some(c) = cgroup {
+                c.finish();
+            }
             let _ = atomic::write_json(&run_dir.join(SUPERVISOR_FILE), &identity(None, now_ms()), durability);
             return exit_code_for(write_exit(run_dir, failed(e.to_string(), e.job_exit_code()), durability));
         }
@@ -79,6 +93,9 @@ pub fn supervise_main(run_dir: &Path, spec_from_stdin: bool) -> i32 {
     let grace = Duration::from_millis(spec.kill_grace_ms);
     let JobEnd { termination, canceled, timed_out } = wait::wait_for_job(job_pid, grace, deadline, &watched);
     let cleanup = cleanup::clear_leftovers(job_pid, &watched);
+    // Descendants that left the group and the supervisor's care (double fork + setsid) are
+    // still in the cgroup: they go now, and the cgroup with them.
+    let oom_killed = cgroup.is_some_and(Cgroup::finish);
 
     let (exit_code, signal, lost) = match termination {
         Termination::Exited(code) => (Some(code), None, None),
@@ -93,7 +110,7 @@ pub fn supervise_main(run_dir: &Path, spec_from_stdin: bool) -> i32 {
         error: lost.or(cleanup.err()),
         started_at_ms: Some(started_at_ms),
         finished_at_ms: now_ms(),
-        oom_killed: false,
+        oom_killed,
     };
     exit_code_for(write_exit(run_dir, record, durability))
 }

@@ -234,7 +234,10 @@ fn per_user_limits_hold_under_contention_and_only_admins_set_them() {
         max_seen = max_seen.max(running);
         mine.iter().all(|id| d.show(*id)["state"] == "succeeded")
     });
-    assert!(mine.iter().all(|id| d.show(*id)["state"] == "succeeded"), "every job of alice's ran in the end");
+    for id in &mine {
+        let v = d.show(*id);
+        assert_eq!(v["state"], "succeeded", "every job of alice's ran in the end: {v:#}");
+    }
     assert!(max_seen <= 2, "alice held {max_seen} GPUs at once");
 
     // The queued limit: 100 more from one user are refused whole, with a clear line.

@@ -59,7 +59,7 @@ fn read_range(
     limit: u64,
     owner: Option<u32>,
 ) -> Result<(Vec<u8>, u64, u64), String> {
-    let mut f = match open_log_tmp(path, owner) {
+    let mut f = match ravel_exec::open_log_for_reading(path, owner) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), offset, 0)),
         Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
@@ -73,15 +73,4 @@ fn read_range(
     f.take(limit).read_to_end(&mut buf).map_err(|e| e.to_string())?;
     let next = offset + buf.len() as u64;
     Ok((buf, next, size))
-}
-
-// TEMPORARY until ravel_exec::open_log_for_reading lands.
-fn open_log_tmp(path: &std::path::Path, owner: Option<u32>) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path)?;
-    let m = f.metadata()?;
-    if !m.is_file() || owner.is_some_and(|o| m.uid() != o) {
-        return Err(std::io::Error::other("not a log file of the job's user"));
-    }
-    Ok(f)
 }
