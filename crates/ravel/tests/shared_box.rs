@@ -180,9 +180,14 @@ fn a_user_with_a_long_queue_does_not_keep_another_from_the_next_gpu() {
     }
     let (alice, bob) = users();
     let d = SystemDaemon::start(BIN, &gpus(2), &[]);
-    let first = d.submit(&alice, &["--gpus", "1", "--array", "0-99", "--", "sleep", "1"]);
+    // Long enough that bob's job is surely queued before alice's first two end, on a busy
+    // machine; and they end a second apart, so "the next free GPU" is one GPU.
+    let sleep = "sleep $((3 + RAVEL_ARRAY_INDEX))";
+    let first = d.submit(&alice, &["--gpus", "1", "--array", "0-99", "--", "sh", "-c", sleep]);
     d.wait_state(first, "running");
+    d.wait_state(first + 1, "running");
     let b = d.submit(&bob, &["--gpus", "1", "--", "true"]);
+    assert_eq!(d.show(b)["state"], "queued", "both GPUs are alice's when bob submits");
     d.wait_state(b, "succeeded");
     let bob_started = d.show(b)["started_at"].as_i64().unwrap();
     let jobs: serde_json::Value = serde_json::from_str(&d.ok(None, &["queue", "--all", "--json"])).unwrap();
