@@ -99,8 +99,17 @@ fn try_v1() -> Result<CgroupSupport, String> {
 fn mkdir(dir: &Path) -> std::io::Result<()> {
     match fs::create_dir(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        // Made by someone else (another daemon, as root): usable only if we may create in it.
+        _ if !writable(dir) => Err(std::io::Error::from_raw_os_error(libc::EACCES)),
         _ => Ok(()),
     }
+}
+
+fn writable(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access on a NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
 
 /// An attempt's cgroup, created and limited, with its `cgroup.procs` files open for the job's

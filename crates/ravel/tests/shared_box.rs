@@ -320,3 +320,39 @@ fn a_job_on_a_gpu_it_was_not_given_and_an_idle_gpu_are_flagged() {
     assert!(kinds.contains(&"gpu_not_allocated") && kinds.contains(&"gpu_idle"), "{events:#}");
     assert_eq!(kinds.len(), 2, "each problem is flagged once: {events:#}");
 }
+
+#[test]
+fn an_admin_group_a_private_queue_and_a_group_socket() {
+    if !root_or_skip("an_admin_group_a_private_queue_and_a_group_socket") {
+        return;
+    }
+    let (alice, bob) = users();
+    let lab = group_gid(LAB_GROUP).unwrap();
+    let d = SystemDaemon::start(
+        BIN,
+        &gpus(1),
+        &["--admin-group", LAB_GROUP, "--private-queue", "--socket-group", LAB_GROUP],
+    );
+    let meta = std::fs::metadata(d.socket()).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, lab), "the socket is the group's alone");
+    // Bob is not in the group: he cannot even connect.
+    let (_, err) = d.fails(Some(&bob), &["queue"]);
+    assert!(err.contains("ermission denied") || err.contains("cannot connect"), "{err}");
+
+    // Let bob in (0666 again), keeping the admin group and the private queue.
+    std::fs::set_permissions(d.socket(), std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let bobs = d.submit(&bob, &["--hold", "--", "true"]);
+    let alices = d.submit(&alice, &["--hold", "--", "true"]);
+    let seen: serde_json::Value = serde_json::from_str(&d.ok(Some(&bob), &["queue", "--json"])).unwrap();
+    let ids: Vec<i64> = seen.as_array().unwrap().iter().map(|j| j["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![bobs], "bob sees only his own jobs");
+    let (_, err) = d.fails(Some(&bob), &["show", &alices.to_string()]);
+    assert!(err.contains("another user's"), "{err}");
+    // Alice is in the admin group: she sees and may act on bob's job.
+    let status = d.ok(Some(&alice), &["daemon", "status"]);
+    assert!(status.contains(&format!("you:      {ALICE} (admin)")), "{status}");
+    let seen: serde_json::Value = serde_json::from_str(&d.ok(Some(&alice), &["queue", "--json"])).unwrap();
+    assert_eq!(seen.as_array().unwrap().len(), 2);
+    d.ok(Some(&alice), &["cancel", &bobs.to_string()]);
+    assert_eq!(d.show(bobs)["state"], "canceled");
+}
