@@ -109,6 +109,21 @@ fn other_users_jobs_are_off_limits_and_root_is_not_a_submitter() {
         .unwrap();
     let reply = String::from_utf8_lossy(&out.stdout);
     assert!(reply.contains("forbidden") && reply.contains("cannot be submitted as another user"), "{reply}");
+    // Nor claim root's uid.
+    let body = serde_json::json!({"spec": {"command": ["true"], "cwd": "/tmp", "uid": 0, "gid": 0}}).to_string();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--unix-socket", sock.to_str().unwrap(), "-H", "content-type: application/json", "-d", &body])
+        .arg("http://ravel/v1/jobs")
+        .uid(bob.uid)
+        .gid(bob.gid)
+        .output()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(reply.contains("forbidden") && reply.contains("cannot claim another uid"), "{reply}");
+    // A user may lower their own job's priority, not raise it above others'.
+    d.ok(Some(&alice), &["priority", &w, "-1"]);
+    let (_, err) = d.fails(Some(&alice), &["priority", &w, "10"]);
+    assert!(err.contains("only an admin may raise"), "{err}");
 
     // Root is the admin: it may act on anyone's job, but does not run jobs itself.
     let (_, err) = d.fails(None, &["run", "--", "true"]);
