@@ -98,27 +98,22 @@ fn other_users_jobs_are_off_limits_and_root_is_not_a_submitter() {
     assert_eq!(shown["spec"]["env"], serde_json::json!([]));
 
     // A request body cannot claim another user: the kernel says who is asking.
-    let body = serde_json::json!({"spec": {"command": ["true"], "cwd": "/tmp", "user": ALICE}}).to_string();
-    let sock = d.socket();
-    let out = std::process::Command::new("curl")
-        .args(["-s", "--unix-socket", sock.to_str().unwrap(), "-H", "content-type: application/json", "-d", &body])
-        .arg("http://ravel/v1/jobs")
-        .uid(bob.uid)
-        .gid(bob.gid)
-        .output()
-        .unwrap();
-    let reply = String::from_utf8_lossy(&out.stdout);
+    let submit_raw = |spec: serde_json::Value| {
+        let body = serde_json::json!({ "spec": spec }).to_string();
+        let sock = d.socket();
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--unix-socket", sock.to_str().unwrap(), "-H", "content-type: application/json", "-d", &body])
+            .arg("http://ravel/v1/jobs")
+            .uid(bob.uid)
+            .gid(bob.gid)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let reply = submit_raw(serde_json::json!({"command": ["true"], "cwd": "/tmp", "user": ALICE}));
     assert!(reply.contains("forbidden") && reply.contains("cannot be submitted as another user"), "{reply}");
     // Nor claim root's uid.
-    let body = serde_json::json!({"spec": {"command": ["true"], "cwd": "/tmp", "uid": 0, "gid": 0}}).to_string();
-    let out = std::process::Command::new("curl")
-        .args(["-s", "--unix-socket", sock.to_str().unwrap(), "-H", "content-type: application/json", "-d", &body])
-        .arg("http://ravel/v1/jobs")
-        .uid(bob.uid)
-        .gid(bob.gid)
-        .output()
-        .unwrap();
-    let reply = String::from_utf8_lossy(&out.stdout);
+    let reply = submit_raw(serde_json::json!({"command": ["true"], "cwd": "/tmp", "uid": 0, "gid": 0}));
     assert!(reply.contains("forbidden") && reply.contains("cannot claim another uid"), "{reply}");
     // A user may lower their own job's priority, not raise it above others'.
     d.ok(Some(&alice), &["priority", &w, "-1"]);
