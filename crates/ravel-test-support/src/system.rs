@@ -34,8 +34,24 @@ pub fn root_or_skip(test: &str) -> bool {
     false
 }
 
+/// Serialises changes to the user and group databases between parallel tests (and test
+/// binaries): useradd and usermod fail rather than wait when another holds their lock.
+fn users_lock() -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("ravel-test-users.lock"))
+        .expect("users lock file");
+    // SAFETY: flock on an fd we own; released when the file is dropped.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    f
+}
+
 /// Creates the user (with a user group) if it does not exist; safe to call from parallel tests.
 pub fn ensure_user(name: &str) -> User {
+    let _lock = users_lock();
     if lookup(name).is_none() {
         let out = Command::new("useradd")
             .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name])
@@ -49,6 +65,7 @@ pub fn ensure_user(name: &str) -> User {
 
 /// Creates the lab group and puts alice in it (idempotent).
 pub fn ensure_lab_group() {
+    let _lock = users_lock();
     let out = Command::new("groupadd").args(["-f", LAB_GROUP]).output().expect("run groupadd");
     assert!(out.status.success(), "groupadd: {out:?}");
     let out = Command::new("usermod").args(["-aG", LAB_GROUP, ALICE]).output().expect("run usermod");
