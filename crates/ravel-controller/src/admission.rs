@@ -119,7 +119,8 @@ pub fn evaluate(ctl: Arc<Controller>, mut p: Parked, blocked_in_store: bool) -> 
                     None => format!("dependency {job} does not exist"),
                 };
                 match ctl.store.request_cancel(id, reason, now_ms()).await {
-                    Ok(CancelEffect::Canceled(_)) => {
+                    Ok(CancelEffect::Canceled(job)) => {
+                        ctl.metrics.finished(job.state);
                         ctl.finished.send_modify(|c| *c += 1);
                         job_ended(ctl.clone(), id).await;
                     }

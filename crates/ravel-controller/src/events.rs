@@ -78,8 +78,14 @@ fn outcome(exit: Option<&ExitRecord>, cancel_requested: bool) -> Outcome {
 pub async fn record_end(ctl: &Arc<Controller>, id: JobId, n: u32, outcome: Outcome) {
     let now = now_ms();
     let mut ended = None;
-    match ctl.store.finish(id, n, outcome, now, true).await {
+    let t = std::time::Instant::now();
+    let finished = ctl.store.finish(id, n, outcome, now, true).await;
+    ctl.metrics.store_write.observe(t.elapsed());
+    match finished {
         Ok(job) => {
+            if job.state.is_terminal() {
+                ctl.metrics.finished(job.state);
+            }
             // Fair share: charge the user for the GPU time this attempt held.
             let half_life = ctl.half_life_ms();
             let mut st = ctl.lock();

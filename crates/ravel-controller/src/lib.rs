@@ -11,6 +11,7 @@ mod clock;
 mod events;
 mod gputruth;
 mod limits;
+mod metrics;
 mod recovery;
 mod runjson;
 mod scheduler;
@@ -99,6 +100,9 @@ pub struct Controller {
     pub(crate) admin_gid: Option<u32>,
     /// Serialises changes of the limits (and their file).
     pub(crate) limits_write: tokio::sync::Mutex<()>,
+    pub(crate) metrics: metrics::Metrics,
+    /// When the scheduler loop last went round (it does at least every `probe_interval`).
+    pub(crate) scheduler_tick: Mutex<std::time::Instant>,
 }
 
 impl Controller {
@@ -136,6 +140,8 @@ impl Controller {
             own_uid: unsafe { libc::geteuid() },
             admin_gid,
             limits_write: tokio::sync::Mutex::new(()),
+            metrics: Default::default(),
+            scheduler_tick: Mutex::new(std::time::Instant::now()),
         });
         scheduler::probe_now(&ctl).await;
         ctl.register_node().await;

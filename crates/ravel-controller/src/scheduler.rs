@@ -15,6 +15,7 @@ use std::time::Instant;
 
 pub async fn run(ctl: Arc<Controller>) {
     loop {
+        *ctl.scheduler_tick.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         // Sleep until woken, the next probe, or the next parked job's time, whichever is first.
         let next_timer = ctl.lock().timers.first().map(|(t, _)| *t);
         let mut sleep = ctl.cfg.probe_interval;
@@ -117,6 +118,7 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
         let snap = Snapshot { now, nodes: std::slice::from_ref(&node), queue: &queue, users: &users, limits: &limits };
         let started = Instant::now();
         let d = ravel_core::policy::schedule(&snap);
+        ctl.metrics.pass.observe(started.elapsed());
         tracing::debug!(
             queued = queue.len(),
             placed = d.placements.len(),
@@ -172,7 +174,10 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
         cpus: p.cpus,
         run_dir_template: template.to_string_lossy().into_owned(),
     };
-    let (job, attempt) = match ctl.store.allocate(id, new, now_ms()).await {
+    let t = Instant::now();
+    let allocated = ctl.store.allocate(id, new, now_ms()).await;
+    ctl.metrics.store_write.observe(t.elapsed());
+    let (job, attempt) = match allocated {
         Ok(r) => r,
         Err(e) => {
             let mut st = ctl.lock();
@@ -197,6 +202,9 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
     match ctl.agent.launch(id, attempt.n, run_dir, spec).await {
         Ok(l) => {
             failpoint(&ctl, "after_launch");
+            ctl.metrics.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let waited = (now_ms() - job.submitted_at).max(0) as u64;
+            ctl.metrics.queue_wait.observe(std::time::Duration::from_millis(waited));
             let cancel = {
                 let mut st = ctl.lock();
                 st.active.get_mut(&id).map(|a| {

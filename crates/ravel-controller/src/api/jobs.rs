@@ -104,7 +104,10 @@ pub async fn submit(
     }
     ctl.check_queued_limit(&caller.name, specs.len())?;
     let initial = if blocked { JobState::Blocked } else { JobState::Queued };
+    let t = std::time::Instant::now();
     let jobs = ctl.store.submit(specs, initial, req.array.is_some(), now_ms()).await?;
+    ctl.metrics.store_write.observe(t.elapsed());
+    ctl.metrics.submitted.fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
     // Admission places each job at once when it can, and wakes the scheduler when it cannot.
     for job in &jobs {
         admission::admit(&ctl, job).await;
@@ -288,6 +291,7 @@ pub async fn cancel_one(ctl: &Arc<Controller>, id: JobId) -> Result<CancelResult
     let effect = ctl.store.request_cancel(id, "canceled by user".into(), now_ms()).await?;
     Ok(match effect {
         CancelEffect::Canceled(job) => {
+            ctl.metrics.finished(job.state);
             ctl.lock().forget_waiting(id);
             ctl.finished.send_modify(|c| *c += 1);
             ctl.wake.notify_one();

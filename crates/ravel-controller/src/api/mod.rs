@@ -3,6 +3,7 @@
 mod admin;
 mod daemon;
 mod gpus;
+mod health;
 mod jobs;
 mod logs;
 
@@ -33,6 +34,9 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/wait", get(jobs::wait))
         .route("/v1/gpus", get(gpus::list))
         .route("/v1/admin/limits", get(admin::limits).post(admin::set_limits))
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .fallback(|| async { ApiError::not_found("no such API route") })
         .method_not_allowed_fallback(|| async {
             ApiError {
@@ -41,6 +45,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
                 message: "method not allowed on this route".into(),
             }
         })
+        .layer(axum::middleware::from_fn_with_state(ctl.clone(), health::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ctl)
 }

@@ -1,0 +1,146 @@
+//! Observability of a real daemon: Prometheus metrics that parse and move as jobs flow, and the
+//! health endpoints.
+
+use ravel_test_support::TestDaemon;
+use std::collections::BTreeMap;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ravel");
+
+fn get(d: &TestDaemon, path: &str) -> (u16, String) {
+    let sock = d.home().join("ravel.sock");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--unix-socket", sock.to_str().unwrap()])
+        .arg(format!("http://ravel{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').expect("status line");
+    (code.trim().parse().expect("status"), body.to_string())
+}
+
+/// Parses the Prometheus text format (0.0.4) strictly enough to catch what a scraper would
+/// refuse: every sample belongs to a family announced by HELP and TYPE, names and labels are
+/// well formed, values are numbers, histogram buckets are cumulative and end at `+Inf` with
+/// the count. Returns each sample (name with labels) and its value.
+fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut helped = std::collections::BTreeSet::new();
+    let mut samples = BTreeMap::new();
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split_whitespace().next().unwrap();
+            assert!(name_ok(name), "bad name in {line:?}");
+            helped.insert(name.to_string());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut f = rest.split_whitespace();
+            let (name, kind) = (f.next().unwrap(), f.next().unwrap());
+            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "{line:?}");
+            assert!(helped.contains(name), "TYPE before HELP: {line:?}");
+            assert!(types.insert(name.to_string(), kind.to_string()).is_none(), "family twice: {line:?}");
+            continue;
+        }
+        assert!(!line.starts_with('#') && !line.trim().is_empty(), "stray line {line:?}");
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let name = series.split('{').next().unwrap();
+        assert!(name_ok(name), "bad sample name in {line:?}");
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "bad labels in {line:?}");
+            for pair in labels[1..labels.len() - 1].split("\",").filter(|p| !p.is_empty()) {
+                let (k, _) = pair.split_once("=\"").unwrap_or_else(|| panic!("bad label in {line:?}"));
+                assert!(name_ok(k), "bad label name in {line:?}");
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram")))
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "sample of an undeclared family: {line:?}");
+        assert!(samples.insert(series.to_string(), value).is_none(), "sample twice: {line:?}");
+    }
+    // Histograms: cumulative buckets, +Inf last and equal to the count.
+    for (family, _) in types.iter().filter(|(_, t)| *t == "histogram") {
+        let mut per_series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for (series, v) in samples.iter().filter(|(s, _)| s.starts_with(&format!("{family}_bucket{{"))) {
+            let le_at = series.find("le=\"").unwrap() + 4;
+            let le_end = le_at + series[le_at..].find('"').unwrap();
+            let le: f64 = match &series[le_at..le_end] {
+                "+Inf" => f64::INFINITY,
+                s => s.parse().unwrap(),
+            };
+            let key = format!("{}{}", &series[..le_at - 4], &series[le_end + 1..]);
+            per_series.entry(key).or_default().push((le, *v));
+        }
+        for (key, mut buckets) in per_series {
+            buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+            assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{key}: buckets not cumulative");
+            assert_eq!(buckets.last().unwrap().0, f64::INFINITY, "{key}: no +Inf bucket");
+            let labels = key.trim_start_matches(&format!("{family}_bucket")).replace("{,", "{").replace(",}", "}");
+            let labels = if labels == "{}" { String::new() } else { labels };
+            let count = samples[&format!("{family}_count{labels}")];
+            assert_eq!(buckets.last().unwrap().1, count, "{key}: +Inf bucket is not the count");
+        }
+    }
+    samples
+}
+
+#[test]
+fn metrics_parse_and_move_as_jobs_flow() {
+    let d = TestDaemon::builder(BIN).start();
+    let (code, before) = get(&d, "/metrics");
+    assert_eq!(code, 200);
+    let before = parse_exposition(&before);
+    let ids: Vec<i64> = (0..3).map(|_| d.submit(&["--gpus", "1", "--", "true"])).collect();
+    let failing = d.submit(&["--", "false"]);
+    let held = d.submit(&["--hold", "--", "true"]);
+    for id in &ids {
+        d.wait_state(*id, "succeeded");
+    }
+    d.wait_state(failing, "failed");
+    let (_, after) = get(&d, "/metrics");
+    let after = parse_exposition(&after);
+    let delta = |k: &str| after[k] - before.get(k).copied().unwrap_or(0.0);
+    assert_eq!(delta("ravel_jobs_submitted_total"), 5.0);
+    assert_eq!(delta("ravel_jobs_started_total"), 4.0);
+    assert_eq!(delta("ravel_jobs_finished_total{state=\"succeeded\"}"), 3.0);
+    assert_eq!(delta("ravel_jobs_finished_total{state=\"failed\"}"), 1.0);
+    assert_eq!(after["ravel_jobs{state=\"waiting\"}"], 1.0, "the held job waits");
+    assert_eq!(delta("ravel_queue_wait_seconds_count"), 4.0);
+    assert!(after["ravel_scheduler_pass_seconds_count"] >= 0.0);
+    assert!(delta("ravel_store_write_seconds_count") >= 5.0 + 4.0 * 2.0, "submits, placements and ends");
+    assert!(after["ravel_api_request_seconds_count{method=\"POST\",route=\"/v1/jobs\"}"] >= 5.0);
+    assert!(after.keys().any(|k| k.contains("route=\"/v1/jobs/{id}\"")), "routes by pattern, not by path");
+    let gpus = |state: &str| -> f64 {
+        let suffix = format!("state=\"{state}\"}}");
+        after.iter().filter(|(k, _)| k.starts_with("ravel_gpus{") && k.ends_with(&suffix)).map(|(_, v)| *v).sum()
+    };
+    assert_eq!((gpus("free"), gpus("allocated"), gpus("foreign_busy")), (4.0, 0.0, 0.0));
+    d.ok(&["cancel", &held.to_string()]);
+    let (_, last) = get(&d, "/metrics");
+    let last = parse_exposition(&last);
+    assert_eq!(last["ravel_jobs_finished_total{state=\"canceled\"}"], 1.0);
+    assert_eq!(last["ravel_jobs{state=\"waiting\"}"], 0.0);
+}
+
+#[test]
+fn health_and_readiness() {
+    let d = TestDaemon::builder(BIN).start();
+    assert_eq!(get(&d, "/healthz"), (200, "ok\n".to_string()));
+    let (code, body) = get(&d, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ready"], true);
+    for check in ["store", "scheduler", "agent", "accepting"] {
+        assert_eq!(v["checks"][check], "ok", "{body}");
+    }
+}
