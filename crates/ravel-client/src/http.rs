@@ -63,7 +63,7 @@ pub fn request(
     parse(&raw)
 }
 
-fn parse(raw: &[u8]) -> Result<Response, ClientError> {
+pub(crate) fn parse(raw: &[u8]) -> Result<Response, ClientError> {
     let bad = |m: &str| ClientError::Protocol(m.to_string());
     let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("truncated response head"))?;
     let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("response head is not UTF-8"))?;

@@ -4,6 +4,7 @@
 //! HTTP/1.1 request per connection on a std `UnixStream`, no async runtime, no TLS.
 
 mod http;
+mod sse;
 
 use ravel_proto::ErrorBody;
 use serde::Serialize;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use http::Response;
+pub use sse::SseEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -82,6 +84,27 @@ impl Client {
             error: format!("HTTP {}: {}", resp.status, String::from_utf8_lossy(&resp.body).trim()),
         });
         Err(ClientError::Api { status: resp.status, body })
+    }
+}
+
+impl Client {
+    /// Follows a Server-Sent Events stream, calling `on_event` for each event until the stream
+    /// ends or `on_event` returns false. `idle` bounds the silence between bytes.
+    pub fn events(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+        idle: Duration,
+        on_event: impl FnMut(SseEvent) -> bool,
+    ) -> Result<(), ClientError> {
+        match sse::stream(&self.socket, idle, path, last_event_id, on_event)? {
+            None => Ok(()),
+            Some(resp) => {
+                let body = serde_json::from_slice::<ErrorBody>(&resp.body)
+                    .unwrap_or_else(|_| ErrorBody { code: "internal".into(), error: format!("HTTP {}", resp.status) });
+                Err(ClientError::Api { status: resp.status, body })
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod clock;
 mod events;
+mod feed;
 mod gputruth;
 mod limits;
 mod metrics;
@@ -101,6 +102,8 @@ pub struct Controller {
     /// Serialises changes of the limits (and their file).
     pub(crate) limits_write: tokio::sync::Mutex<()>,
     pub(crate) metrics: metrics::Metrics,
+    /// Every change of a job, for `GET /v1/events`.
+    pub(crate) feed: Arc<feed::Feed>,
     /// When the scheduler loop last went round (it does at least every `probe_interval`).
     pub(crate) scheduler_tick: Mutex<std::time::Instant>,
 }
@@ -123,6 +126,11 @@ impl Controller {
         let agent = LocalAgent::new(cfg.exe.clone(), ravel_agent::instance_of(&cfg.home), probe, tx);
         std::fs::create_dir_all(cfg.runs_dir())
             .map_err(|e| format!("cannot create {}: {e}", cfg.runs_dir().display()))?;
+        // Event ids start at the clock in µs: they keep increasing across restarts.
+        let start_id =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
+        let feed = Arc::new(feed::Feed::new(start_id));
+        let store: Arc<dyn Store> = Arc::new(feed::FeedStore { inner: store, feed: feed.clone() });
         let mut state = State::new(cfg.cpus);
         state.users.limits_cfg = limits;
         let ctl = Arc::new(Controller {
@@ -141,6 +149,7 @@ impl Controller {
             admin_gid,
             limits_write: tokio::sync::Mutex::new(()),
             metrics: Default::default(),
+            feed,
             scheduler_tick: Mutex::new(std::time::Instant::now()),
         });
         scheduler::probe_now(&ctl).await;

@@ -81,6 +81,44 @@ pub struct JobEventView {
     pub message: String,
 }
 
+/// One entry of the event feed (`GET /v1/events`): a job changed (state, hold, priority, or
+/// cancel requested), as it is after the change.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EventView {
+    /// Increasing; pass the last one seen as `Last-Event-ID` (or `?since=`) to resume.
+    pub id: u64,
+    /// UTC ms.
+    pub at: i64,
+    pub job: JobId,
+    pub state: JobState,
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub held: bool,
+    pub priority: i32,
+    pub cancel_requested: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<Vec<u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `GET /v1/events` query.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct EventsQuery {
+    /// Send the events after this id first (as `Last-Event-ID` does); 0: all the daemon keeps.
+    /// Without it (and without the header), only new events.
+    #[serde(default)]
+    pub since: Option<u64>,
+    /// Keep the stream open for new events (default true); false ends after those kept.
+    #[serde(default)]
+    pub follow: Option<bool>,
+}
+
 /// One user's limits; `None` is no limit (or, in a user's entry, the default's value).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

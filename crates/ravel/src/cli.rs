@@ -64,6 +64,10 @@ pub enum Command {
         #[arg(allow_negative_numbers = true)]
         priority: i32,
     },
+    /// Print job events (every change of state, hold, priority); with -f, follow them live
+    #[command(after_help = "Examples:\n  ravel events            every event the daemon keeps (the last hour)\n  \
+ravel events -f         new events as they happen\n  ravel events -f --since 1795907327898908   resume after an event id")]
+    Events(EventsArgs),
     /// Show the GPUs of this node: memory, utilization, and who uses each
     Gpus {
         #[arg(long)]
@@ -214,6 +218,19 @@ pub struct LogsArgs {
     /// Which attempt (default: the latest)
     #[arg(long)]
     pub attempt: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Keep printing new events until interrupted
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Start after this event id (as printed, or `id` in --json); 0: everything kept
+    #[arg(long, value_name = "ID")]
+    pub since: Option<u64>,
+    /// One JSON object per line
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

@@ -144,3 +144,115 @@ fn health_and_readiness() {
         assert_eq!(v["checks"][check], "ok", "{body}");
     }
 }
+
+/// Complete events (ended by a blank line) in an SSE transcript: (id, event name, data).
+fn sse_events(text: &str) -> Vec<(u64, String, String)> {
+    let mut out = vec![];
+    for block in text.split("\n\n") {
+        if !text.contains(&format!("{block}\n\n")) {
+            continue;
+        }
+        let (mut id, mut name, mut data) = (0, String::new(), String::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id: ") {
+                id = v.parse().unwrap();
+            } else if let Some(v) = line.strip_prefix("event: ") {
+                name = v.to_string();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = v.to_string();
+            }
+        }
+        if !name.is_empty() {
+            out.push((id, name, data));
+        }
+    }
+    out
+}
+
+fn curl_sse(d: &TestDaemon, path: &str, last_id: Option<u64>, max_secs: f64) -> String {
+    let sock = d.home().join("ravel.sock");
+    let mut c = std::process::Command::new("curl");
+    c.args(["-s", "-N", "--max-time", &max_secs.to_string(), "--unix-socket", sock.to_str().unwrap()]);
+    if let Some(id) = last_id {
+        c.args(["-H", &format!("Last-Event-ID: {id}")]);
+    }
+    let out = c.arg(format!("http://ravel{path}")).output().expect("run curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_event_stream_resumes_after_a_forced_disconnect_without_losing_an_event() {
+    let d = TestDaemon::builder(BIN).start();
+    let first = d.submit(&["--", "true"]);
+    d.wait_state(first, "succeeded");
+    // A follower that is cut off (curl gives up) while jobs keep changing state.
+    let submitter = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            (0..20)
+                .map(|_| {
+                    std::thread::sleep(std::time::Duration::from_millis(40));
+                    d.submit(&["--", "true"])
+                })
+                .collect::<Vec<i64>>()
+        });
+        let cut = curl_sse(&d, "/v1/events?since=0", None, 0.5);
+        (h.join().unwrap(), cut)
+    });
+    let (ids, cut) = submitter;
+    for id in &ids {
+        d.wait_state(*id, "succeeded");
+    }
+    let before = sse_events(&cut);
+    assert!(before.len() >= 4, "the follower saw events before it was cut off: {cut}");
+    let last = before.last().unwrap().0;
+    // Resume with Last-Event-ID, as a browser's EventSource does.
+    let resumed = sse_events(&curl_sse(&d, "/v1/events?follow=false", Some(last), 5.0));
+    let got: Vec<u64> = before.iter().chain(&resumed).map(|e| e.0).collect();
+    let all: Vec<u64> = d
+        .ok(&["events", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, all, "cut-off stream + resumed stream = every event, once, in order");
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "ids increase");
+    // Every job's life is in the feed: queued, allocated, running, succeeded.
+    let lines = d.ok(&["events", "--json"]);
+    for id in ids.iter().chain([&first]) {
+        let states: Vec<String> = lines
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|e| e["job"] == *id)
+            .map(|e| e["state"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(states.first().map(String::as_str), Some("queued"), "job {id}: {states:?}");
+        assert_eq!(states.last().map(String::as_str), Some("succeeded"), "job {id}: {states:?}");
+        assert!(states.contains(&"running".to_string()), "job {id}: {states:?}");
+    }
+}
+
+#[test]
+fn resuming_from_before_the_window_says_reset_and_bad_ids_are_refused() {
+    let d = TestDaemon::builder(BIN).start();
+    let id = d.submit(&["--", "true"]);
+    d.wait_state(id, "succeeded");
+    let events = sse_events(&curl_sse(&d, "/v1/events?follow=false&since=5", None, 5.0));
+    assert_eq!(events[0].1, "reset", "{events:?}");
+    assert!(events[1..].iter().all(|e| e.1 == "job") && events.len() >= 5, "{events:?}");
+    let sock = d.home().join("ravel.sock");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-H", "Last-Event-ID: abc", "--unix-socket", sock.to_str().unwrap(), "http://ravel/v1/events"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Last-Event-ID must be an event id"));
+    // `ravel events -f` prints what happens next, and stops with the daemon.
+    let follower = d.cmd().args(["events", "-f"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let next = d.submit(&["--", "true"]);
+    d.wait_state(next, "succeeded");
+    d.ok(&["daemon", "stop"]);
+    let out = follower.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("job {next:<6} succeeded")), "{text}");
+    assert!(!text.contains(&format!("job {id:<6} ")), "only new events: {text}");
+}

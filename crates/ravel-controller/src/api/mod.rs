@@ -2,6 +2,7 @@
 
 mod admin;
 mod daemon;
+mod feed;
 mod gpus;
 mod health;
 mod jobs;
@@ -33,6 +34,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/jobs/{id}/priority", post(jobs::priority))
         .route("/v1/wait", get(jobs::wait))
         .route("/v1/gpus", get(gpus::list))
+        .route("/v1/events", get(feed::stream))
         .route("/v1/admin/limits", get(admin::limits).post(admin::set_limits))
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))

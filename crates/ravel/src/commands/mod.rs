@@ -6,6 +6,7 @@
 
 mod admin;
 mod daemon;
+mod events;
 mod gpus;
 mod jobs;
 mod logs;
@@ -34,6 +35,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retry { ids } => jobs::act(&home, ids, "retry"),
         Command::Priority { id, priority } => jobs::priority(&home, id, priority),
         Command::Gpus { json } => gpus::gpus(&home, json),
+        Command::Events(args) => events::events(&home, args),
         Command::Admin(crate::cli::AdminCommand::Limits(args)) => admin::limits(&home, args),
         Command::Daemon(_) => unreachable!("handled above"),
     }
