@@ -370,6 +370,9 @@ pub struct StatusResponse {
     /// How jobs are contained: `cgroup v1`, `cgroup v2`, or why not.
     #[serde(default)]
     pub cgroups: String,
+    /// The daemon's clock when it answered (UTC ms), for `ravel doctor`'s skew check.
+    #[serde(default)]
+    pub now: i64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

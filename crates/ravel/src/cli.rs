@@ -76,6 +76,11 @@ ravel events -f         new events as they happen\n  ravel events -f --since 179
     /// Start, stop or inspect the background daemon
     #[command(subcommand)]
     Daemon(DaemonCommand),
+    /// Check that ravel can work here, with a fix for each problem. Exits 1 if something fails
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// Administer a shared daemon: per-user limits
     #[command(subcommand)]
     Admin(AdminCommand),

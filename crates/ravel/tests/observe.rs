@@ -256,3 +256,27 @@ fn resuming_from_before_the_window_says_reset_and_bad_ids_are_refused() {
     assert!(text.contains(&format!("job {next:<6} succeeded")), "{text}");
     assert!(!text.contains(&format!("job {id:<6} ")), "only new events: {text}");
 }
+
+#[test]
+fn doctor_passes_on_a_healthy_daemon_and_names_the_fix_for_a_broken_one() {
+    let d = TestDaemon::builder(BIN).prepare();
+    let out = d.run(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "no daemon yet is a warning, not a failure: {text}");
+    assert!(text.contains("warn  daemon") && text.contains("ravel daemon start"), "{text}");
+    d.start_daemon();
+    let text = d.ok(&["doctor"]);
+    for name in ["daemon", "version", "clock", "socket", "ready", "gpus", "store", "disk"] {
+        assert!(text.contains(&format!("ok    {name}")), "{name}: {text}");
+    }
+    assert!(text.contains("4 GPUs via fake"), "{text}");
+    // A socket others may use is a failure, with its fix.
+    let sock = d.home().join("ravel.sock");
+    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let out = d.run(&["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let socket = checks.as_array().unwrap().iter().find(|c| c["check"] == "socket").unwrap();
+    assert_eq!(socket["level"], "fail");
+    assert!(socket["fix"].as_str().unwrap().contains("ravel daemon stop"), "{socket}");
+}

@@ -38,6 +38,7 @@ pub async fn status(
             ravel_exec::cgroup::CgroupSupport::V2 { .. } => "cgroup v2".into(),
             ravel_exec::cgroup::CgroupSupport::Unavailable(why) => format!("none: {why}"),
         },
+        now: crate::now_ms(),
     }))
 }
 

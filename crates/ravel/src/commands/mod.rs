@@ -6,6 +6,7 @@
 
 mod admin;
 mod daemon;
+mod doctor;
 mod events;
 mod gpus;
 mod jobs;
@@ -36,6 +37,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Priority { id, priority } => jobs::priority(&home, id, priority),
         Command::Gpus { json } => gpus::gpus(&home, json),
         Command::Events(args) => events::events(&home, args),
+        Command::Doctor { json } => doctor::doctor(&home, json),
         Command::Admin(crate::cli::AdminCommand::Limits(args)) => admin::limits(&home, args),
         Command::Daemon(_) => unreachable!("handled above"),
     }
