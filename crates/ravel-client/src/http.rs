@@ -28,14 +28,7 @@ pub fn request(
     body: Option<&[u8]>,
 ) -> Result<Response, ClientError> {
     let io = |e: std::io::Error| ClientError::Io { socket: socket.to_path_buf(), message: e.to_string() };
-    let mut stream = match UnixStream::connect(socket) {
-        Ok(s) => s,
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
-            return Err(ClientError::NotRunning { socket: socket.to_path_buf() });
-        }
-        Err(e) => return Err(io(e)),
-    };
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    let mut stream = connect(socket, timeout)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let body = body.unwrap_or_default();
     let mut req = format!(
@@ -61,6 +54,20 @@ pub fn request(
         }
     })?;
     parse(&raw)
+}
+
+/// Connects, with `timeout` for reads; nothing listening means no daemon.
+pub(crate) fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
+    let io = |e: std::io::Error| ClientError::Io { socket: socket.to_path_buf(), message: e.to_string() };
+    let stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+            return Err(ClientError::NotRunning { socket: socket.to_path_buf() });
+        }
+        Err(e) => return Err(io(e)),
+    };
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    Ok(stream)
 }
 
 pub(crate) fn parse(raw: &[u8]) -> Result<Response, ClientError> {

@@ -4,7 +4,7 @@
 //! HTTP/1.1 request per connection on a std `UnixStream`, no async runtime, no TLS.
 
 mod http;
-mod sse;
+mod stream;
 
 use ravel_proto::ErrorBody;
 use serde::Serialize;
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use http::Response;
-pub use sse::SseEvent;
+pub use stream::SseEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -79,11 +79,7 @@ impl Client {
         if (200..300).contains(&resp.status) {
             return Ok(resp);
         }
-        let body = serde_json::from_slice::<ErrorBody>(&resp.body).unwrap_or_else(|_| ErrorBody {
-            code: "internal".into(),
-            error: format!("HTTP {}: {}", resp.status, String::from_utf8_lossy(&resp.body).trim()),
-        });
-        Err(ClientError::Api { status: resp.status, body })
+        Err(api_error(resp))
     }
 }
 
@@ -97,15 +93,33 @@ impl Client {
         idle: Duration,
         on_event: impl FnMut(SseEvent) -> bool,
     ) -> Result<(), ClientError> {
-        match sse::stream(&self.socket, idle, path, last_event_id, on_event)? {
-            None => Ok(()),
-            Some(resp) => {
-                let body = serde_json::from_slice::<ErrorBody>(&resp.body)
-                    .unwrap_or_else(|_| ErrorBody { code: "internal".into(), error: format!("HTTP {}", resp.status) });
-                Err(ClientError::Api { status: resp.status, body })
-            }
-        }
+        streamed(stream::stream(&self.socket, idle, path, last_event_id, on_event)?)
     }
+
+    /// GETs a streamed answer (e.g. a followed log), handing its bytes to `on_bytes` as they
+    /// arrive until it ends or `on_bytes` returns false.
+    pub fn stream_body(
+        &self,
+        path: &str,
+        idle: Duration,
+        on_bytes: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ClientError> {
+        streamed(stream::body(&self.socket, idle, path, "", on_bytes)?)
+    }
+}
+
+/// A streamed answer that was an error.
+fn streamed(resp: Option<Response>) -> Result<(), ClientError> {
+    resp.map_or(Ok(()), |r| Err(api_error(r)))
+}
+
+/// A non-2xx answer as an error: the daemon's JSON error body, or the raw text.
+fn api_error(resp: Response) -> ClientError {
+    let body = serde_json::from_slice::<ErrorBody>(&resp.body).unwrap_or_else(|_| ErrorBody {
+        code: "internal".into(),
+        error: format!("HTTP {}: {}", resp.status, String::from_utf8_lossy(&resp.body).trim()),
+    });
+    ClientError::Api { status: resp.status, body }
 }
 
 fn decode<T: DeserializeOwned>(resp: Response) -> Result<T, ClientError> {

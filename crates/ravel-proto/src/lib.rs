@@ -290,6 +290,10 @@ pub struct LogsQuery {
     /// Attempt number; the current attempt when absent.
     #[serde(default)]
     pub attempt: Option<u32>,
+    /// Stream the file from `offset` as it grows (chunked), until the job has ended and all of it
+    /// was sent (or the daemon stops). `limit` does not apply.
+    #[serde(default)]
+    pub follow: bool,
 }
 
 pub const HEADER_NEXT_OFFSET: &str = "x-ravel-next-offset";

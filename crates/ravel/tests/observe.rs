@@ -280,3 +280,34 @@ fn doctor_passes_on_a_healthy_daemon_and_names_the_fix_for_a_broken_one() {
     assert_eq!(socket["level"], "fail");
     assert!(socket["fix"].as_str().unwrap().contains("ravel daemon stop"), "{socket}");
 }
+
+#[test]
+fn logs_follow_streams_output_as_it_is_written() {
+    use std::io::BufRead;
+    let d = TestDaemon::builder(BIN).start();
+    let id = d.submit(&["--", "sh", "-c", "echo first; sleep 2; echo second; echo oops >&2"]);
+    let started = std::time::Instant::now();
+    let mut follower = d
+        .cmd()
+        .args(["logs", "-f", &id.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "first");
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500), "streamed, not at the end");
+    assert_eq!(lines.next().unwrap().unwrap(), "second");
+    assert!(lines.next().is_none(), "the stream ends with the job");
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    // The API streams from the offset asked for.
+    let sock = d.home().join("ravel.sock");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--unix-socket", sock.to_str().unwrap()])
+        .arg(format!("http://ravel/v1/jobs/{id}/logs?follow=true&offset=2"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "rst\nsecond\n");
+}

@@ -32,10 +32,25 @@ pub async fn read(
         None => attempts.last(),
     };
     let limit = q.limit.unwrap_or(MAX_LOG_READ).min(MAX_LOG_READ);
-    let (bytes, next, size) = match attempt {
+    let path = attempt.map(|a| std::path::Path::new(&a.run_dir).join(q.stream.file_name()));
+    if q.follow {
+        // An attempt other than the current one no longer grows.
+        let current = q.attempt.is_none_or(|n| attempts.last().is_some_and(|a| a.n == n));
+        let file = q.stream.file_name();
+        return Ok(follow(Tail {
+            id,
+            path,
+            file,
+            offset: q.offset,
+            owner,
+            growing: current,
+            stopping: ctl.shutdown.subscribe(),
+            ctl,
+        }));
+    }
+    let (bytes, next, size) = match path {
         None => (Vec::new(), q.offset, 0),
-        Some(a) => {
-            let path = std::path::Path::new(&a.run_dir).join(q.stream.file_name());
+        Some(path) => {
             let offset = q.offset;
             tokio::task::spawn_blocking(move || read_range(&path, offset, limit, owner))
                 .await
@@ -50,6 +65,63 @@ pub async fn read(
     h.insert(HEADER_JOB_STATE, HeaderValue::from_static(job.state.as_str()));
     h.insert("content-type", HeaderValue::from_static("application/octet-stream"));
     Ok(resp)
+}
+
+/// Where a followed log is.
+struct Tail {
+    ctl: Arc<Controller>,
+    id: JobId,
+    /// Known once the job has an attempt.
+    path: Option<std::path::PathBuf>,
+    file: &'static str,
+    offset: u64,
+    owner: Option<u32>,
+    /// The job may still write more.
+    growing: bool,
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Streams the log from `offset` as it grows: new bytes are looked for every 50 ms, or at once
+/// when a job ends; the stream ends after the last bytes of an ended job (or when the daemon
+/// stops, so that followers never hold up a shutdown).
+fn follow(tail: Tail) -> Response {
+    let body = futures_util::stream::unfold(tail, |mut t| async move {
+        loop {
+            if t.path.is_none() {
+                // Not started when asked: its first attempt's log, once it has one.
+                if let Ok(attempts) = t.ctl.store.attempts(t.id).await {
+                    t.path = attempts.last().map(|a| std::path::Path::new(&a.run_dir).join(t.file));
+                }
+            }
+            // Whether it still runs is read before the file: bytes written before its end are
+            // then surely in the read that follows.
+            let live = t.growing && t.ctl.lock().is_live(t.id) && !*t.stopping.borrow();
+            if let Some(path) = t.path.clone() {
+                let (offset, owner) = (t.offset, t.owner);
+                let read = tokio::task::spawn_blocking(move || read_range(&path, offset, MAX_LOG_READ, owner)).await;
+                match read {
+                    Ok(Ok((bytes, next, _))) if !bytes.is_empty() => {
+                        t.offset = next;
+                        return Some((Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(bytes)), t));
+                    }
+                    Ok(Ok(_)) => {}
+                    _ => return None,
+                }
+            }
+            if !live {
+                return None;
+            }
+            let mut finished = t.ctl.finished.subscribe();
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                _ = finished.changed() => {}
+                _ = t.stopping.changed() => {}
+            }
+        }
+    });
+    let mut resp = axum::body::Body::from_stream(body).into_response();
+    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/octet-stream"));
+    resp
 }
 
 /// Reads up to `limit` bytes from `offset`; a file not created yet reads as empty.

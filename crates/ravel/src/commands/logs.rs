@@ -136,8 +136,50 @@ pub fn logs(home: &Home, args: LogsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints new output until the job is in a terminal state and everything is printed.
+/// Prints new output until the job is in a terminal state and everything is printed: each
+/// stream is followed by the daemon (`follow=true`), which sends bytes as they are written.
 fn follow(client: &Client, id: JobId, readers: &mut [Reader], attempt: Option<u32>) -> anyhow::Result<()> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = readers.iter_mut().map(|r| s.spawn(|| stream_one(client, id, r, attempt))).collect();
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("log reader panicked"))))
+    })?;
+    // The streams end when the job has ended, or when the daemon stops: then keep polling from
+    // where they were, which says plainly if no daemon answers any more.
+    let v: JobView = client.get(&format!("/v1/jobs/{id}"))?;
+    if !v.job.state.is_terminal() {
+        poll(client, id, readers, attempt)?;
+    }
+    Ok(())
+}
+
+fn stream_one(client: &Client, id: JobId, r: &mut Reader, attempt: Option<u32>) -> anyhow::Result<()> {
+    let mut path = format!(
+        "/v1/jobs/{id}/logs?follow=true&stream={}&offset={}",
+        if r.stream == LogStream::Stdout { "stdout" } else { "stderr" },
+        r.offset
+    );
+    if let Some(a) = attempt {
+        path.push_str(&format!("&attempt={a}"));
+    }
+    // A job may print nothing for hours; the stream ends when it ends or the daemon goes.
+    let idle = std::time::Duration::from_secs(7 * 24 * 3600);
+    client.stream_body(&path, idle, |bytes| {
+        r.offset += bytes.len() as u64;
+        let written = match r.stream {
+            LogStream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes).and_then(|_| out.flush())
+            }
+            LogStream::Stderr => std::io::stderr().lock().write_all(bytes),
+        };
+        // A closed pipe (`ravel logs -f 3 | head`) ends quietly.
+        written.is_ok()
+    })?;
+    Ok(())
+}
+
+/// Polls for new output until the job is in a terminal state and everything is printed.
+fn poll(client: &Client, id: JobId, readers: &mut [Reader], attempt: Option<u32>) -> anyhow::Result<()> {
     loop {
         let (_, state) = drain(client, id, readers, attempt)?;
         if state.is_some_and(|s| s.is_terminal()) {
