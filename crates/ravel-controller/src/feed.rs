@@ -102,19 +102,34 @@ impl Feed {
 }
 
 /// A `Store` that publishes every job it changes to the feed.
+///
+/// Two writes to one job can be in flight at once (a fast job's end and the record of its start):
+/// each job's writes go through one of a few locks, so that its events are published in the
+/// order its writes were committed. Writes to different jobs stay concurrent (and share commits).
 pub struct FeedStore {
-    pub inner: Arc<dyn Store>,
-    pub feed: Arc<Feed>,
+    inner: Arc<dyn Store>,
+    feed: Arc<Feed>,
+    per_job: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl FeedStore {
+    pub fn new(inner: Arc<dyn Store>, feed: Arc<Feed>) -> FeedStore {
+        FeedStore { inner, feed, per_job: (0..64).map(|_| tokio::sync::Mutex::new(())).collect() }
+    }
+
     fn publish<'a, T: Send + 'a>(
         &'a self,
-        f: StoreFuture<'a, T>,
+        id: Option<JobId>,
+        // Called under the lock: the store takes a write when it is called, not when awaited.
+        f: impl FnOnce() -> StoreFuture<'a, T> + Send + 'a,
         jobs: impl Fn(&T) -> Vec<&Job> + Send + 'a,
     ) -> StoreFuture<'a, T> {
         Box::pin(async move {
-            let r = f.await;
+            let _in_order = match id {
+                Some(id) => Some(self.per_job[id.rem_euclid(self.per_job.len() as i64) as usize].lock().await),
+                None => None,
+            };
+            let r = f().await;
             if let Ok(v) = &r {
                 let now = crate::now_ms();
                 for j in jobs(v) {
@@ -128,7 +143,7 @@ impl FeedStore {
 
 impl Store for FeedStore {
     fn submit(&self, specs: Vec<JobSpec>, initial: JobState, array: bool, now: Millis) -> StoreFuture<'_, Vec<Job>> {
-        self.publish(self.inner.submit(specs, initial, array, now), |jobs| jobs.iter().collect())
+        self.publish(None, move || self.inner.submit(specs, initial, array, now), |jobs| jobs.iter().collect())
     }
     fn job(&self, id: JobId) -> StoreFuture<'_, Option<Job>> {
         self.inner.job(id)
@@ -146,34 +161,38 @@ impl Store for FeedStore {
         self.inner.counts()
     }
     fn allocate(&self, id: JobId, attempt: NewAttempt, now: Millis) -> StoreFuture<'_, (Job, Attempt)> {
-        self.publish(self.inner.allocate(id, attempt, now), |(j, _)| vec![j])
+        self.publish(Some(id), move || self.inner.allocate(id, attempt, now), |(j, _)| vec![j])
     }
     fn mark_running(&self, id: JobId, n: u32, pid: i32, start: u64, now: Millis) -> StoreFuture<'_, Job> {
-        self.publish(self.inner.mark_running(id, n, pid, start, now), |j| vec![j])
+        self.publish(Some(id), move || self.inner.mark_running(id, n, pid, start, now), |j| vec![j])
     }
     fn finish(&self, id: JobId, n: u32, outcome: Outcome, now: Millis, allow_retry: bool) -> StoreFuture<'_, Job> {
-        self.publish(self.inner.finish(id, n, outcome, now, allow_retry), |j| vec![j])
+        self.publish(Some(id), move || self.inner.finish(id, n, outcome, now, allow_retry), |j| vec![j])
     }
     fn requeue(&self, id: JobId, n: u32, reason: String, now: Millis) -> StoreFuture<'_, Job> {
-        self.publish(self.inner.requeue(id, n, reason, now), |j| vec![j])
+        self.publish(Some(id), move || self.inner.requeue(id, n, reason, now), |j| vec![j])
     }
     fn request_cancel(&self, id: JobId, reason: String, now: Millis) -> StoreFuture<'_, CancelEffect> {
-        self.publish(self.inner.request_cancel(id, reason, now), |e| match e {
-            CancelEffect::Canceled(j) | CancelEffect::MustStop(j, _) => vec![j],
-            CancelEffect::AlreadyFinished(_) => vec![],
-        })
+        self.publish(
+            Some(id),
+            move || self.inner.request_cancel(id, reason, now),
+            |e| match e {
+                CancelEffect::Canceled(j) | CancelEffect::MustStop(j, _) => vec![j],
+                CancelEffect::AlreadyFinished(_) => vec![],
+            },
+        )
     }
     fn set_held(&self, id: JobId, held: bool) -> StoreFuture<'_, Job> {
-        self.publish(self.inner.set_held(id, held), |j| vec![j])
+        self.publish(Some(id), move || self.inner.set_held(id, held), |j| vec![j])
     }
     fn set_priority(&self, id: JobId, priority: i32) -> StoreFuture<'_, Job> {
-        self.publish(self.inner.set_priority(id, priority), |j| vec![j])
+        self.publish(Some(id), move || self.inner.set_priority(id, priority), |j| vec![j])
     }
     fn unblock(&self, id: JobId) -> StoreFuture<'_, Job> {
-        self.publish(self.inner.unblock(id), |j| vec![j])
+        self.publish(Some(id), move || self.inner.unblock(id), |j| vec![j])
     }
     fn retry(&self, id: JobId, now: Millis) -> StoreFuture<'_, Job> {
-        self.publish(self.inner.retry(id, now), |j| vec![j])
+        self.publish(Some(id), move || self.inner.retry(id, now), |j| vec![j])
     }
     fn dependents(&self, id: JobId) -> StoreFuture<'_, Vec<JobId>> {
         self.inner.dependents(id)

@@ -130,7 +130,7 @@ impl Controller {
         let start_id =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
         let feed = Arc::new(feed::Feed::new(start_id));
-        let store: Arc<dyn Store> = Arc::new(feed::FeedStore { inner: store, feed: feed.clone() });
+        let store: Arc<dyn Store> = Arc::new(feed::FeedStore::new(store, feed.clone()));
         let mut state = State::new(cfg.cpus);
         state.users.limits_cfg = limits;
         let ctl = Arc::new(Controller {

@@ -76,6 +76,9 @@ ravel events -f         new events as they happen\n  ravel events -f --since 179
     /// Start, stop or inspect the background daemon
     #[command(subcommand)]
     Daemon(DaemonCommand),
+    /// A live terminal dashboard: GPUs, queue with reasons, running and recent jobs; keys to
+    /// follow logs, cancel, hold/release and change priority
+    Dash,
     /// Check that ravel can work here, with a fix for each problem. Exits 1 if something fails
     Doctor {
         #[arg(long)]

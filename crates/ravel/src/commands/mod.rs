@@ -6,6 +6,7 @@
 
 mod admin;
 mod daemon;
+mod dash;
 mod doctor;
 mod events;
 mod gpus;
@@ -38,6 +39,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gpus { json } => gpus::gpus(&home, json),
         Command::Events(args) => events::events(&home, args),
         Command::Doctor { json } => doctor::doctor(&home, json),
+        Command::Dash => dash::dash(&home),
         Command::Admin(crate::cli::AdminCommand::Limits(args)) => admin::limits(&home, args),
         Command::Daemon(_) => unreachable!("handled above"),
     }
