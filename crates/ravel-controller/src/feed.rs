@@ -212,6 +212,9 @@ impl Store for FeedStore {
     fn events(&self, job: JobId) -> StoreFuture<'_, Vec<JobEvent>> {
         self.inner.events(job)
     }
+    fn page(&self, q: ravel_store::JobPage) -> StoreFuture<'_, (Vec<Job>, u64)> {
+        self.inner.page(q)
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod recovery;
 mod runjson;
 mod scheduler;
 mod state;
+mod ui;
 
 use ravel_agent::{AgentEvent, LocalAgent};
 use ravel_gpu::Thresholds;
@@ -104,6 +105,8 @@ pub struct Controller {
     pub(crate) metrics: metrics::Metrics,
     /// Every change of a job, for `GET /v1/events`.
     pub(crate) feed: Arc<feed::Feed>,
+    /// The web UI's listener and sessions (opened by `ravel ui`).
+    pub(crate) ui: ui::Ui,
     /// When the scheduler loop last went round (it does at least every `probe_interval`).
     pub(crate) scheduler_tick: Mutex<std::time::Instant>,
 }
@@ -150,6 +153,7 @@ impl Controller {
             limits_write: tokio::sync::Mutex::new(()),
             metrics: Default::default(),
             feed,
+            ui: Default::default(),
             scheduler_tick: Mutex::new(std::time::Instant::now()),
         });
         scheduler::probe_now(&ctl).await;

@@ -64,6 +64,12 @@ pub async fn probe_now(ctl: &Controller) {
                 st.leftover = None;
                 st.dirty = true;
             }
+            // Five minutes of samples at the usual probe interval.
+            let sample: Vec<u32> = gpus.iter().map(|g| g.utilization_pct).collect();
+            st.gpu_history.push_back((now_ms(), sample));
+            while st.gpu_history.len() > 300 {
+                st.gpu_history.pop_front();
+            }
             st.inventory = gpus;
             st.foreign_used_mib = foreign;
             st.probe_error = None;

@@ -194,6 +194,8 @@ pub struct State {
     /// Problems seen per running job (GPU checks), already reported once each.
     pub flags: HashMap<JobId, Vec<crate::gputruth::Flag>>,
     pub idle_since: crate::gputruth::IdleSince,
+    /// Recent utilization samples per inventory entry (the web UI's GPU page), oldest first.
+    pub gpu_history: std::collections::VecDeque<(Millis, Vec<u32>)>,
 }
 
 impl State {
@@ -223,6 +225,7 @@ impl State {
             limited_users: Default::default(),
             flags: HashMap::new(),
             idle_since: Default::default(),
+            gpu_history: Default::default(),
         }
     }
 

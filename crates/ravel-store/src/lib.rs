@@ -76,6 +76,19 @@ pub struct JobFilter {
     pub waiting_limit: Option<u32>,
 }
 
+/// One page of jobs, newest first, for browsing a long history (the web UI).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobPage {
+    /// Only jobs in these states (empty: any).
+    pub states: Vec<JobState>,
+    /// Only jobs whose command, name or user contains this text.
+    pub search: Option<String>,
+    /// Oldest first instead of newest first.
+    pub oldest_first: bool,
+    pub offset: u64,
+    pub limit: u32,
+}
+
 /// One finished attempt, for rebuilding fair-share usage after a restart.
 #[derive(Clone, Debug, PartialEq)]
 pub struct UsageRecord {
@@ -150,4 +163,7 @@ pub trait Store: Send + Sync + 'static {
     fn add_event(&self, event: JobEvent) -> StoreFuture<'_, i64>;
     /// A job's events, oldest first.
     fn events(&self, job: JobId) -> StoreFuture<'_, Vec<JobEvent>>;
+    /// A page of jobs and how many match in all. Each page costs a bounded query, however long
+    /// the history: the listing walks the primary key.
+    fn page(&self, q: JobPage) -> StoreFuture<'_, (Vec<Job>, u64)>;
 }

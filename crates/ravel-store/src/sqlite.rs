@@ -6,7 +6,8 @@
 
 use crate::migrations;
 use crate::{
-    CancelEffect, GpuRecord, JobEvent, JobFilter, NewAttempt, NodeRecord, Store, StoreError, StoreFuture, UsageRecord,
+    CancelEffect, GpuRecord, JobEvent, JobFilter, JobPage, NewAttempt, NodeRecord, Store, StoreError, StoreFuture,
+    UsageRecord,
 };
 use ravel_core::{Attempt, Job, JobId, JobSpec, JobState, Millis, Outcome};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -290,6 +291,16 @@ fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> String {
     serde_json::to_string(v).expect("domain types serialize")
 }
 
+/// What a search of the job list looks in: the name and the command line.
+fn label(spec: &JobSpec) -> String {
+    let mut l = spec.name.clone().unwrap_or_default();
+    for a in &spec.command {
+        l.push(' ');
+        l.push_str(a);
+    }
+    l
+}
+
 impl Store for SqliteStore {
     fn submit(&self, specs: Vec<JobSpec>, initial: JobState, array: bool, now: Millis) -> StoreFuture<'_, Vec<Job>> {
         self.write(move |conn| {
@@ -299,8 +310,8 @@ impl Store for SqliteStore {
                 let spec_json = to_json(&spec);
                 let id: JobId = conn
                     .prepare_cached(
-                        "INSERT INTO jobs (spec, state, priority, submitted_at, held, not_before, array_id, user) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+                        "INSERT INTO jobs (spec, state, priority, submitted_at, held, not_before, array_id, user, label) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
                     )
                     .map_err(db)?
                     .query_row(
@@ -312,7 +323,8 @@ impl Store for SqliteStore {
                             spec.hold,
                             spec.begin_at,
                             array_id,
-                            spec.user
+                            spec.user,
+                            label(&spec)
                         ],
                         |r| r.get(0),
                     )
@@ -426,6 +438,45 @@ impl Store for SqliteStore {
             )?);
             jobs.sort_by_key(|j| j.id);
             Ok(jobs)
+        })
+    }
+
+    fn page(&self, q: JobPage) -> StoreFuture<'_, (Vec<Job>, u64)> {
+        self.read(move |conn| {
+            let mut wh = vec![];
+            let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![];
+            if !q.states.is_empty() {
+                let list = q.states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(",");
+                wh.push(format!("state IN ({list})"));
+            }
+            if let Some(text) = q.search.as_deref().filter(|t| !t.is_empty()) {
+                let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                let n = args.len() + 1;
+                wh.push(format!("(label LIKE ?{n} ESCAPE '\\' OR user LIKE ?{n} ESCAPE '\\')"));
+                args.push(Box::new(format!("%{escaped}%")));
+            }
+            let where_sql = if wh.is_empty() { String::new() } else { format!("WHERE {}", wh.join(" AND ")) };
+            let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a.as_ref()).collect();
+            let total: i64 = conn
+                .prepare_cached(&format!("SELECT COUNT(*) FROM jobs {where_sql}"))
+                .map_err(db)?
+                .query_row(params.as_slice(), |r| r.get(0))
+                .map_err(db)?;
+            let order = if q.oldest_first { "ASC" } else { "DESC" };
+            // Walk the table in id order and filter, rather than let the state index pick the rows
+            // and then sort them all.
+            let sql = format!(
+                "SELECT {JOB_COLUMNS} FROM jobs NOT INDEXED {where_sql} ORDER BY id {order} LIMIT {} OFFSET {}",
+                q.limit.min(1000),
+                q.offset
+            );
+            let mut stmt = conn.prepare(&sql).map_err(db)?;
+            let jobs = stmt
+                .query_map(params.as_slice(), row_to_job)
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            Ok((jobs, total as u64))
         })
     }
 
@@ -814,6 +865,35 @@ mod tests {
         store.register_node(NodeRecord { name: "a".into(), cpus: 4, gpus: vec![gpu(0)] }, 2).await.unwrap();
         let nodes = store.nodes().await.unwrap();
         assert_eq!(nodes, vec![NodeRecord { name: "a".into(), cpus: 4, gpus: vec![gpu(0)] }]);
+    }
+
+    #[tokio::test]
+    async fn pages_filter_search_and_count() {
+        let (_dir, store) = open();
+        let mut specs = vec![];
+        for i in 0..25 {
+            let mut s = spec(if i % 5 == 0 { "train_50%" } else { "eval" });
+            s.name = Some(format!("n{i}"));
+            specs.push(s);
+        }
+        store.submit(specs, JobState::Queued, false, 1).await.unwrap();
+        let page = |q: JobPage| store.page(q);
+        let (jobs, total) = page(JobPage { limit: 10, ..Default::default() }).await.unwrap();
+        assert_eq!((jobs.len(), total), (10, 25));
+        assert_eq!(jobs[0].id, 25, "newest first");
+        let (jobs, _) = page(JobPage { limit: 10, offset: 20, ..Default::default() }).await.unwrap();
+        assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![5, 4, 3, 2, 1]);
+        let (jobs, total) =
+            page(JobPage { search: Some("50%".into()), limit: 100, ..Default::default() }).await.unwrap();
+        assert_eq!(total, 5, "% is matched literally");
+        assert!(jobs.iter().all(|j| j.spec.command[0] == "train_50%"));
+        let (_, total) = page(JobPage { search: Some("_".into()), limit: 1, ..Default::default() }).await.unwrap();
+        assert_eq!(total, 5);
+        let (_, total) =
+            page(JobPage { states: vec![JobState::Running], limit: 1, ..Default::default() }).await.unwrap();
+        assert_eq!(total, 0);
+        let (jobs, _) = page(JobPage { oldest_first: true, limit: 1, ..Default::default() }).await.unwrap();
+        assert_eq!(jobs[0].id, 1);
     }
 
     #[tokio::test]

@@ -76,6 +76,18 @@ ravel events -f         new events as they happen\n  ravel events -f --since 179
     /// Start, stop or inspect the background daemon
     #[command(subcommand)]
     Daemon(DaemonCommand),
+    /// Open the web UI: prints a one-time login link for a browser on this machine
+    #[command(
+        long_about = "Opens the daemon's web UI on 127.0.0.1 (only) if it is not open yet, and prints a one-time \
+login link, valid 5 minutes, that signs your browser in as you. Nothing listens on TCP until this is run."
+    )]
+    Ui {
+        /// Port to listen on when the UI is not open yet (default: any free port)
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long)]
+        json: bool,
+    },
     /// A live terminal dashboard: GPUs, queue with reasons, running and recent jobs; keys to
     /// follow logs, cancel, hold/release and change priority
     Dash,

@@ -20,7 +20,14 @@ use ravel_proto::{ErrorBody, MAX_BODY_BYTES};
 use ravel_store::StoreError;
 use std::sync::Arc;
 
+/// The API on the daemon's socket.
 pub fn router(ctl: Arc<Controller>) -> Router {
+    routes(&ctl).with_state(ctl)
+}
+
+/// The API's routes, without state: the socket serves them, and so does the web UI's listener
+/// (behind its session check).
+pub fn routes(ctl: &Arc<Controller>) -> Router<Arc<Controller>> {
     Router::new()
         .route("/v1/status", get(daemon::status))
         .route("/v1/daemon/shutdown", post(daemon::shutdown))
@@ -35,6 +42,7 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         .route("/v1/wait", get(jobs::wait))
         .route("/v1/gpus", get(gpus::list))
         .route("/v1/events", get(feed::stream))
+        .route("/v1/ui/session", post(crate::ui::session))
         .route("/v1/admin/limits", get(admin::limits).post(admin::set_limits))
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
@@ -49,7 +57,6 @@ pub fn router(ctl: Arc<Controller>) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(ctl.clone(), health::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(ctl)
 }
 
 #[derive(Debug)]

@@ -40,6 +40,16 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::events(&home, args),
         Command::Doctor { json } => doctor::doctor(&home, json),
         Command::Dash => dash::dash(&home),
+        Command::Ui { port, json } => {
+            let v: serde_json::Value = home.client().post("/v1/ui/session", &serde_json::json!({ "port": port }))?;
+            if json {
+                print_json(&v)?;
+            } else {
+                println!("Open this link in a browser on this machine (it works once, for 5 minutes):");
+                println!("  {}", v["url"].as_str().unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Admin(crate::cli::AdminCommand::Limits(args)) => admin::limits(&home, args),
         Command::Daemon(_) => unreachable!("handled above"),
     }
