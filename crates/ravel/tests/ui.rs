@@ -112,6 +112,13 @@ fn the_ui_is_closed_until_asked_and_checks_host_origin_and_session() {
     assert_eq!(d.state(id), "queued");
     assert_eq!(post(&format!("http://127.0.0.1:{port}")), 200);
     assert_eq!(d.state(id), "canceled");
+    // A job's metrics.json becomes charts on its page.
+    let metrics = r#"[{"step": 1, "loss": 0.9}, {"step": 2, "loss": 0.5}, {"step": 3, "loss": 0.2}]"#;
+    let m = d.submit(&["--", "sh", "-c", &format!("printf '%s' '{metrics}' > \"$RAVEL_RUN_DIR/metrics.json\"")]);
+    d.wait_state(m, "succeeded");
+    let (status, _, page) = http(port, "GET", &format!("/jobs/{m}"), &[("cookie", &cookie)], None);
+    assert_eq!(status, 200);
+    assert!(page.contains("<h2>Metrics</h2>") && page.contains("loss over 3 points, last 0.2"), "{page}");
 }
 
 #[test]

@@ -284,6 +284,18 @@ pub async fn job(State(ctl): State<Arc<Controller>>, caller: Caller, Path(id): P
         }
         b.push_str("</tbody></table></div>");
     }
+    if let Some(a) = attempts.last() {
+        let owner = ctl.cfg.system.then(|| ctl.owner_of(&job));
+        let path = std::path::Path::new(&a.run_dir).join("metrics.json");
+        let series = tokio::task::spawn_blocking(move || read_metrics(&path, owner)).await.unwrap_or_default();
+        if !series.is_empty() {
+            b.push_str("<h2>Metrics</h2><div class=\"charts\">");
+            for (name, points) in &series {
+                b.push_str(&chart(name, points));
+            }
+            b.push_str("</div>");
+        }
+    }
     if !events.is_empty() {
         b.push_str("<h2>Events</h2><ul>");
         for e in &events {
@@ -333,6 +345,78 @@ pub async fn gpus(State(ctl): State<Arc<Controller>>) -> Response {
     let mut resp = page(started, layout("GPUs", "GPUs", &b));
     resp.headers_mut().insert("refresh", HeaderValue::from_static("5"));
     resp
+}
+
+/// The series of a job's `metrics.json` (at `$RAVEL_RUN_DIR/metrics.json`, written by the job):
+/// either a list of records, `[{"step": 1, "loss": 0.9, "acc": 0.3}, ...]` (x is `step`, else
+/// the record's index; every other numeric field is a series), or an object of series,
+/// `{"loss": [0.9, 0.5], "acc": [[1, 0.3], [2, 0.6]]}` (values, or [x, y] pairs). Anything
+/// else, a file over 1 MiB, or one that is not the job user's, shows nothing.
+pub fn read_metrics(path: &std::path::Path, owner: Option<u32>) -> Vec<(String, Vec<(f64, f64)>)> {
+    use std::io::Read;
+    let Ok(f) = ravel_exec::open_log_for_reading(path, owner) else { return vec![] };
+    let mut text = String::new();
+    if f.take(1 << 20).read_to_string(&mut text).is_err() {
+        return vec![];
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return vec![] };
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = vec![];
+    let mut push = |name: &str, x: f64, y: f64| {
+        if let Some(i) = series.iter().position(|(n, _)| n == name) {
+            series[i].1.push((x, y));
+        } else if series.len() < 8 {
+            series.push((name.to_string(), vec![(x, y)]));
+        }
+    };
+    match &v {
+        serde_json::Value::Array(records) => {
+            for (i, r) in records.iter().enumerate().take(10_000) {
+                let Some(obj) = r.as_object() else { continue };
+                let x = obj.get("step").and_then(|s| s.as_f64()).unwrap_or(i as f64);
+                for (k, val) in obj {
+                    if let (true, Some(y)) = (k != "step", val.as_f64()) {
+                        push(k, x, y);
+                    }
+                }
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, vals) in map {
+                for (i, p) in vals.as_array().into_iter().flatten().enumerate().take(10_000) {
+                    match (p.as_f64(), p.as_array()) {
+                        (Some(y), _) => push(k, i as f64, y),
+                        (None, Some(xy)) if xy.len() == 2 => {
+                            if let (Some(x), Some(y)) = (xy[0].as_f64(), xy[1].as_f64()) {
+                                push(k, x, y);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    series.retain(|(_, pts)| pts.len() >= 2);
+    series
+}
+
+/// One metric as an SVG line chart with its range, labelled for screen readers.
+fn chart(name: &str, pts: &[(f64, f64)]) -> String {
+    let (w, h) = (320.0, 120.0);
+    let (x0, x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y0, y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let sx = |x: f64| if x1 > x0 { (x - x0) / (x1 - x0) * w } else { 0.0 };
+    let sy = |y: f64| if y1 > y0 { h - (y - y0) / (y1 - y0) * h } else { h / 2.0 };
+    let points: Vec<String> = pts.iter().map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1))).collect();
+    let last = pts.last().map_or(0.0, |p| p.1);
+    format!(
+        "<figure><figcaption>{} · last {last} (min {y0}, max {y1})</figcaption>         <svg viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{} over {} points, last {last}\">         <polyline fill=\"none\" stroke=\"currentColor\" stroke-width=\"1.5\" points=\"{}\"/></svg></figure>",
+        esc(name),
+        esc(name),
+        pts.len(),
+        points.join(" ")
+    )
 }
 
 /// Utilization samples (0-100) as a small inline SVG line.
@@ -391,5 +475,31 @@ mod tests {
         assert_eq!(url_encode("a b&c"), "a%20b%26c");
         assert_eq!(sparkline(&[0]), "-");
         assert!(sparkline(&[0, 100]).contains("0.0,24.0 120.0,0.0"));
+    }
+
+    #[test]
+    fn metrics_files_of_both_shapes_become_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.json");
+        std::fs::write(
+            &path,
+            r#"[{"step": 10, "loss": 0.9, "acc": 0.1}, {"step": 20, "loss": 0.5, "acc": 0.4, "tag": "x"}]"#,
+        )
+        .unwrap();
+        let s = read_metrics(&path, None);
+        assert_eq!(
+            s,
+            vec![
+                ("acc".to_string(), vec![(10.0, 0.1), (20.0, 0.4)]),
+                ("loss".to_string(), vec![(10.0, 0.9), (20.0, 0.5)])
+            ]
+        );
+        std::fs::write(&path, r#"{"loss": [3, 2, 1], "lr": [[0, 0.1], [5, 0.01]], "bad": "x"}"#).unwrap();
+        let s = read_metrics(&path, None);
+        assert_eq!(s.len(), 2);
+        assert!(chart("loss", &s[0].1).contains("aria-label=\"loss over 3 points, last 1\""));
+        std::fs::write(&path, "not json").unwrap();
+        assert!(read_metrics(&path, None).is_empty());
+        assert!(read_metrics(&dir.path().join("missing"), None).is_empty());
     }
 }
