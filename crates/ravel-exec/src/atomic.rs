@@ -6,6 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -27,12 +28,19 @@ pub enum Durability {
     Unsynced,
 }
 
+/// Writes `value` as JSON to `path` atomically, fsynced if `durability` says so.
+///
+/// Safe in a directory another user owns (a run dir on a shared box): the temp file is created
+/// with O_EXCL, which never follows a symlink, under a name that is hard to guess and retried if
+/// taken; and rename replaces whatever is at `path`, a planted symlink included, instead of
+/// writing through it. That user can still replace the file afterwards, as with anything in their
+/// directory: they can lie about their own job, never write elsewhere as root.
 pub fn write_json<T: Serialize>(path: &Path, value: &T, durability: Durability) -> io::Result<()> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     bytes.push(b'\n');
     let dir = parent_dir(path);
-    let temp = temp_path(path, dir)?;
-    let written = write_temp(&temp, &bytes, durability).and_then(|()| fs::rename(&temp, path));
+    let (temp, file) = create_temp(path, dir)?;
+    let written = write_temp(file, &bytes, durability).and_then(|()| fs::rename(&temp, path));
     if let Err(e) = written {
         // Best effort: a leftover temp file is harmless but clutters the run dir.
         let _ = fs::remove_file(&temp);
@@ -44,8 +52,23 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T, durability: Durability) 
     Ok(())
 }
 
-fn write_temp(temp: &Path, bytes: &[u8], durability: Durability) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create_new(true).open(temp)?;
+/// Tries this many temp names before giving up (each taken one was planted or left by a crash).
+const TEMP_TRIES: u32 = 16;
+
+fn create_temp(path: &Path, dir: &Path) -> io::Result<(PathBuf, File)> {
+    let mut tries = 0;
+    loop {
+        let temp = temp_path(path, dir)?;
+        // create_new is O_CREAT|O_EXCL: fails on any existing entry, symlinks included.
+        match OpenOptions::new().write(true).create_new(true).open(&temp) {
+            Ok(file) => return Ok((temp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries + 1 < TEMP_TRIES => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn write_temp(mut file: File, bytes: &[u8], durability: Durability) -> io::Result<()> {
     file.write_all(bytes)?;
     if durability == Durability::Synced {
         file.sync_all()?;
@@ -65,9 +88,11 @@ fn temp_path(path: &Path, dir: &Path) -> io::Result<PathBuf> {
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no file name", path.display())))?;
     let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    // The clock's nanoseconds make the name hard to plant in advance; pid and seq make it unique.
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let mut temp_name = std::ffi::OsString::from(".");
     temp_name.push(name);
-    temp_name.push(format!(".{}.{seq}.tmp", std::process::id()));
+    temp_name.push(format!(".{}.{seq}.{nanos:08x}.tmp", std::process::id()));
     Ok(dir.join(temp_name))
 }
 
@@ -85,6 +110,19 @@ mod tests {
         assert_eq!(back, vec![4]);
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("run.json")]);
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_file_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::write(&target, "precious").unwrap();
+        let path = dir.path().join("exit.json");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        write_json(&path, &7, Durability::Synced).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+        assert!(!fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "7\n");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! is killed, the OOM counter is read and the cgroup removed.
 
 use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -121,57 +122,72 @@ pub(crate) struct Cgroup {
 }
 
 impl Cgroup {
-    /// Creates the cgroup `spec.name` and sets its limits.
+    /// Creates the cgroup `spec.name`, sets its limits and opens its `cgroup.procs`. On failure
+    /// nothing is left behind: a half-made cgroup would only be found again by
+    /// `remove_leftover`, and only if the supervisor died.
     pub(crate) fn create(spec: &CgroupSpec) -> Result<Cgroup, String> {
         let name = &spec.name;
-        if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(format!("bad cgroup name {name:?}"));
+        if !valid_name(name) {
+            return Err(format!("bad cgroup name {name:?}: it must be one path component, not starting with `.`"));
         }
         let support = detect();
         if let CgroupSupport::Unavailable(why) = &support {
             return Err(format!("cannot contain the job in a cgroup: {why}"));
         }
-        let dirs = support.dirs(name);
-        let mut cg = Cgroup { support, dirs, procs: vec![] };
-        for d in &cg.dirs {
-            mkdir(d).map_err(|e| format!("cannot create cgroup {}: {e}", d.display()))?;
+        let mut cg = Cgroup { dirs: vec![], procs: vec![], support };
+        match cg.set_up(spec) {
+            Ok(()) => Ok(cg),
+            Err(e) => {
+                drop(cg.procs);
+                remove(&cg.dirs);
+                Err(e)
+            }
+        }
+    }
+
+    fn set_up(&mut self, spec: &CgroupSpec) -> Result<(), String> {
+        for d in self.support.dirs(&spec.name) {
+            mkdir(&d).map_err(|e| format!("cannot create cgroup {}: {e}", d.display()))?;
+            self.dirs.push(d);
         }
         if let Some(bytes) = spec.memory_max_bytes {
-            match &cg.support {
+            match &self.support {
                 CgroupSupport::V2 { .. } => {
-                    cg.set(0, "memory.max", bytes)?;
+                    self.set(0, "memory.max", bytes)?;
                     // Not every host has swap accounting; without it there is nothing to cap.
-                    let _ = cg.set(0, "memory.swap.max", 0);
+                    let _ = self.set(0, "memory.swap.max", 0);
                 }
                 _ => {
-                    cg.set(0, "memory.limit_in_bytes", bytes)?;
-                    // memsw (memory + swap) must be at least the memory limit: set after it.
-                    if cg.dirs[0].join("memory.memsw.limit_in_bytes").exists() {
-                        cg.set(0, "memory.memsw.limit_in_bytes", bytes)?;
+                    self.set(0, "memory.limit_in_bytes", bytes)?;
+                    // Else swap would let the job exceed its limit. memsw (memory + swap) must be
+                    // at least the memory limit: set after it.
+                    if self.dirs[0].join("memory.memsw.limit_in_bytes").exists() {
+                        self.set(0, "memory.memsw.limit_in_bytes", bytes)?;
                     }
                 }
             }
         }
         if let Some(n) = spec.pids_max {
-            let i = match &cg.support {
+            let i = match &self.support {
+                // No pids hierarchy mounted: `detect` told the daemon (pids: None).
                 CgroupSupport::V1 { pids: None, .. } => None,
                 CgroupSupport::V1 { .. } => Some(1),
                 _ => Some(0),
             };
             if let Some(i) = i {
-                cg.set(i, "pids.max", n)?;
+                self.set(i, "pids.max", n)?;
             }
         }
-        for d in &cg.dirs {
+        for d in &self.dirs {
             let path = d.join("cgroup.procs");
             let f = OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_CLOEXEC)
                 .open(&path)
                 .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            cg.procs.push(f);
+            self.procs.push(f);
         }
-        Ok(cg)
+        Ok(())
     }
 
     fn set(&self, dir: usize, file: &str, value: u64) -> Result<(), String> {
@@ -186,7 +202,7 @@ impl Cgroup {
 
     /// Kills what is left in the cgroup, removes it, and says whether the OOM killer struck.
     pub(crate) fn finish(self) -> bool {
-        kill_all(&self.dirs);
+        kill_all(&self.dirs, true);
         let oom = oom_kills(&self.support, &self.dirs) > 0;
         drop(self.procs);
         remove(&self.dirs);
@@ -209,7 +225,7 @@ pub(crate) fn join(fds: &[RawFd]) -> std::io::Result<()> {
 /// Kills whatever is left in the attempt's cgroup `name` and removes it (for a supervisor that
 /// died before cleaning up). Best effort.
 pub fn remove_leftover(name: &str) {
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+    if !valid_name(name) {
         return;
     }
     let support = detect();
@@ -217,8 +233,14 @@ pub fn remove_leftover(name: &str) {
     if dirs.is_empty() {
         return;
     }
-    kill_all(&dirs);
+    // Not our children (their supervisor is gone), and the caller (the daemon) reaps its own.
+    kill_all(&dirs, false);
     remove(&dirs);
+}
+
+/// One path component inside Ravel's directory: nothing that could name another cgroup.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && !name.starts_with('.')
 }
 
 fn pids_in(dir: &Path) -> Vec<i32> {
@@ -230,20 +252,29 @@ fn pids_in(dir: &Path) -> Vec<i32> {
 }
 
 /// SIGKILLs every process in the cgroups until they are empty (bounded: a process stuck in the
-/// kernel may take longer, and then the cgroup is left for `remove_leftover`).
-fn kill_all(dirs: &[PathBuf]) {
+/// kernel may take longer, and then the cgroup is left for `remove_leftover`). With `reap`, the
+/// caller is the supervisor, a subreaper that has become the parent of the job's orphans: it
+/// reaps whatever child of its own has exited. Anyone else must not: `waitpid(-1)` would take
+/// exit statuses that other parts of the daemon wait for.
+fn kill_all(dirs: &[PathBuf], reap: bool) {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let pids: Vec<i32> = dirs.iter().flat_map(|d| pids_in(d)).collect();
         if pids.is_empty() || Instant::now() > deadline {
             return;
         }
+        // cgroup v2 (Linux 5.14+) kills the whole cgroup at once, processes forked meanwhile
+        // included; elsewhere the file is missing and the loop does it pid by pid.
+        for d in dirs {
+            let _ = OpenOptions::new().write(true).open(d.join("cgroup.kill")).and_then(|mut f| f.write_all(b"1"));
+        }
         for pid in pids {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        // The supervisor (a subreaper) reaps those that were its children; others go to init.
-        reap_any();
+        if reap {
+            reap_any();
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
 }

@@ -32,3 +32,17 @@ pub(crate) fn close_above_stdio() {
         libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, libc::c_uint::MAX, 0 as libc::c_uint);
     }
 }
+
+/// Clears O_NONBLOCK on `fd`. Files that might be a FIFO planted by a user are opened
+/// non-blocking, so that the open itself cannot hang; once they are known to be regular files
+/// they go back to ordinary blocking I/O (a job's stdout/stderr shares these flags with us).
+pub(crate) fn set_blocking(fd: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on a descriptor the caller owns, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags == -1 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -27,7 +27,11 @@ pub(crate) fn spawn(spec: &LaunchSpec, run_dir: &Path, cgroup_fds: &[RawFd]) -> 
         return Err(ExecError::EmptyCommand { run_dir: run_dir.to_owned() });
     };
     let cwd = Path::new(&spec.cwd);
-    check_cwd(&spec.cwd)?;
+    // With `run_as` the directory is looked at with the user's rights only (by chdir in the
+    // job's process): a check as root would tell the user whether paths they cannot search exist.
+    if spec.run_as.is_none() {
+        check_cwd(&spec.cwd)?;
+    }
     let user = spec.run_as.as_ref().map(prepare_user).transpose()?;
     let resolved = resolve::find_program(program, &spec.env, cwd)
         .map_err(|source| ExecError::CannotRun { program: program.clone(), source })?;
@@ -97,14 +101,19 @@ pub(crate) fn spawn(spec: &LaunchSpec, run_dir: &Path, cgroup_fds: &[RawFd]) -> 
     spawned.map(|child| child.id() as i32).map_err(|source| {
         let user_name = || spec.run_as.as_ref().map(|r| r.user.clone()).unwrap_or_default();
         match read_step(step_read) {
+            // ENOENT as the user means the path is missing as far as they can see.
+            Some(STEP_CWD) if source.raw_os_error() == Some(libc::ENOENT) => {
+                ExecError::MissingCwd { cwd: spec.cwd.clone() }
+            }
             Some(STEP_CWD) => ExecError::EnterCwd { cwd: spec.cwd.clone(), user: user_name(), source },
             Some(STEP_USER) => ExecError::RunAs { user: user_name(), reason: source.to_string() },
             Some(STEP_CGROUP) => ExecError::Cgroup(format!("cannot put the job in its cgroup: {source}")),
-            // The directory was checked above; if chdir failed anyway it vanished meanwhile,
-            // and std's bare ENOENT would wrongly blame the program.
-            _ => {
+            // Without `run_as` the directory was checked above; if std's chdir failed anyway it
+            // vanished meanwhile, and its bare ENOENT would wrongly blame the program.
+            _ if spec.run_as.is_none() => {
                 check_cwd(&spec.cwd).err().unwrap_or_else(|| ExecError::CannotRun { program: program.clone(), source })
             }
+            _ => ExecError::CannotRun { program: program.clone(), source },
         }
     })
 }
@@ -164,20 +173,40 @@ fn check_cwd(cwd: &str) -> Result<(), ExecError> {
 }
 
 /// Appends rather than truncates, so that nothing already logged is lost if the same run dir
-/// is ever reused. Never through a symlink: on a shared box the job's user owns the run dir and
-/// could plant one pointing anywhere root may write. With `owner`, the file becomes theirs.
+/// is ever reused. With `owner`, the file becomes theirs.
+///
+/// On a shared box the job's user owns the run dir and may have planted something under the
+/// log's name before we open it as root: a symlink (refused by O_NOFOLLOW), a FIFO (the
+/// non-blocking open cannot hang on it, and it is refused as not a regular file), or a hard link
+/// to a file they may not write, such as /etc/shadow (refused by its link count, before the
+/// fchown that would hand it to them).
 fn open_log(path: &Path, owner: Option<(u32, u32)>) -> Result<File, ExecError> {
+    use std::os::unix::fs::MetadataExt;
     let err = |source| ExecError::OpenLog { path: path.to_owned(), source };
     let f = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::other("it is a symbolic link, and links are never followed"),
+            // A FIFO nobody reads (or a socket).
+            Some(libc::ENXIO) => io::Error::other("not a regular file"),
+            _ => e,
+        })
         .map_err(err)?;
-    if !f.metadata().map_err(err)?.is_file() {
+    let meta = f.metadata().map_err(err)?;
+    if !meta.is_file() {
         return Err(err(io::Error::other("not a regular file")));
     }
+    if meta.nlink() != 1 {
+        return Err(err(io::Error::other(format!(
+            "it has {} hard links, so it may be another file's name too",
+            meta.nlink()
+        ))));
+    }
+    fds::set_blocking(&f).map_err(err)?;
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(err)?;
     }

@@ -39,11 +39,7 @@ pub fn launch(exe: &Path, run_dir: &Path, spec: &LaunchSpec) -> Result<Launched,
     let outputs = run_dir.join(OUTPUTS_DIR);
     fs::create_dir_all(&outputs).map_err(|source| ExecError::CreateDir { path: outputs.clone(), source })?;
     if let Some(user) = &spec.run_as {
-        // The attempt's dir and its outputs are the job's user's alone. Done through fds opened
-        // without following links: the dirs were just made by us, under root's own dirs.
-        for dir in [&run_dir, &outputs] {
-            give_dir(dir, user.uid, user.gid).map_err(|source| ExecError::CreateDir { path: dir.clone(), source })?;
-        }
+        give_run_dir(&run_dir, user.uid, user.gid)?;
     }
     let json = serde_json::to_vec(spec)
         .map_err(|e| ExecError::SpawnSupervisor { exe: exe.to_owned(), source: std::io::Error::other(e) })?;
@@ -65,15 +61,36 @@ pub fn launch(exe: &Path, run_dir: &Path, spec: &LaunchSpec) -> Result<Launched,
     Ok(Launched { pid, start_time })
 }
 
-/// Makes directory `dir` owned by `uid:gid`, mode 0700, without following a symlink.
-fn give_dir(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+/// Makes the attempt's dir and its `outputs/` the job's user's alone: owned by `uid:gid`, mode
+/// 0700. Done on descriptors opened without following a symlink in either place, `outputs/`
+/// found relative to the run dir's descriptor, and handed over before the run dir: until the
+/// run dir is theirs, the user cannot have replaced anything in it.
+fn give_run_dir(run_dir: &Path, uid: u32, gid: u32) -> Result<(), ExecError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir)?;
-    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
-    f.set_permissions(fs::Permissions::from_mode(0o700))
+    let flags = libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    fn err(path: &Path) -> impl FnOnce(std::io::Error) -> ExecError + '_ {
+        move |source| ExecError::CreateDir { path: path.to_owned(), source }
+    }
+    let dir = fs::OpenOptions::new().read(true).custom_flags(flags).open(run_dir).map_err(err(run_dir))?;
+    let outputs_path = run_dir.join(OUTPUTS_DIR);
+    let outputs = open_at(&dir, OUTPUTS_DIR, flags).map_err(err(&outputs_path))?;
+    for (f, path) in [(&outputs, outputs_path.as_path()), (&dir, run_dir)] {
+        std::os::unix::fs::fchown(f, Some(uid), Some(gid)).map_err(err(path))?;
+        f.set_permissions(fs::Permissions::from_mode(0o700)).map_err(err(path))?;
+    }
+    Ok(())
+}
+
+/// Opens `name` relative to the directory `dir` with `flags` (read-only).
+fn open_at(dir: &File, name: &str, flags: libc::c_int) -> std::io::Result<File> {
+    let name = std::ffi::CString::new(name).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: openat with a directory fd we own and a NUL-terminated name.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_RDONLY) };
+    if fd == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// The argument after RUN_DIR that tells the supervisor to read its spec from stdin.

@@ -56,8 +56,9 @@ pub struct RunAs {
     pub user: String,
 }
 
-/// The cgroup one attempt runs in, relative to each controller's hierarchy root
-/// (e.g. `ravel/12.1`), and its limits.
+/// The cgroup one attempt runs in and its limits. `name` is one path component (no `/`, not
+/// starting with `.`), taken relative to Ravel's directory in each hierarchy (see
+/// [`crate::cgroup`]): `12.1` becomes `/sys/fs/cgroup/ravel/12.1` on cgroup v2.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct CgroupSpec {
     pub name: String,
@@ -132,12 +133,9 @@ fn open_nofollow(path: &Path) -> std::io::Result<fs::File> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)?;
-    // Back to blocking reads for a regular file (O_NONBLOCK only kept a FIFO from hanging open).
-    // SAFETY: fcntl on an fd we own.
-    unsafe {
-        let flags = libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_GETFL);
-        libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&f), libc::F_SETFL, flags & !libc::O_NONBLOCK);
-    }
+    // Back to blocking reads (O_NONBLOCK only kept a FIFO from hanging the open); callers refuse
+    // anything but a regular file anyway.
+    crate::fds::set_blocking(&f)?;
     Ok(f)
 }
 

@@ -5,6 +5,8 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod system;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -107,7 +109,13 @@ pub struct Run {
 
 impl Run {
     pub fn start(spec: &LaunchSpec) -> Run {
+        Run::start_with(spec, |_| {})
+    }
+
+    /// Like `start`, with `prepare` run on the run dir before `launch` (to plant things in it).
+    pub fn start_with(spec: &LaunchSpec, prepare: impl FnOnce(&Path)) -> Run {
         let dir = tempfile::tempdir().expect("tempdir");
+        prepare(dir.path());
         let launched = ravel_exec::launch(&supervisor_exe(), dir.path(), spec).expect("launch supervisor");
         Run { dir, launched, reaped: false, extra: Vec::new() }
     }
