@@ -13,6 +13,7 @@ mod feed;
 mod gputruth;
 mod limits;
 mod metrics;
+mod notify;
 mod recovery;
 mod runjson;
 mod scheduler;
@@ -30,6 +31,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 pub use auth::group_id;
 pub use clock::now_ms;
+pub use notify::Rule as AlertRule;
 
 /// Everything the controller is told at start; clap flags in the binary turn into this.
 #[derive(Clone, Debug)]
@@ -73,6 +75,10 @@ pub struct Config {
     pub cgroups: ravel_exec::cgroup::CgroupSupport,
     /// A GPU a running job holds at 0% utilization for this long is flagged. None: never.
     pub idle_gpu_after: Option<Duration>,
+    /// Webhooks every notification goes to (`--webhook`).
+    pub webhooks: Vec<String>,
+    /// Daemon-wide alert rules (`--alert`).
+    pub alerts: Vec<notify::Rule>,
 }
 
 impl Config {
@@ -107,6 +113,7 @@ pub struct Controller {
     pub(crate) feed: Arc<feed::Feed>,
     /// The web UI's listener and sessions (opened by `ravel ui`).
     pub(crate) ui: ui::Ui,
+    pub(crate) notifier: Arc<notify::Notifier>,
     /// When the scheduler loop last went round (it does at least every `probe_interval`).
     pub(crate) scheduler_tick: Mutex<std::time::Instant>,
 }
@@ -134,6 +141,7 @@ impl Controller {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
         let feed = Arc::new(feed::Feed::new(start_id));
         let store: Arc<dyn Store> = Arc::new(feed::FeedStore::new(store, feed.clone()));
+        let (notifier, notes) = notify::Notifier::start(Some(cfg.home.join("notifications.log")));
         let mut state = State::new(cfg.cpus);
         state.users.limits_cfg = limits;
         let ctl = Arc::new(Controller {
@@ -154,12 +162,14 @@ impl Controller {
             metrics: Default::default(),
             feed,
             ui: Default::default(),
+            notifier,
             scheduler_tick: Mutex::new(std::time::Instant::now()),
         });
         scheduler::probe_now(&ctl).await;
         ctl.register_node().await;
         recovery::recover(&ctl).await?;
         tokio::spawn(events::run(ctl.clone(), rx));
+        tokio::spawn(notify::run(ctl.clone(), notes));
         tokio::spawn(scheduler::run(ctl.clone()));
         Ok(ctl)
     }

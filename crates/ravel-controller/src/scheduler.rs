@@ -27,6 +27,7 @@ pub async fn run(ctl: Arc<Controller>) {
             _ = tokio::time::sleep(sleep) => false,
         };
         admission::wake_due(&ctl).await;
+        ctl.check_queue_wait();
         pass(&ctl, woken).await;
     }
 }

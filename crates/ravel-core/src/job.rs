@@ -74,6 +74,32 @@ pub struct JobSpec {
     /// Hard memory limit for the job's processes in MiB (`--mem`), enforced with a cgroup.
     #[serde(default)]
     pub mem_mib: Option<u64>,
+    /// Send a notification when the job ends this way (`--notify`).
+    #[serde(default)]
+    pub notify: Option<NotifyOn>,
+    /// A webhook of the job's own for it, besides the daemon's (`--notify-url`).
+    #[serde(default)]
+    pub notify_url: Option<String>,
+}
+
+/// When a job's end is worth a notification.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyOn {
+    /// Failed, lost, or canceled because a dependency failed.
+    Failure,
+    Success,
+    Always,
+}
+
+impl NotifyOn {
+    pub fn wants(self, state: JobState) -> bool {
+        match self {
+            NotifyOn::Always => state.is_terminal(),
+            NotifyOn::Success => state == JobState::Succeeded,
+            NotifyOn::Failure => matches!(state, JobState::Failed | JobState::Lost),
+        }
+    }
 }
 
 impl Default for JobSpec {
@@ -102,6 +128,8 @@ impl Default for JobSpec {
             gid: None,
             umask: None,
             mem_mib: None,
+            notify: None,
+            notify_url: None,
         }
     }
 }
@@ -180,6 +208,11 @@ impl JobSpec {
         }
         if self.timeout_ms == Some(0) {
             return err("--timeout must be more than 0".into());
+        }
+        if let Some(u) = &self.notify_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return err(format!("--notify-url {u:?} is not an http:// or https:// URL"));
         }
         if self.mem_mib.is_some_and(|m| m < 4) {
             return err("--mem must be at least 4M (a process needs some memory to start)".into());

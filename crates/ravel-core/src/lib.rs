@@ -6,4 +6,4 @@ pub mod job;
 pub mod policy;
 pub mod units;
 
-pub use job::{Attempt, Job, JobId, JobSpec, JobState, Millis, Outcome, SpecError};
+pub use job::{Attempt, Job, JobId, JobSpec, JobState, Millis, NotifyOn, Outcome, SpecError};

@@ -161,6 +161,13 @@ pub struct RunArgs {
     /// killed and recorded failed: out of memory
     #[arg(long, value_name = "SIZE")]
     pub mem: Option<String>,
+    /// Notify when the job ends: failure, success or always (to the daemon's webhooks, the job's
+    /// --notify-url, and the desktop for your own daemon when notify-send exists)
+    #[arg(long, value_name = "WHEN", help_heading = "Failures")]
+    pub notify: Option<NotifyArg>,
+    /// A webhook (Slack- or Discord-compatible) for this job's notification
+    #[arg(long, value_name = "URL", requires = "notify", help_heading = "Failures")]
+    pub notify_url: Option<String>,
     /// Reserve the memory of a tag from the daemon's --memory-limits (e.g. small)
     #[arg(long, value_name = "TAG", conflicts_with = "gpu_mem", help_heading = "GPU memory")]
     pub memory_tag: Option<String>,
@@ -313,6 +320,12 @@ pub struct DaemonOpts {
     /// Flag a job that holds a GPU at 0% utilization this long (default 30m; 0 = never)
     #[arg(long, value_name = "DURATION")]
     pub idle_gpu_after: Option<String>,
+    /// Send every notification to this webhook (Slack- or Discord-compatible; repeatable)
+    #[arg(long, value_name = "URL", help_heading = "Alerts")]
+    pub webhook: Vec<String>,
+    /// A daemon-wide alert to the webhooks: job-failed, or queue-wait>DURATION (repeatable)
+    #[arg(long, value_name = "RULE", help_heading = "Alerts")]
+    pub alert: Vec<String>,
     /// CPU slots of this node (default: the number of cores)
     #[arg(long)]
     pub cpus: Option<u32>,
@@ -337,6 +350,13 @@ pub struct DaemonOpts {
     /// Half-life of past GPU usage in fair share (default 24h)
     #[arg(long, env = "RAVEL_FAIRSHARE_HALF_LIFE", value_name = "DURATION")]
     pub fair_share_half_life: Option<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyArg {
+    Failure,
+    Success,
+    Always,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

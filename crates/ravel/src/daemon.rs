@@ -44,6 +44,10 @@ pub struct Saved {
     pub allow_root_jobs: bool,
     #[serde(default)]
     pub idle_gpu_after: Option<String>,
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    #[serde(default)]
+    pub alerts: Vec<String>,
 }
 
 type Policy = (Vec<(String, u64)>, Vec<(String, f64)>, Duration);
@@ -94,6 +98,8 @@ impl Saved {
             private_queue: o.private_queue || self.private_queue,
             allow_root_jobs: o.allow_root_jobs || self.allow_root_jobs,
             idle_gpu_after: o.idle_gpu_after.clone().or(self.idle_gpu_after),
+            webhooks: if o.webhook.is_empty() { self.webhooks } else { o.webhook.clone() },
+            alerts: if o.alert.is_empty() { self.alerts } else { o.alert.clone() },
         }
     }
 
@@ -125,7 +131,22 @@ impl Saved {
         if self.allow_root_jobs {
             a.push("--allow-root-jobs".into());
         }
+        for w in &self.webhooks {
+            a.extend(["--webhook".to_string(), w.clone()]);
+        }
+        for r in &self.alerts {
+            a.extend(["--alert".to_string(), r.clone()]);
+        }
         a
+    }
+
+    fn alert_rules(&self) -> anyhow::Result<Vec<ravel_controller::AlertRule>> {
+        for w in &self.webhooks {
+            if !(w.starts_with("http://") || w.starts_with("https://")) {
+                bail!("--webhook {w:?} is not an http:// or https:// URL");
+            }
+        }
+        self.alerts.iter().map(|r| ravel_controller::AlertRule::parse(r).map_err(|e| anyhow!(e))).collect()
     }
 
     /// `--idle-gpu-after`: None = never flag.
@@ -297,6 +318,7 @@ pub fn run_foreground(home: &Home, opts: &DaemonOpts) -> anyhow::Result<()> {
     }
     saved.policy()?;
     saved.idle_gpu_after()?;
+    saved.alert_rules()?;
     let mut pid_file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -367,6 +389,8 @@ async fn serve(home: &Home, saved: &Saved) -> anyhow::Result<()> {
         limits_file: Some(home.limits_file()),
         cgroups: ravel_exec::cgroup::detect(),
         idle_gpu_after: saved.idle_gpu_after()?,
+        webhooks: saved.webhooks.clone(),
+        alerts: saved.alert_rules()?,
     };
     match &cfg.cgroups {
         ravel_exec::cgroup::CgroupSupport::Unavailable(why) => tracing::warn!(

@@ -292,6 +292,7 @@ pub async fn cancel_one(ctl: &Arc<Controller>, id: JobId) -> Result<CancelResult
     Ok(match effect {
         CancelEffect::Canceled(job) => {
             ctl.metrics.finished(job.state);
+            ctl.notify_end(&job);
             ctl.lock().forget_waiting(id);
             ctl.finished.send_modify(|c| *c += 1);
             ctl.wake.notify_one();

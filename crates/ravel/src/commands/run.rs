@@ -89,6 +89,12 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
         gid: None,
         umask: Some(current_umask()),
         mem_mib,
+        notify: args.notify.map(|n| match n {
+            crate::cli::NotifyArg::Failure => ravel_core::NotifyOn::Failure,
+            crate::cli::NotifyArg::Success => ravel_core::NotifyOn::Success,
+            crate::cli::NotifyArg::Always => ravel_core::NotifyOn::Always,
+        }),
+        notify_url: args.notify_url.clone(),
         gpu_mem_mib,
         memory_tag: args.memory_tag.clone(),
         after: args.after.clone(),
