@@ -39,7 +39,7 @@ impl Rule {
 }
 
 /// One delivery attempt, as logged.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct Delivery {
     pub at: Millis,
     /// A webhook URL, or `desktop`.

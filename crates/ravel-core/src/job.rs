@@ -9,6 +9,7 @@ pub type JobId = i64;
 pub type Millis = i64;
 
 /// What the user asked for. Stored as submitted; never changed by scheduling.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct JobSpec {
     /// argv; no shell is involved unless the user runs one.
@@ -19,6 +20,7 @@ pub struct JobSpec {
     pub cwd: String,
     /// The full environment the job starts with (the caller's, plus `--env` overrides).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Vec<String>>))]
     pub env: Vec<(String, String)>,
     #[serde(default)]
     pub gpus: u32,
@@ -83,6 +85,7 @@ pub struct JobSpec {
 }
 
 /// When a job's end is worth a notification.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum NotifyOn {
@@ -233,6 +236,7 @@ impl JobSpec {
 }
 
 /// The job state machine (see ARCHITECTURE.md).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
@@ -329,6 +333,7 @@ impl fmt::Display for JobState {
 }
 
 /// The stored record of a job.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Job {
     pub id: JobId,
@@ -363,6 +368,7 @@ pub struct Job {
 }
 
 /// One start of a job on a node.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Attempt {
     pub job_id: JobId,

@@ -10,7 +10,7 @@ pub const API_VERSION: &str = "v1";
 /// Largest request body the API accepts.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct SubmitRequest {
     pub spec: JobSpec,
     /// Submit a job array: one job per index, at most `limit` running at once.
@@ -18,7 +18,7 @@ pub struct SubmitRequest {
     pub array: Option<ArrayRequest>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct ArrayRequest {
     pub indices: Vec<u32>,
     #[serde(default)]
@@ -28,7 +28,7 @@ pub struct ArrayRequest {
 /// Largest job array.
 pub const MAX_ARRAY_SIZE: usize = 100_000;
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct SubmitResponse {
     /// The job's id (for an array: the array's id, which is its first element's).
     pub id: JobId,
@@ -37,13 +37,13 @@ pub struct SubmitResponse {
     pub ids: Vec<JobId>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct PriorityRequest {
     pub priority: i32,
 }
 
 /// A job as the API shows it: the record plus what the scheduler knows now.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct JobView {
     #[serde(flatten)]
     pub job: Job,
@@ -69,7 +69,7 @@ pub struct JobView {
 }
 
 /// Something seen about a job, kept with it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct JobEventView {
     /// Monotonically increasing over the store.
     pub id: i64,
@@ -83,7 +83,7 @@ pub struct JobEventView {
 
 /// One entry of the event feed (`GET /v1/events`): a job changed (state, hold, priority, or
 /// cancel requested), as it is after the change.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct EventView {
     /// Increasing; pass the last one seen as `Last-Event-ID` (or `?since=`) to resume.
     pub id: u64,
@@ -108,7 +108,8 @@ pub struct EventView {
 }
 
 /// `GET /v1/events` query.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Send the events after this id first (as `Last-Event-ID` does); 0: all the daemon keeps.
     /// Without it (and without the header), only new events.
@@ -120,7 +121,7 @@ pub struct EventsQuery {
 }
 
 /// One user's limits; `None` is no limit (or, in a user's entry, the default's value).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// GPUs the user's running jobs may hold at once.
@@ -147,7 +148,7 @@ impl Limits {
 
 /// Per-user limits of a daemon: a default for everyone and per-user entries (field by field,
 /// a user's entry wins over the default). Kept in the daemon's `limits.json`.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     #[serde(default)]
@@ -164,7 +165,7 @@ impl LimitsConfig {
 
 /// `POST /v1/admin/limits`: set (or with `clear`, remove) the default's or one user's limits.
 /// Fields left out keep their value.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetLimitsRequest {
     /// None: the default for every user.
@@ -177,7 +178,7 @@ pub struct SetLimitsRequest {
     pub clear: bool,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct QueueResponse {
     /// Listed jobs in id order. Their `spec.env` is left out (see `GET /v1/jobs/{id}`).
     pub jobs: Vec<JobView>,
@@ -186,7 +187,8 @@ pub struct QueueResponse {
     pub more_waiting: u64,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct QueueQuery {
     /// Include every finished job, not just recent ones.
     #[serde(default)]
@@ -199,12 +201,12 @@ pub struct QueueQuery {
     pub limit: Option<u32>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct CancelRequest {
     pub ids: Vec<JobId>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelOutcome {
     /// It had not started; it is canceled now.
@@ -218,7 +220,7 @@ pub enum CancelOutcome {
     Denied,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct CancelResult {
     pub id: JobId,
     pub outcome: CancelOutcome,
@@ -228,12 +230,13 @@ pub struct CancelResult {
     pub message: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct CancelResponse {
     pub results: Vec<CancelResult>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// Comma-separated ids; empty with `all` means every active job.
     #[serde(default)]
@@ -245,7 +248,7 @@ pub struct WaitQuery {
     pub timeout_ms: Option<u64>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct JobBrief {
     pub id: JobId,
     pub state: JobState,
@@ -253,14 +256,14 @@ pub struct JobBrief {
     pub signal: Option<i32>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct WaitResponse {
     /// True when every job asked for has reached a terminal state.
     pub done: bool,
     pub jobs: Vec<JobBrief>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogStream {
     #[default]
@@ -278,7 +281,8 @@ impl LogStream {
 }
 
 /// `GET /v1/jobs/{id}/logs`: the body is raw bytes; the headers below say where to read next.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     #[serde(default)]
     pub stream: LogStream,
@@ -301,7 +305,7 @@ pub const HEADER_FILE_SIZE: &str = "x-ravel-file-size";
 pub const HEADER_JOB_STATE: &str = "x-ravel-job-state";
 pub const MAX_LOG_READ: u64 = 4 * 1024 * 1024;
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct GpuProcessView {
     pub pid: u32,
     pub used_memory_mib: u64,
@@ -311,7 +315,7 @@ pub struct GpuProcessView {
     pub job: Option<JobId>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct GpuView {
     pub index: u32,
     pub name: String,
@@ -322,6 +326,7 @@ pub struct GpuView {
     pub allocated_to: Option<JobId>,
     /// Memory reservations of Ravel jobs sharing it: (job, MiB).
     #[serde(default)]
+    #[schema(value_type = Vec<Vec<i64>>)]
     pub shared: Vec<(JobId, u64)>,
     /// Sum of the reservations.
     #[serde(default)]
@@ -335,7 +340,7 @@ pub struct GpuView {
     pub flags: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct GpusResponse {
     /// Which probe produced the inventory: nvml, nvidia-smi, fake, none.
     pub probe: String,
@@ -344,7 +349,7 @@ pub struct GpusResponse {
     pub probe_error: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct StatusResponse {
     pub version: String,
     pub api: String,
@@ -379,7 +384,7 @@ pub struct StatusResponse {
     pub now: i64,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, utoipa::ToSchema)]
 pub struct ShutdownRequest {
     /// Terminate running jobs first (otherwise they keep running and are re-adopted on restart).
     #[serde(default)]
@@ -387,7 +392,7 @@ pub struct ShutdownRequest {
 }
 
 /// Every error the API returns.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable machine-readable code: `bad_request`, `not_found`, `conflict`, `forbidden`, `limit`, `too_large`,
     /// `unavailable`, `internal`.

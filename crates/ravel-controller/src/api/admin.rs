@@ -7,10 +7,12 @@ use axum::extract::State;
 use ravel_proto::{Limits, LimitsConfig, SetLimitsRequest};
 use std::sync::Arc;
 
+#[utoipa::path(get, path = "/v1/admin/limits", tag = "admin", responses((status = 200, description = "Per-user limits", body = ravel_proto::LimitsConfig)))]
 pub async fn limits(State(ctl): State<Arc<Controller>>) -> axum::Json<LimitsConfig> {
     axum::Json(ctl.lock().users.limits_cfg.clone())
 }
 
+#[utoipa::path(post, path = "/v1/admin/limits", tag = "admin", request_body = ravel_proto::SetLimitsRequest, responses((status = 200, description = "The new limits", body = ravel_proto::LimitsConfig), (status = 403, description = "Not an admin", body = ravel_proto::ErrorBody)))]
 /// Changes the default's or a user's limits (admins only), keeps them in the limits file, and
 /// applies them at once: lower limits stop new starts (running jobs are not stopped), higher ones
 /// let waiting jobs start.

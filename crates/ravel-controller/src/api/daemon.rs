@@ -8,6 +8,7 @@ use ravel_proto::{ShutdownRequest, StatusResponse};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[utoipa::path(get, path = "/v1/status", tag = "daemon", responses((status = 200, description = "Daemon status", body = ravel_proto::StatusResponse)))]
 pub async fn status(
     State(ctl): State<Arc<Controller>>,
     caller: Caller,
@@ -42,6 +43,7 @@ pub async fn status(
     }))
 }
 
+#[utoipa::path(post, path = "/v1/daemon/shutdown", tag = "daemon", request_body = ravel_proto::ShutdownRequest, responses((status = 200, description = "Stopping"), (status = 403, description = "Not an admin", body = ravel_proto::ErrorBody)))]
 /// Stops taking work and asks the daemon to exit. Running jobs keep running (and are re-adopted
 /// by the next start) unless `kill_jobs` is set, in which case they are canceled first.
 pub async fn shutdown(

@@ -23,6 +23,7 @@ struct Cursor {
     follow: bool,
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(ravel_proto::EventsQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id")), responses((status = 200, description = "Server-Sent Events: `event: job` with an ravel_proto::EventView as data, or `event: reset`", content_type = "text/event-stream", body = ravel_proto::EventView)))]
 pub async fn stream(
     State(ctl): State<Arc<Controller>>,
     headers: HeaderMap,

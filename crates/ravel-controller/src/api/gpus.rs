@@ -5,6 +5,7 @@ use axum::extract::State;
 use ravel_proto::{GpuProcessView, GpuView, GpusResponse};
 use std::sync::Arc;
 
+#[utoipa::path(get, path = "/v1/gpus", tag = "gpus", operation_id = "list_gpus", responses((status = 200, description = "GPUs and who uses them", body = ravel_proto::GpusResponse)))]
 pub async fn list(State(ctl): State<Arc<Controller>>) -> axum::Json<GpusResponse> {
     let st = ctl.lock();
     let mut in_use = st.gpu_use();

@@ -9,15 +9,18 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(ctl): State<Arc<Controller>>) -> Response {
     let body = crate::metrics::render(&ctl);
     ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "The process answers", body = String)))]
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "Ready: every check ok"), (status = 503, description = "Not ready; the checks say why")))]
 /// Each check is "ok" or why not; 200 when all are ok, else 503.
 pub async fn readyz(State(ctl): State<Arc<Controller>>) -> Response {
     // The scheduler loop wakes at least once per probe interval; the probe runs with it.
@@ -61,4 +64,10 @@ pub async fn track(State(ctl): State<Arc<Controller>>, req: Request, next: Next)
     let resp = next.run(req).await;
     ctl.metrics.api(&method, &route, started.elapsed());
     resp
+}
+
+#[utoipa::path(get, path = "/v1/notifications", tag = "events", responses((status = 200, description = "The last 1,000 delivery attempts, oldest first", body = Vec<crate::notify::Delivery>)))]
+/// `GET /v1/notifications`: the delivery log.
+pub async fn notifications(State(ctl): State<Arc<Controller>>) -> axum::Json<Vec<crate::notify::Delivery>> {
+    axum::Json(ctl.notifier.recent())
 }

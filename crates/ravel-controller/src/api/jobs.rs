@@ -19,6 +19,7 @@ const DEFAULT_RECENT: u32 = 10;
 /// Longest a `wait` request is held open.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = ravel_proto::SubmitRequest, responses((status = 200, description = "Accepted", body = ravel_proto::SubmitResponse), (status = 400, description = "Bad request", body = ravel_proto::ErrorBody), (status = 403, description = "Not the job's owner nor an admin", body = ravel_proto::ErrorBody), (status = 404, description = "No such job", body = ravel_proto::ErrorBody), (status = 429, description = "Past the user's queued-jobs limit", body = ravel_proto::ErrorBody), (status = 503, description = "Shutting down", body = ravel_proto::ErrorBody)))]
 pub async fn submit(
     State(ctl): State<Arc<Controller>>,
     caller: Caller,
@@ -171,6 +172,7 @@ fn check_resources(ctl: &Controller, spec: &ravel_core::JobSpec) -> Result<(), A
     Ok(())
 }
 
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs", params(ravel_proto::QueueQuery), responses((status = 200, description = "Active jobs and recent finishes", body = ravel_proto::QueueResponse)))]
 pub async fn list(
     State(ctl): State<Arc<Controller>>,
     caller: Caller,
@@ -196,6 +198,7 @@ pub async fn list(
     Ok(axum::Json(QueueResponse { jobs, more_waiting }))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "Job id")), responses((status = 200, description = "The job, its attempts and events", body = ravel_proto::JobView), (status = 400, description = "Bad request", body = ravel_proto::ErrorBody), (status = 403, description = "Not the job's owner nor an admin", body = ravel_proto::ErrorBody), (status = 404, description = "No such job", body = ravel_proto::ErrorBody)))]
 pub async fn show(
     State(ctl): State<Arc<Controller>>,
     caller: Caller,
@@ -259,6 +262,7 @@ fn describe(st: &crate::state::State, r: &PendingReason, thresholds: &ravel_gpu:
     r.to_string()
 }
 
+#[utoipa::path(post, path = "/v1/jobs/cancel", tag = "jobs", request_body = ravel_proto::CancelRequest, responses((status = 200, description = "One result per id", body = ravel_proto::CancelResponse), (status = 400, description = "No ids", body = ravel_proto::ErrorBody)))]
 pub async fn cancel(
     State(ctl): State<Arc<Controller>>,
     caller: Caller,
@@ -319,6 +323,7 @@ pub async fn cancel_one(ctl: &Arc<Controller>, id: JobId) -> Result<CancelResult
     })
 }
 
+#[utoipa::path(get, path = "/v1/wait", tag = "jobs", params(ravel_proto::WaitQuery), responses((status = 200, description = "Whether they all ended, and their states", body = ravel_proto::WaitResponse), (status = 404, description = "No such job", body = ravel_proto::ErrorBody)))]
 /// Long-polls until the jobs asked for are all finished, or the timeout passes.
 pub async fn wait(
     State(ctl): State<Arc<Controller>>,
@@ -371,6 +376,7 @@ pub async fn wait(
     Ok(axum::Json(WaitResponse { done, jobs }))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/hold", tag = "jobs", params(("id" = i64, Path, description = "Job id")), responses((status = 200, description = "Held", body = ravel_proto::JobView), (status = 400, description = "Bad request", body = ravel_proto::ErrorBody), (status = 403, description = "Not the job's owner nor an admin", body = ravel_proto::ErrorBody), (status = 404, description = "No such job", body = ravel_proto::ErrorBody), (status = 409, description = "Not waiting", body = ravel_proto::ErrorBody)))]
 /// `POST /v1/jobs/{id}/hold`: a queued or blocked job waits until released.
 pub async fn hold(
     State(ctl): State<Arc<Controller>>,
@@ -384,6 +390,7 @@ pub async fn hold(
     Ok(axum::Json(view(&ctl, job)))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/release", tag = "jobs", params(("id" = i64, Path, description = "Job id")), responses((status = 200, description = "Released", body = ravel_proto::JobView), (status = 400, description = "Bad request", body = ravel_proto::ErrorBody), (status = 403, description = "Not the job's owner nor an admin", body = ravel_proto::ErrorBody), (status = 404, description = "No such job", body = ravel_proto::ErrorBody), (status = 409, description = "Not waiting", body = ravel_proto::ErrorBody)))]
 /// `POST /v1/jobs/{id}/release`.
 pub async fn release(
     State(ctl): State<Arc<Controller>>,
@@ -397,6 +404,7 @@ pub async fn release(
     Ok(axum::Json(view(&ctl, job)))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/priority", tag = "jobs", params(("id" = i64, Path, description = "Job id")), request_body = ravel_proto::PriorityRequest, responses((status = 200, description = "Changed", body = ravel_proto::JobView), (status = 400, description = "Bad request", body = ravel_proto::ErrorBody), (status = 403, description = "Not the job's owner nor an admin", body = ravel_proto::ErrorBody), (status = 404, description = "No such job", body = ravel_proto::ErrorBody), (status = 409, description = "Not waiting", body = ravel_proto::ErrorBody)))]
 /// `POST /v1/jobs/{id}/priority`.
 pub async fn priority(
     State(ctl): State<Arc<Controller>>,
@@ -417,6 +425,7 @@ pub async fn priority(
     Ok(axum::Json(view(&ctl, job)))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = i64, Path, description = "Job id")), responses((status = 200, description = "Queued again", body = ravel_proto::JobView), (status = 400, description = "Bad request", body = ravel_proto::ErrorBody), (status = 403, description = "Not the job's owner nor an admin", body = ravel_proto::ErrorBody), (status = 404, description = "No such job", body = ravel_proto::ErrorBody), (status = 409, description = "Not finished", body = ravel_proto::ErrorBody)))]
 /// `POST /v1/jobs/{id}/retry`: a finished job runs again as a new attempt.
 pub async fn retry(
     State(ctl): State<Arc<Controller>>,

@@ -11,6 +11,7 @@ use ravel_proto::{HEADER_FILE_SIZE, HEADER_JOB_STATE, HEADER_NEXT_OFFSET, LogsQu
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "jobs", params(("id" = i64, Path, description = "Job id"), ravel_proto::LogsQuery), responses((status = 200, description = "Raw bytes of the log (streamed with follow=true)", content_type = "application/octet-stream", body = Vec<u8>), (status = 400, description = "Bad request", body = ravel_proto::ErrorBody), (status = 403, description = "Not the job's owner nor an admin", body = ravel_proto::ErrorBody), (status = 404, description = "No such job", body = ravel_proto::ErrorBody)))]
 pub async fn read(
     State(ctl): State<Arc<Controller>>,
     caller: Caller,

@@ -7,6 +7,7 @@ mod gpus;
 mod health;
 mod jobs;
 mod logs;
+mod openapi;
 
 use crate::Controller;
 use axum::Router;
@@ -42,12 +43,8 @@ pub fn routes(ctl: &Arc<Controller>) -> Router<Arc<Controller>> {
         .route("/v1/wait", get(jobs::wait))
         .route("/v1/gpus", get(gpus::list))
         .route("/v1/events", get(feed::stream))
-        .route(
-            "/v1/notifications",
-            get(|axum::extract::State(ctl): axum::extract::State<Arc<Controller>>| async move {
-                axum::Json(ctl.notifier.recent())
-            }),
-        )
+        .route("/v1/notifications", get(health::notifications))
+        .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/ui/session", post(crate::ui::session))
         .route("/v1/admin/limits", get(admin::limits).post(admin::set_limits))
         .route("/metrics", get(health::metrics))

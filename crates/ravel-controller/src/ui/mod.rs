@@ -43,20 +43,21 @@ struct UiState {
     sessions: HashMap<String, Peer>,
 }
 
-#[derive(Deserialize, Serialize, Default)]
+#[derive(Deserialize, Serialize, Default, utoipa::ToSchema)]
 pub struct SessionRequest {
     /// Port to listen on when the UI is not open yet (0 or absent: any free port).
     #[serde(default)]
     pub port: Option<u16>,
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
 pub struct SessionResponse {
     /// Open this in a browser on this machine: it logs in once and shows the jobs.
     pub url: String,
     pub port: u16,
 }
 
+#[utoipa::path(post, path = "/v1/ui/session", tag = "ui", request_body = crate::ui::SessionRequest, responses((status = 200, description = "A one-time login link", body = crate::ui::SessionResponse)))]
 /// `POST /v1/ui/session` (on the socket): opens the UI listener if needed, and returns a one-time
 /// login link for the caller.
 pub async fn session(
