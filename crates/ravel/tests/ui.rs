@@ -144,9 +144,10 @@ fn the_job_list_pages_through_100000_jobs_quickly() {
         assert!(body.contains("100000 jobs"), "{path}: the total is shown");
         assert_eq!(body.matches("<tr id=\"job-").count(), 50, "{path}: one page of rows");
     }
-    // Noisy shared machine: the target is 200 ms; a page taking 4x that fails loudly.
+    // The figure is bench/ui.sh's (release build); this only catches a page that lost its index
+    // (debug build, noisy shared machine: twice the 200 ms target).
     eprintln!("slowest page over 100,000 jobs rendered in {worst:.1} ms");
-    assert!(worst < 800.0, "a page took {worst} ms");
+    assert!(worst < 400.0, "a page took {worst} ms");
 }
 
 /// A chromedriver session on headless Chromium.
