@@ -222,25 +222,7 @@ mod tests {
     use super::*;
 
     fn job(id: JobId, state: JobState) -> Job {
-        Job {
-            id,
-            spec: JobSpec::default(),
-            state,
-            submitted_at: 0,
-            started_at: None,
-            finished_at: None,
-            attempt: 0,
-            gpus_assigned: vec![],
-            node: None,
-            exit_code: None,
-            signal: None,
-            reason: None,
-            cancel_requested: false,
-            held: false,
-            not_before: None,
-            array_id: None,
-            retries_used: 0,
-        }
+        Job::new(id, JobSpec::default(), state, 0)
     }
 
     #[test]

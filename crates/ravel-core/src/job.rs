@@ -367,6 +367,31 @@ pub struct Job {
     pub retries_used: u32,
 }
 
+impl Job {
+    /// A job record as first made: in `state`, no attempt yet, held and begin time from its spec.
+    pub fn new(id: JobId, spec: JobSpec, state: JobState, submitted_at: Millis) -> Job {
+        Job {
+            id,
+            state,
+            submitted_at,
+            started_at: None,
+            finished_at: None,
+            attempt: 0,
+            gpus_assigned: vec![],
+            node: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            cancel_requested: false,
+            held: spec.hold,
+            not_before: spec.begin_at,
+            array_id: None,
+            retries_used: 0,
+            spec,
+        }
+    }
+}
+
 /// One start of a job on a node.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use ravel_exec::cgroup::{self, CgroupSupport};
 use ravel_exec::{CgroupSpec, LaunchSpec, STDOUT_FILE, is_same_process, procfs, users};
-use support::system::{self, ALICE, CgroupGuard, User, chown, root_or_skip};
+use support::system::{self, ALICE, CgroupGuard, RunAsUser, User, chown, root_or_skip};
 use support::{Run, spec, wait_for};
 
 const MIB: u64 = 1 << 20;

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use ravel_exec::{ExitRecord, LaunchSpec, RunAs, STDERR_FILE, STDOUT_FILE};
-use support::system::{self, ALICE, BOB, User, chown, root_or_skip};
+use support::system::{self, ALICE, BOB, RunAsUser, User, chown, root_or_skip};
 use support::{Run, spec};
 
 fn run_to_end(spec: &LaunchSpec) -> (Run, ExitRecord) {

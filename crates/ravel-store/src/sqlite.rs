@@ -349,25 +349,7 @@ impl Store for SqliteStore {
                         e => db(e),
                     })?;
                 }
-                jobs.push(Job {
-                    id,
-                    state: initial,
-                    submitted_at: now,
-                    started_at: None,
-                    finished_at: None,
-                    attempt: 0,
-                    gpus_assigned: vec![],
-                    node: None,
-                    exit_code: None,
-                    signal: None,
-                    reason: None,
-                    cancel_requested: false,
-                    held: spec.hold,
-                    not_before: spec.begin_at,
-                    array_id,
-                    retries_used: 0,
-                    spec,
-                });
+                jobs.push(Job { array_id, ..Job::new(id, spec, initial, now) });
             }
             Ok(jobs)
         })

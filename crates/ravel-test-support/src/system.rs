@@ -15,12 +15,13 @@ pub const ALICE: &str = "ravel-alice";
 pub const BOB: &str = "ravel-bob";
 pub const LAB_GROUP: &str = "ravel-lab";
 
-/// A Unix user: name, uid, primary gid.
+/// A Unix user as the passwd database has it.
 #[derive(Clone, Debug)]
 pub struct User {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
+    pub home: String,
 }
 
 /// True when tests that need root can run; under `CI=true` a non-root run fails loudly instead.
@@ -63,13 +64,25 @@ pub fn ensure_user(name: &str) -> User {
     lookup(name).unwrap_or_else(|| panic!("user {name} was not created"))
 }
 
-/// Creates the lab group and puts alice in it (idempotent).
-pub fn ensure_lab_group() {
+/// Creates the lab group and puts alice in it, unless that is done already; returns its gid.
+pub fn ensure_lab_group() -> u32 {
+    ensure_user(ALICE);
+    if let Some(gid) = group_gid(LAB_GROUP).filter(|_| alice_in_lab()) {
+        return gid;
+    }
     let _lock = users_lock();
     let out = Command::new("groupadd").args(["-f", LAB_GROUP]).output().expect("run groupadd");
-    assert!(out.status.success(), "groupadd: {out:?}");
-    let out = Command::new("usermod").args(["-aG", LAB_GROUP, ALICE]).output().expect("run usermod");
-    assert!(out.status.success(), "usermod: {out:?}");
+    assert!(out.status.success(), "groupadd {LAB_GROUP}: {out:?}");
+    if !alice_in_lab() {
+        let out = Command::new("usermod").args(["-aG", LAB_GROUP, ALICE]).output().expect("run usermod");
+        assert!(out.status.success(), "usermod -aG {LAB_GROUP} {ALICE}: {out:?}");
+    }
+    group_gid(LAB_GROUP).expect("lab group")
+}
+
+fn alice_in_lab() -> bool {
+    let out = Command::new("id").args(["-nG", ALICE]).output().expect("run id");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().any(|g| g == LAB_GROUP)
 }
 
 /// The gid of a group.
@@ -82,7 +95,12 @@ fn lookup(name: &str) -> Option<User> {
     let out = Command::new("getent").args(["passwd", name]).output().ok()?;
     let line = String::from_utf8_lossy(&out.stdout).into_owned();
     let f: Vec<&str> = line.trim().split(':').collect();
-    Some(User { name: name.into(), uid: f.get(2)?.parse().ok()?, gid: f.get(3)?.parse().ok()? })
+    Some(User {
+        name: name.into(),
+        uid: f.get(2)?.parse().ok()?,
+        gid: f.get(3)?.parse().ok()?,
+        home: f.get(5)?.to_string(),
+    })
 }
 
 pub struct SystemDaemon {

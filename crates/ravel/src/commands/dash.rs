@@ -470,25 +470,8 @@ const SHOW_FINISHED: usize = 30;
 
 /// A job known only from an event so far.
 fn placeholder(e: &EventView) -> JobView {
-    let job = ravel_core::Job {
-        id: e.job,
-        spec: ravel_core::JobSpec { user: e.user.clone(), name: e.name.clone(), ..Default::default() },
-        state: e.state,
-        submitted_at: e.at,
-        started_at: None,
-        finished_at: None,
-        attempt: e.attempt,
-        gpus_assigned: vec![],
-        node: None,
-        exit_code: None,
-        signal: None,
-        reason: None,
-        cancel_requested: false,
-        held: e.held,
-        not_before: None,
-        array_id: None,
-        retries_used: 0,
-    };
+    let spec = ravel_core::JobSpec { user: e.user.clone(), name: e.name.clone(), ..Default::default() };
+    let job = ravel_core::Job { attempt: e.attempt, held: e.held, ..ravel_core::Job::new(e.job, spec, e.state, e.at) };
     JobView {
         job,
         pending_reason: None,
