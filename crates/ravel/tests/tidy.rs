@@ -27,7 +27,11 @@ fn normal_dependencies(krate: &str) -> Vec<String> {
             in_deps = line == "[dependencies]";
             continue;
         }
-        if in_deps && let Some((name, _)) = line.split_once('=') {
+        // Optional dependencies are features' (ravel-core's `openapi`: schema derives only).
+        if in_deps
+            && !line.contains("optional = true")
+            && let Some((name, _)) = line.split_once('=')
+        {
             deps.push(name.trim().trim_end_matches(".workspace").to_string());
         }
     }
@@ -37,6 +41,11 @@ fn normal_dependencies(krate: &str) -> Vec<String> {
 #[test]
 fn ravel_core_is_pure() {
     assert_eq!(normal_dependencies("ravel-core"), vec!["serde"], "ravel-core may depend on serde only");
+    let manifest = std::fs::read_to_string(crates_dir().join("ravel-core/Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("utoipa = { workspace = true, optional = true }"),
+        "utoipa only behind ravel-core's `openapi` feature"
+    );
     let mut files = vec![];
     rust_files(&crates_dir().join("ravel-core/src"), &mut files);
     assert!(!files.is_empty());
