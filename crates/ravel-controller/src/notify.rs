@@ -111,15 +111,26 @@ impl Notifier {
 
 /// Delivers notes as they come (each target on its own, with its retries), until the daemon stops.
 pub async fn run(ctl: std::sync::Arc<Controller>, mut rx: mpsc::UnboundedReceiver<Note>) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot make an HTTP client: webhooks are off");
-            return;
-        }
-    };
+    // Made at the first notification: loading the system's certificates costs a few MiB that a
+    // daemon without webhooks should not carry.
+    let mut http: Option<reqwest::Client> = None;
     while let Some(note) = rx.recv().await {
+        let client = match &http {
+            Some(c) => c.clone(),
+            None => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+                    Ok(c) => {
+                        http = Some(c.clone());
+                        c
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot make an HTTP client: webhooks are off");
+                        continue;
+                    }
+                }
+            }
+        };
         for target in &note.targets {
             let ctl = ctl.clone();
             let (client, target) = (client.clone(), target.clone());

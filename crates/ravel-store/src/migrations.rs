@@ -86,11 +86,9 @@ pub const SQLITE: &[&str] = &[
     CREATE INDEX job_events_job ON job_events(job_id);
     "#,
     // 4: what the job list's search looks in (name and command line), kept apart from the spec,
-    // whose environment would make every search scan kilobytes per job; a small index over every
-    // job, so that counting them (the list's total) reads it instead of the whole table; and a
-    // covering index in id order that the job list walks to filter and page.
+    // whose environment would make every search scan kilobytes per job; and a covering index in
+    // id order that the job list walks to filter, page and count (instead of the whole table).
     r#"
-    CREATE INDEX jobs_state ON jobs(state);
     ALTER TABLE jobs ADD COLUMN label TEXT NOT NULL DEFAULT '';
     UPDATE jobs SET label = trim(coalesce(json_extract(spec, '$.name'), '') || ' ' ||
         (SELECT coalesce(group_concat(value, ' '), '') FROM json_each(spec, '$.command')));

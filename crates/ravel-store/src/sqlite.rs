@@ -465,8 +465,7 @@ impl Store for SqliteStore {
             let total = if (ids.len() as u32) < q.limit && (!ids.is_empty() || q.offset == 0) {
                 q.offset + ids.len() as u64
             } else {
-                let index = if where_sql.is_empty() { "" } else { "INDEXED BY jobs_browse" };
-                conn.prepare_cached(&format!("SELECT COUNT(*) FROM jobs {index} {where_sql}"))
+                conn.prepare_cached(&format!("SELECT COUNT(*) FROM jobs INDEXED BY jobs_browse {where_sql}"))
                     .map_err(db)?
                     .query_row(params.as_slice(), |r| r.get::<_, i64>(0))
                     .map_err(db)? as u64
