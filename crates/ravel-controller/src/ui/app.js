@@ -13,8 +13,15 @@
 
   // Jobs table: rows change state in place; new jobs appear on top of the first page.
   const table = document.getElementById("jobs");
+  // The newest event of each job: a row fetched for a new job may be older than events that
+  // arrived while it was fetched, and is brought up to date with them.
+  const latest = new Map();
+  const adding = new Set();
   async function addRow(id) {
+    if (adding.has(id)) return;
+    adding.add(id);
     const r = await fetch("/v1/jobs/" + id, { credentials: "same-origin" });
+    adding.delete(id);
     if (!r.ok || document.getElementById("job-" + id)) return;
     const v = await r.json();
     const what = v.spec.name || v.spec.command.join(" ");
@@ -25,7 +32,7 @@
       esc(v.gpus_assigned.length ? v.gpus_assigned.join(",") : v.spec.gpus ? "(" + v.spec.gpus + ")" : "-") +
       '</td><td class="opt"><time>' + new Date(v.submitted_at).toISOString().slice(0, 19) + 'Z</time></td><td class="opt info">' +
       esc(v.pending_reason || "") + "</td>";
-    setState(tr.querySelector(".state"), stateOf(v));
+    setState(tr.querySelector(".state"), stateOf(latest.get(id) || v));
     table.tBodies[0].prepend(tr);
   }
 
@@ -34,6 +41,7 @@
   const jobId = actions ? Number(actions.dataset.job) : null;
 
   function onEvent(e) {
+    latest.set(e.job, e);
     if (table) {
       const tr = document.getElementById("job-" + e.job);
       if (tr) {
