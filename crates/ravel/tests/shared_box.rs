@@ -358,6 +358,13 @@ fn an_admin_group_a_private_queue_and_a_group_socket() {
     assert_eq!(ids, vec![bobs], "bob sees only his own jobs");
     let (_, err) = d.fails(Some(&bob), &["show", &alices.to_string()]);
     assert!(err.contains("another user's"), "{err}");
+    // Nor in the event feed.
+    let events = d.ok(Some(&bob), &["events", "--json"]);
+    let jobs: Vec<i64> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["job"].as_i64().unwrap())
+        .collect();
+    assert!(jobs.contains(&bobs) && !jobs.contains(&alices), "bob's feed: {events}");
     // Alice is in the admin group: she sees and may act on bob's job.
     let status = d.ok(Some(&alice), &["daemon", "status"]);
     assert!(status.contains(&format!("you:      {ALICE} (admin)")), "{status}");

@@ -21,11 +21,20 @@ struct Cursor {
     pending: VecDeque<Event>,
     last: u64,
     follow: bool,
+    /// With `--private-queue`, a non-admin sees only their own jobs' events.
+    only_user: Option<String>,
+}
+
+impl Cursor {
+    fn shows(&self, e: &EventView) -> bool {
+        self.only_user.as_ref().is_none_or(|u| e.user.as_ref() == Some(u))
+    }
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(ravel_proto::EventsQuery, ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id")), responses((status = 200, description = "Server-Sent Events: `event: job` with an ravel_proto::EventView as data, or `event: reset`", content_type = "text/event-stream", body = ravel_proto::EventView)))]
 pub async fn stream(
     State(ctl): State<Arc<Controller>>,
+    caller: crate::auth::Caller,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -42,6 +51,8 @@ pub async fn stream(
     // Subscribe before reading the backlog: an event published in between is in both, and the
     // cursor skips what it already sent.
     let rx = ctl.feed.subscribe();
+    let only_user = (ctl.cfg.private_queue && !caller.admin).then(|| caller.name.clone());
+    let visible = |e: &EventView| only_user.as_ref().is_none_or(|u| e.user.as_ref() == Some(u));
     let mut pending = VecDeque::new();
     // Without an id to resume from, only what happens from now on.
     let mut last = ctl.feed.last_id();
@@ -56,11 +67,20 @@ pub async fn stream(
         };
         for e in events {
             last = e.id;
-            pending.push_back(event(&e));
+            if visible(&e) {
+                pending.push_back(event(&e));
+            }
         }
     }
-    let cursor =
-        Cursor { stopping: ctl.shutdown.subscribe(), ctl, rx, pending, last, follow: q.follow.unwrap_or(true) };
+    let cursor = Cursor {
+        stopping: ctl.shutdown.subscribe(),
+        ctl,
+        rx,
+        pending,
+        last,
+        follow: q.follow.unwrap_or(true),
+        only_user,
+    };
     let s = futures_util::stream::unfold(cursor, |mut c| async move {
         loop {
             if let Some(e) = c.pending.pop_front() {
@@ -77,7 +97,9 @@ pub async fn stream(
             match got {
                 Ok(e) if e.id > c.last => {
                     c.last = e.id;
-                    return Some((Ok(event(&e)), c));
+                    if c.shows(&e) {
+                        return Some((Ok(event(&e)), c));
+                    }
                 }
                 Ok(_) => {}
                 // Fell behind the channel: catch up from the window.
@@ -85,14 +107,18 @@ pub async fn stream(
                     Backlog::Events(es) => {
                         for e in es {
                             c.last = e.id;
-                            c.pending.push_back(event(&e));
+                            if c.shows(&e) {
+                                c.pending.push_back(event(&e));
+                            }
                         }
                     }
                     Backlog::Reset { oldest, events } => {
                         c.pending.push_back(reset(oldest));
                         for e in events {
                             c.last = e.id;
-                            c.pending.push_back(event(&e));
+                            if c.shows(&e) {
+                                c.pending.push_back(event(&e));
+                            }
                         }
                     }
                 },
