@@ -22,14 +22,17 @@ pub struct Flag {
 pub struct IdleSince(HashMap<(JobId, u32), Instant>);
 
 /// Looks at the latest inventory and returns the flags raised now (each also added to
-/// `st.flags`, so it is raised once).
-pub fn check(st: &mut State, idle_since: &mut IdleSince, idle_after: Option<Duration>) -> Vec<(JobId, u32, Flag)> {
-    let mut raised = vec![];
+/// `st.flags`, so it is raised once). `session_of` gives the session of each GPU process, read
+/// from /proc by the probe (a process is a job's when its session is the job's supervisor's).
+pub fn check(st: &mut State, session_of: &HashMap<u32, i32>, idle_after: Option<Duration>) -> Vec<(JobId, u32, Flag)> {
+    let State { inventory, active, idle_since, flags, .. } = st;
+    let job_of_session: HashMap<i32, JobId> =
+        active.iter().filter_map(|(id, a)| a.supervisor.map(|(pid, _)| (pid, *id))).collect();
     let mut seen = vec![];
-    for g in &st.inventory {
+    for g in inventory.iter() {
         for p in &g.processes {
-            let Some(job) = st.job_of_process(p.pid) else { continue };
-            let Some(a) = st.active.get(&job) else { continue };
+            let Some(job) = session_of.get(&p.pid).and_then(|s| job_of_session.get(s)) else { continue };
+            let Some(a) = active.get(job) else { continue };
             if !a.gpus.contains(&g.index) {
                 let given = if a.gpus.is_empty() {
                     "no GPU".to_string()
@@ -40,15 +43,15 @@ pub fn check(st: &mut State, idle_since: &mut IdleSince, idle_after: Option<Dura
                     "job {job}'s process {} uses GPU {}, which it was not given (it has {given})",
                     p.pid, g.index
                 );
-                seen.push((job, a.attempt, Flag { kind: "gpu_not_allocated", gpu: g.index, message }));
+                seen.push((*job, a.attempt, Flag { kind: "gpu_not_allocated", gpu: g.index, message }));
             }
         }
     }
     let now = Instant::now();
-    let util: HashMap<u32, u32> = st.inventory.iter().map(|g| (g.index, g.utilization_pct)).collect();
+    let util: HashMap<u32, u32> = inventory.iter().map(|g| (g.index, g.utilization_pct)).collect();
     let mut still_idle = HashMap::new();
     if let Some(after) = idle_after {
-        for (job, a) in st.active.iter().filter(|(_, a)| a.supervisor.is_some()) {
+        for (job, a) in active.iter().filter(|(_, a)| a.supervisor.is_some()) {
             for gpu in &a.gpus {
                 if util.get(gpu) != Some(&0) {
                     continue;
@@ -66,8 +69,9 @@ pub fn check(st: &mut State, idle_since: &mut IdleSince, idle_after: Option<Dura
         }
     }
     idle_since.0 = still_idle;
+    let mut raised = vec![];
     for (job, attempt, flag) in seen {
-        let list = st.flags.entry(job).or_default();
+        let list = flags.entry(job).or_default();
         if !list.iter().any(|f| f.kind == flag.kind && f.gpu == flag.gpu) {
             list.push(flag.clone());
             raised.push((job, attempt, flag));

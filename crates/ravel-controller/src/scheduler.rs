@@ -9,6 +9,7 @@ use ravel_core::policy::{Placement, QueuedJob, Snapshot};
 use ravel_core::{Job, JobState, Outcome};
 use ravel_exec::LaunchSpec;
 use ravel_store::{NewAttempt, StoreError};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +42,14 @@ pub async fn probe_now(ctl: &Controller) {
         let sessions: Vec<i32> = st.active.values().filter_map(|a| a.supervisor.map(|s| s.0)).collect();
         (sessions, st.gpu_use())
     };
+    // Each GPU process's session, read once from /proc and outside the lock: it tells our jobs'
+    // processes from foreign ones, and which job a process belongs to (the GPU checks).
+    let session_of: HashMap<u32, i32> = result
+        .iter()
+        .flatten()
+        .flat_map(|g| &g.processes)
+        .filter_map(|p| Some((p.pid, ravel_exec::procfs::read_stat(p.pid as i32)?.session)))
+        .collect();
     let foreign: Option<Vec<u64>> = result.as_ref().ok().map(|gpus| {
         gpus.iter()
             .map(|g| {
@@ -49,7 +58,9 @@ pub async fn probe_now(ctl: &Controller) {
                     // it, in which case it cannot be told apart (and thresholds do not apply).
                     if in_use.contains_key(&g.index) { 0 } else { g.memory_used_mib }
                 } else {
-                    g.processes.iter().filter(|p| !is_ours(p.pid as i32, &sessions)).map(|p| p.used_memory_mib).sum()
+                    // A process whose /proc entry is gone counts as foreign.
+                    let ours = |pid: u32| session_of.get(&pid).is_some_and(|s| sessions.contains(s));
+                    g.processes.iter().filter(|p| !ours(p.pid)).map(|p| p.used_memory_mib).sum()
                 }
             })
             .collect()
@@ -74,9 +85,7 @@ pub async fn probe_now(ctl: &Controller) {
             st.inventory = gpus;
             st.foreign_used_mib = foreign;
             st.probe_error = None;
-            let mut idle = std::mem::take(&mut st.idle_since);
-            let raised = crate::gputruth::check(&mut st, &mut idle, ctl.cfg.idle_gpu_after);
-            st.idle_since = idle;
+            let raised = crate::gputruth::check(&mut st, &session_of, ctl.cfg.idle_gpu_after);
             drop(st);
             crate::gputruth::record(ctl, raised);
         }
@@ -87,12 +96,6 @@ pub async fn probe_now(ctl: &Controller) {
             st.probe_error = Some(e);
         }
     }
-}
-
-/// A GPU process belongs to a Ravel job if it is in the session of one of our supervisors
-/// (each supervisor leads its own session; its job and the job's children stay in it).
-fn is_ours(pid: i32, sessions: &[i32]) -> bool {
-    ravel_exec::procfs::read_stat(pid).is_some_and(|s| sessions.contains(&s.session))
 }
 
 async fn pass(ctl: &Arc<Controller>, woken: bool) {
