@@ -120,8 +120,7 @@ pub fn evaluate(ctl: Arc<Controller>, mut p: Parked, blocked_in_store: bool) -> 
                 };
                 match ctl.store.request_cancel(id, reason, now_ms()).await {
                     Ok(CancelEffect::Canceled(job)) => {
-                        ctl.metrics.finished(job.state);
-                        ctl.notify_end(&job);
+                        ctl.job_final(&job);
                         ctl.finished.send_modify(|c| *c += 1);
                         job_ended(ctl.clone(), id).await;
                     }

@@ -84,8 +84,7 @@ pub async fn record_end(ctl: &Arc<Controller>, id: JobId, n: u32, outcome: Outco
     match finished {
         Ok(job) => {
             if job.state.is_terminal() {
-                ctl.metrics.finished(job.state);
-                ctl.notify_end(&job);
+                ctl.job_final(&job);
             }
             // Fair share: charge the user for the GPU time this attempt held.
             let half_life = ctl.half_life_ms();

@@ -216,6 +216,13 @@ impl Controller {
         self.lock().users.id(name, |n| weights.iter().find(|(u, _)| u == n).map(|(_, w)| *w).unwrap_or(1.0))
     }
 
+    /// A job reached a final state (on any path: an attempt's end, a cancel, a failed
+    /// dependency): count it and send its notifications.
+    pub(crate) fn job_final(&self, job: &ravel_core::Job) {
+        self.metrics.finished(job.state);
+        self.notify_end(job);
+    }
+
     /// The daemon's mode, as `ravel daemon status` shows it.
     pub(crate) fn mode(&self) -> &'static str {
         if self.cfg.system { "system" } else { "user" }

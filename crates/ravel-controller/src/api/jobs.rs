@@ -295,8 +295,7 @@ pub async fn cancel_one(ctl: &Arc<Controller>, id: JobId) -> Result<CancelResult
     let effect = ctl.store.request_cancel(id, "canceled by user".into(), now_ms()).await?;
     Ok(match effect {
         CancelEffect::Canceled(job) => {
-            ctl.metrics.finished(job.state);
-            ctl.notify_end(&job);
+            ctl.job_final(&job);
             ctl.lock().forget_waiting(id);
             ctl.finished.send_modify(|c| *c += 1);
             ctl.wake.notify_one();
