@@ -107,11 +107,22 @@ pub fn group_id(name: &str) -> Option<u32> {
     })
 }
 
+/// Why a user may not enter a directory.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoEntry {
+    /// A component is missing where the user could look (so they may be told).
+    Missing,
+    /// A component they may not search: what lies beyond it is not looked at, so its
+    /// existence is not revealed.
+    Denied(String),
+}
+
 /// Whether user `uid` with groups `gids` may enter every directory of the absolute path `dir`
 /// (search permission on each component, by the mode bits; root may always). A check at submit
 /// time so that a job is refused at once; the job's own `chdir`, made after it dropped to the
-/// user's rights, is what finally decides.
-pub fn can_enter(dir: &str, uid: u32, gids: &[u32]) -> Result<(), String> {
+/// user's rights, is what finally decides. Each component is looked at only once the user may
+/// search its parent.
+pub fn can_enter(dir: &str, uid: u32, gids: &[u32]) -> Result<(), NoEntry> {
     use std::os::unix::fs::MetadataExt;
     if uid == 0 {
         return Ok(());
@@ -122,7 +133,10 @@ pub fn can_enter(dir: &str, uid: u32, gids: &[u32]) -> Result<(), String> {
         if let Some(c) = c {
             path.push(c);
         }
-        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => NoEntry::Missing,
+            _ => NoEntry::Denied(format!("{}: {e}", path.display())),
+        })?;
         let mode = meta.mode();
         let bit = if meta.uid() == uid {
             0o100
@@ -132,7 +146,7 @@ pub fn can_enter(dir: &str, uid: u32, gids: &[u32]) -> Result<(), String> {
             0o001
         };
         if mode & bit == 0 {
-            return Err(format!("{}: permission denied", path.display()));
+            return Err(NoEntry::Denied(format!("{}: permission denied", path.display())));
         }
     }
     Ok(())
@@ -167,12 +181,17 @@ mod tests {
         let p = locked.to_str().unwrap();
         assert!(can_enter(p, owner, &[]).is_ok());
         if stranger != 0 {
-            let e = can_enter(p, stranger, &[]).unwrap_err();
+            let Err(NoEntry::Denied(e)) = can_enter(p, stranger, &[]) else { panic!("denied") };
             assert!(e.contains("locked: permission denied"), "{e}");
+            let hidden = locked.join("maybe/there");
+            assert!(
+                matches!(can_enter(hidden.to_str().unwrap(), stranger, &[]), Err(NoEntry::Denied(_))),
+                "not Missing"
+            );
             assert!(can_enter(dir.path().to_str().unwrap(), stranger, &[]).is_ok());
         }
         assert!(can_enter("/no/such/dir", 0, &[]).is_ok(), "root is not checked");
-        assert!(can_enter("/no/such/dir", 4_000_000, &[]).is_err());
+        assert_eq!(can_enter("/no/such/dir", 4_000_000, &[]), Err(NoEntry::Missing));
     }
 
     #[test]

@@ -146,6 +146,11 @@ fn a_cwd_the_user_cannot_enter_is_refused() {
     let (code, err) = d.fails(Some(&bob), &["run", "--cwd", private.to_str().unwrap(), "--", "ls"]);
     assert_eq!(code, 1);
     assert!(err.contains("cannot enter") && err.contains("private"), "{err}");
+    // What lies beyond a directory bob cannot search is not revealed: a missing path there reads
+    // the same as an existing one.
+    let hidden = private.join("no-such-dir");
+    let (_, err) = d.fails(Some(&bob), &["run", "--cwd", hidden.to_str().unwrap(), "--", "ls"]);
+    assert!(err.contains("cannot enter") && !err.contains("does not exist"), "{err}");
     let queue = d.ok(None, &["queue", "--json"]);
     assert_eq!(queue.trim(), "[]", "nothing was queued");
     d.submit(&alice, &["--cwd", private.to_str().unwrap(), "--", "true"]);

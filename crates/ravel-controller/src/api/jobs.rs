@@ -48,16 +48,22 @@ pub async fn submit(
         }
     }
     spec.validate().map_err(|e| ApiError::bad_request(e.0))?;
+    let missing = || ApiError::bad_request(format!("working directory {} does not exist", spec.cwd));
+    // On a shared box, as the user first: the daemon (root) must not tell them whether a path
+    // beyond a directory they cannot search exists.
+    if ctl.cfg.system {
+        let groups = crate::auth::groups_of(&caller.name, caller.gid);
+        crate::auth::can_enter(&spec.cwd, caller.uid, &groups).map_err(|e| match e {
+            crate::auth::NoEntry::Missing => missing(),
+            crate::auth::NoEntry::Denied(e) => {
+                ApiError::forbidden(format!("working directory {}: {} cannot enter {e}", spec.cwd, caller.name))
+            }
+        })?;
+    }
     match std::fs::metadata(&spec.cwd) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(ApiError::bad_request(format!("working directory {} is not a directory", spec.cwd))),
-        Err(_) => return Err(ApiError::bad_request(format!("working directory {} does not exist", spec.cwd))),
-    }
-    if ctl.cfg.system {
-        let groups = crate::auth::groups_of(&caller.name, caller.gid);
-        crate::auth::can_enter(&spec.cwd, caller.uid, &groups).map_err(|e| {
-            ApiError::forbidden(format!("working directory {}: {} cannot enter {e}", spec.cwd, caller.name))
-        })?;
+        Err(_) => return Err(missing()),
     }
     if spec.mem_mib.is_some()
         && let ravel_exec::cgroup::CgroupSupport::Unavailable(why) = &ctl.cfg.cgroups

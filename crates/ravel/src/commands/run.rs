@@ -20,8 +20,13 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
     let cwd = match &args.cwd {
         Some(dir) => {
             let dir = if dir.is_absolute() { dir.clone() } else { std::env::current_dir()?.join(dir) };
-            if !dir.is_dir() {
-                bail!("working directory {} does not exist", dir.display());
+            // What we cannot look at ourselves (permission) is the daemon's to judge and explain.
+            match std::fs::metadata(&dir) {
+                Ok(m) if !m.is_dir() => bail!("working directory {} is not a directory", dir.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    bail!("working directory {} does not exist", dir.display())
+                }
+                _ => {}
             }
             dir
         }
