@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 
 pub use auth::group_id;
-pub use clock::now_ms;
+pub use clock::{now_ms, timestamp};
 pub use notify::Rule as AlertRule;
 
 /// Everything the controller is told at start; clap flags in the binary turn into this.

@@ -389,6 +389,26 @@ impl State {
         })
     }
 
+    /// A reason as people read it: GPU-busy reasons say who keeps the GPU busy, user limits name
+    /// the user, times are dates.
+    pub fn describe(&self, r: &PendingReason, thresholds: &Thresholds) -> String {
+        match r {
+            PendingReason::BeginTime { at } => format!("Begin time: not before {}", crate::timestamp(*at)),
+            PendingReason::UserLimit { user, hit } => format!("User limit: {} {hit}", self.users.name(*user)),
+            PendingReason::GpuBusy { index, need_gpus, free_gpus } => {
+                let why = self
+                    .inventory
+                    .iter()
+                    .find(|g| g.index == *index)
+                    .and_then(|g| g.foreign_busy(thresholds).or(Some("foreign use".into())))
+                    .unwrap_or_default();
+                let s = if *need_gpus == 1 { "" } else { "s" };
+                format!("GPU {index} busy: {why} (needs {need_gpus} GPU{s}, {free_gpus} free)")
+            }
+            r => r.to_string(),
+        }
+    }
+
     /// Places a newly eligible job without a pass when the last pass's leftover allows it
     /// exactly as a full pass would (see `policy::place_fast`).
     pub fn place_fast(&mut self, q: &QueuedJob) -> Option<Placement> {

@@ -41,11 +41,7 @@ pub fn duration(ms: i64) -> String {
     }
 }
 
-/// UTC, to the second: `2026-11-24T06:01:02Z`.
-pub fn timestamp(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+pub use ravel_controller::timestamp;
 
 /// Cuts `s` to `max` characters, marking the cut.
 pub fn truncate(s: &str, max: usize) -> String {

@@ -235,7 +235,7 @@ pub async fn show(
 pub(super) fn view(ctl: &Controller, job: Job) -> JobView {
     let st = ctl.lock();
     let (pending_reason, position) = match st.pending(job.id) {
-        Some((r, pos)) => (Some(describe(&st, &r, &ctl.cfg.thresholds)), pos),
+        Some((r, pos)) => (Some(st.describe(&r, &ctl.cfg.thresholds)), pos),
         None if matches!(job.state, JobState::Queued | JobState::Blocked) => {
             (Some(PendingReason::NotYetScheduled.to_string()), None)
         }
@@ -244,28 +244,6 @@ pub(super) fn view(ctl: &Controller, job: Job) -> JobView {
     let estimated_start = st.estimates.get(&job.id).copied();
     drop(st);
     JobView { job, pending_reason, position, estimated_start, run_dir: None, attempts: vec![], events: vec![] }
-}
-
-/// A reason as people read it: GPU-busy reasons say who keeps the GPU busy, times are dates.
-fn describe(st: &crate::state::State, r: &PendingReason, thresholds: &ravel_gpu::Thresholds) -> String {
-    if let PendingReason::BeginTime { at } = r {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis((*at).max(0) as u64);
-        return format!("Begin time: not before {}", humantime::format_rfc3339_seconds(t));
-    }
-    if let PendingReason::UserLimit { user, hit } = r {
-        return format!("User limit: {} {hit}", st.users.name(*user));
-    }
-    if let PendingReason::GpuBusy { index, need_gpus, free_gpus } = r {
-        let why = st
-            .inventory
-            .iter()
-            .find(|g| g.index == *index)
-            .and_then(|g| g.foreign_busy(thresholds).or(Some("foreign use".into())))
-            .unwrap_or_default();
-        let s = if *need_gpus == 1 { "" } else { "s" };
-        return format!("GPU {index} busy: {why} (needs {need_gpus} GPU{s}, {free_gpus} free)");
-    }
-    r.to_string()
 }
 
 #[utoipa::path(post, path = "/v1/jobs/cancel", tag = "jobs", request_body = ravel_proto::CancelRequest, responses((status = 200, description = "One result per id", body = ravel_proto::CancelResponse), (status = 400, description = "No ids", body = ravel_proto::ErrorBody)))]

@@ -148,7 +148,7 @@ pub async fn jobs(State(ctl): State<Arc<Controller>>, caller: Caller, Query(q): 
     {
         let st = ctl.lock();
         for j in visible {
-            let reason = st.pending(j.id).map(|(r, _)| r.to_string());
+            let reason = st.pending(j.id).map(|(r, _)| st.describe(&r, &ctl.cfg.thresholds));
             row(&mut b, j, reason.as_deref());
         }
     }
@@ -191,7 +191,7 @@ fn row(b: &mut String, j: &Job, reason: Option<&str>) {
         esc(&truncate(&what, 80)),
         esc(&gpus),
         j.submitted_at,
-        iso(j.submitted_at),
+        crate::timestamp(j.submitted_at),
         esc(&info),
         id = j.id,
     );
@@ -212,10 +212,16 @@ pub async fn job(State(ctl): State<Arc<Controller>>, caller: Caller, Path(id): P
     };
     let attempts = ctl.store.attempts(id).await.unwrap_or_default();
     let events = ctl.store.events(id).await.unwrap_or_default();
-    let reason = ctl.lock().pending(id).map(|(r, pos)| match pos {
-        Some(p) => format!("#{p} {r}"),
-        None => r.to_string(),
-    });
+    let reason = {
+        let st = ctl.lock();
+        st.pending(id).map(|(r, pos)| {
+            let r = st.describe(&r, &ctl.cfg.thresholds);
+            match pos {
+                Some(p) => format!("#{p} {r}"),
+                None => r,
+            }
+        })
+    };
     let mine = caller.admin || ctl.owner_of(&job) == caller.uid;
     let mut b = String::with_capacity(16 * 1024);
     let state = job.state.to_string();
@@ -241,7 +247,7 @@ pub async fn job(State(ctl): State<Arc<Controller>>, caller: Caller, Path(id): P
     field("User", job.spec.user.clone().unwrap_or_else(|| "-".into()), "");
     field("Command", job.spec.command.join(" "), "");
     field("Working directory", job.spec.cwd.clone(), "");
-    field("Submitted", iso(job.submitted_at), "");
+    field("Submitted", crate::timestamp(job.submitted_at), "");
     if let Some(r) = &reason {
         field("Waiting", r.clone(), " id=\"reason\"");
     }
@@ -274,7 +280,7 @@ pub async fn job(State(ctl): State<Arc<Controller>>, caller: Caller, Path(id): P
                 a.n,
                 a.state,
                 esc(&format!("{:?}", a.gpus)),
-                a.started_at.map(iso).unwrap_or_else(|| "-".into()),
+                a.started_at.map(crate::timestamp).unwrap_or_else(|| "-".into()),
                 a.exit_code
                     .map(|c| c.to_string())
                     .or(a.signal.map(|s| format!("signal {s}")))
@@ -299,7 +305,7 @@ pub async fn job(State(ctl): State<Arc<Controller>>, caller: Caller, Path(id): P
     if !events.is_empty() {
         b.push_str("<h2>Events</h2><ul>");
         for e in &events {
-            let _ = write!(b, "<li><time>{}</time> {}</li>", iso(e.at), esc(&e.message));
+            let _ = write!(b, "<li><time>{}</time> {}</li>", crate::timestamp(e.at), esc(&e.message));
         }
         b.push_str("</ul>");
     }
@@ -437,11 +443,6 @@ fn sparkline(samples: &[u32]) -> String {
         samples.last().copied().unwrap_or(0),
         points.join(" ")
     )
-}
-
-fn iso(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn truncate(s: &str, max: usize) -> String {
