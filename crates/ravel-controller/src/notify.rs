@@ -220,12 +220,14 @@ impl Controller {
         }
         let mut targets = self.cfg.webhooks.clone();
         if wants {
-            targets.extend(job.spec.notify_url.clone());
+            // A job's own URL may be one of the daemon's webhooks already: one delivery each.
+            if let Some(url) = job.spec.notify_url.clone().filter(|u| !targets.contains(u)) {
+                targets.push(url);
+            }
             if !self.cfg.system && has_notify_send() {
                 targets.push("desktop".into());
             }
         }
-        targets.dedup();
         let what = job.spec.name.clone().unwrap_or_else(|| job.spec.command.join(" "));
         let how = match (job.state, job.exit_code, &job.reason) {
             (_, _, Some(r)) => format!("{} ({r})", job.state),
