@@ -8,6 +8,7 @@ mod admission;
 mod api;
 mod auth;
 mod clock;
+mod display;
 mod events;
 mod feed;
 mod gputruth;
@@ -30,7 +31,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 
 pub use auth::group_id;
-pub use clock::{now_ms, timestamp};
+pub use clock::now_ms;
+pub use display::{timestamp, truncate};
 pub use notify::Rule as AlertRule;
 
 /// Everything the controller is told at start; clap flags in the binary turn into this.

@@ -41,17 +41,8 @@ pub fn duration(ms: i64) -> String {
     }
 }
 
-pub use ravel_controller::timestamp;
-
-/// Cuts `s` to `max` characters, marking the cut.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
-    t.push('…');
-    t
-}
+/// Timestamps and cut text look the same in the CLI and the web UI.
+pub use ravel_controller::{timestamp, truncate};
 
 /// A command line for display: arguments with spaces or quotes are quoted.
 pub fn command_line(argv: &[String]) -> String {

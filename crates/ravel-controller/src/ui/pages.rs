@@ -188,7 +188,7 @@ fn row(b: &mut String, j: &Job, reason: Option<&str>) {
          <td><span class=\"state s-{state}\" data-state=\"{state}\">{state}</span></td><td class=\"opt\">{}</td>\
          <td class=\"opt\"><time data-ms=\"{}\">{}</time></td><td class=\"opt info\">{}</td></tr>",
         esc(j.spec.user.as_deref().unwrap_or("-")),
-        esc(&truncate(&what, 80)),
+        esc(&crate::truncate(&what, 80)),
         esc(&gpus),
         j.submitted_at,
         crate::timestamp(j.submitted_at),
@@ -443,15 +443,6 @@ fn sparkline(samples: &[u32]) -> String {
         samples.last().copied().unwrap_or(0),
         points.join(" ")
     )
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut t: String = s.chars().take(max - 1).collect();
-    t.push('…');
-    t
 }
 
 fn url_encode(s: &str) -> String {
