@@ -143,6 +143,9 @@ fn open_nofollow(path: &Path) -> std::io::Result<fs::File> {
 /// (a planted FIFO neither hangs nor feeds the reader), and, when `owner` is given, only one
 /// owned by that uid (a hard link to another user's file is refused). On a shared box the
 /// job's user owns the run dir and could otherwise make the daemon, as root, read for them.
+///
+/// A log that still belongs to the reader itself is one the supervisor has created and not yet
+/// handed to the job's user: that is `ErrorKind::WouldBlock` (nothing to read yet), not a refusal.
 pub fn open_log_for_reading(path: &Path, owner: Option<u32>) -> std::io::Result<fs::File> {
     use std::os::unix::fs::MetadataExt;
     let f = open_nofollow(path).map_err(|e| {
@@ -157,6 +160,13 @@ pub fn open_log_for_reading(path: &Path, owner: Option<u32>) -> std::io::Result<
         return Err(std::io::Error::other(format!("{} is not a regular file", path.display())));
     }
     if let Some(uid) = owner.filter(|uid| meta.uid() != *uid) {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        if meta.uid() == unsafe { libc::geteuid() } {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!("{} is not handed to the job's user yet", path.display()),
+            ));
+        }
         return Err(std::io::Error::other(format!(
             "{} belongs to uid {}, not to the job's user (uid {uid})",
             path.display(),

@@ -245,6 +245,13 @@ fn open_log_for_reading_refuses_links_fifos_and_directories() {
     let err = open_for_reading(dir.path(), None).unwrap_err();
     assert_eq!(err, format!("{} is not a regular file", dir.path().display()));
     assert!(open_for_reading(&dir.path().join("missing.log"), None).is_err());
+
+    // A log still the reader's own has not been handed to the job's user yet: nothing to read
+    // so far (a follower waits), which is not the refusal a file of another user gets.
+    // SAFETY: geteuid cannot fail.
+    let other = unsafe { libc::geteuid() } + 1;
+    let err = ravel_exec::open_log_for_reading(&log, Some(other)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
 }
 
 #[test]

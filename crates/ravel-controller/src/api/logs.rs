@@ -125,7 +125,8 @@ fn follow(tail: Tail) -> Response {
     resp
 }
 
-/// Reads up to `limit` bytes from `offset`; a file not created yet reads as empty.
+/// Reads up to `limit` bytes from `offset`; a file not created yet, or not yet handed to the
+/// job's user, reads as empty.
 fn read_range(
     path: &std::path::Path,
     offset: u64,
@@ -134,7 +135,9 @@ fn read_range(
 ) -> Result<(Vec<u8>, u64, u64), String> {
     let mut f = match ravel_exec::open_log_for_reading(path, owner) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), offset, 0)),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::WouldBlock) => {
+            return Ok((Vec::new(), offset, 0));
+        }
         Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
     };
     let size = f.metadata().map(|m| m.len()).unwrap_or(0);

@@ -143,13 +143,11 @@ fn follow(client: &Client, id: JobId, readers: &mut [Reader], attempt: Option<u3
         let handles: Vec<_> = readers.iter_mut().map(|r| s.spawn(|| stream_one(client, id, r, attempt))).collect();
         handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("log reader panicked"))))
     })?;
-    // The streams end when the job has ended, or when the daemon stops: then keep polling from
-    // where they were, which says plainly if no daemon answers any more.
-    let v: JobView = client.get(&format!("/v1/jobs/{id}"))?;
-    if !v.job.state.is_terminal() {
-        poll(client, id, readers, attempt)?;
-    }
-    Ok(())
+    // The streams end when the job has ended, or when the daemon stops: then poll from where they
+    // were (which says plainly if no daemon answers any more) until a read after the job's end.
+    // A stream the daemon cut short (a read that failed) must not lose the tail: polling ends
+    // with a read past the job's end either way.
+    poll(client, id, readers, attempt)
 }
 
 fn stream_one(client: &Client, id: JobId, r: &mut Reader, attempt: Option<u32>) -> anyhow::Result<()> {
