@@ -5,10 +5,11 @@
 //! reports each supervisor's end as an [`AgentEvent`]. In local mode it runs in-process.
 
 use ravel_core::JobId;
-use ravel_exec::{ExitRecord, LaunchSpec, Launched, SupervisorRecord};
+use ravel_exec::{ExitRecord, LaunchSpec, Launched, Standby, SupervisorRecord};
 use ravel_gpu::{GpuInfo, GpuProbe, ProbeError};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
@@ -59,6 +60,10 @@ pub struct LocalAgent {
     instance: String,
     events: mpsc::UnboundedSender<AgentEvent>,
     probe: Arc<dyn GpuProbe>,
+    /// A supervisor started ahead of the next attempt (see [`Standby`]), and whether one is
+    /// being started.
+    standby: Arc<Mutex<Option<Standby>>>,
+    starting_standby: Arc<AtomicBool>,
 }
 
 impl LocalAgent {
@@ -68,7 +73,14 @@ impl LocalAgent {
         probe: Box<dyn GpuProbe>,
         events: mpsc::UnboundedSender<AgentEvent>,
     ) -> LocalAgent {
-        LocalAgent { exe, instance, events, probe: Arc::from(probe) }
+        LocalAgent {
+            exe,
+            instance,
+            events,
+            probe: Arc::from(probe),
+            standby: Arc::default(),
+            starting_standby: Arc::default(),
+        }
     }
 
     /// The cgroup an attempt of this daemon runs in.
@@ -89,21 +101,88 @@ impl LocalAgent {
         }
     }
 
-    /// Starts a supervisor for the attempt and watches it.
+    /// The supervisor started ahead of the next attempt, if one is ready. Its identity is
+    /// recorded with the placement before the attempt is handed to it ([`LocalAgent::launch`]),
+    /// so that a restart between the two finds it; [`LocalAgent::put_back`] returns it unused.
+    pub fn take_standby(&self) -> Option<Standby> {
+        let standby = self.standby.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if standby.is_none() {
+            self.start_standby();
+        }
+        standby
+    }
+
+    pub fn put_back(&self, standby: Option<Standby>) {
+        if let Some(s) = standby {
+            let mut slot = self.standby.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.as_ref() {
+                None => *slot = Some(s),
+                // One came up meanwhile: this one exits on the end of its input.
+                Some(_) => let_go(s),
+            }
+        }
+    }
+
+    /// Starts a standby supervisor in the background unless one is ready or starting.
+    pub fn start_standby(&self) {
+        if self.standby.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+            || self.starting_standby.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let (exe, slot, starting) = (self.exe.clone(), self.standby.clone(), self.starting_standby.clone());
+        tokio::task::spawn_blocking(move || {
+            match Standby::spawn(&exe) {
+                Ok(s) => {
+                    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+                    match slot.as_ref() {
+                        None => *slot = Some(s),
+                        Some(_) => let_go(s),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot start a standby supervisor"),
+            }
+            starting.store(false, Ordering::Release);
+        });
+    }
+
+    /// Starts the attempt's supervisor and watches it: `standby`, if given, is handed the
+    /// attempt; otherwise a supervisor is spawned for it.
     pub async fn launch(
         &self,
         job: JobId,
         attempt: u32,
         run_dir: PathBuf,
         spec: LaunchSpec,
+        standby: Option<Standby>,
     ) -> Result<Launched, String> {
-        let exe = self.exe.clone();
-        let dir = run_dir.clone();
-        let launched = tokio::task::spawn_blocking(move || ravel_exec::launch(&exe, &dir, &spec))
-            .await
-            .map_err(|e| format!("launch task failed: {e}"))?
-            .map_err(|e| e.to_string())?;
+        let launched = match standby {
+            Some(s) => {
+                let launched = s.launched();
+                // A few directories and a pipe write: done in place, without a hop to a thread.
+                let hand_over = || s.hand_over(&run_dir, &spec);
+                let handed = match tokio::runtime::Handle::current().runtime_flavor() {
+                    tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(hand_over),
+                    _ => hand_over(),
+                };
+                if let Err(e) = handed {
+                    // It was given nothing and exits; the attempt fails like a launch would.
+                    std::thread::spawn(move || ravel_exec::wait_for_child(launched.pid));
+                    return Err(e.to_string());
+                }
+                launched
+            }
+            None => {
+                let exe = self.exe.clone();
+                let dir = run_dir.clone();
+                tokio::task::spawn_blocking(move || ravel_exec::launch(&exe, &dir, &spec))
+                    .await
+                    .map_err(|e| format!("launch task failed: {e}"))?
+                    .map_err(|e| e.to_string())?
+            }
+        };
         self.watch(job, attempt, run_dir, launched.pid, true);
+        self.start_standby();
         Ok(launched)
     }
 
@@ -185,6 +264,13 @@ impl LocalAgent {
             let _ = tokio::task::spawn_blocking(move || report_end(&events, job, attempt, &run_dir, &cgroup)).await;
         });
     }
+}
+
+/// Lets an unused standby supervisor go: it exits on the end of its input, and is reaped.
+fn let_go(standby: Standby) {
+    let pid = standby.launched().pid;
+    drop(standby);
+    std::thread::spawn(move || ravel_exec::wait_for_child(pid));
 }
 
 /// The supervisor of `(job, attempt)` is gone: report what it left in the run dir. It writes

@@ -138,6 +138,7 @@ impl Controller {
         let agent = LocalAgent::new(cfg.exe.clone(), ravel_agent::instance_of(&cfg.home), probe, tx);
         std::fs::create_dir_all(cfg.runs_dir())
             .map_err(|e| format!("cannot create {}: {e}", cfg.runs_dir().display()))?;
+        ravel_exec::spread_subdirectories(&cfg.runs_dir());
         // Event ids start at the clock in µs: they keep increasing across restarts.
         let start_id =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64);
@@ -170,6 +171,8 @@ impl Controller {
         scheduler::probe_now(&ctl).await;
         ctl.register_node().await;
         recovery::recover(&ctl).await?;
+        // The first attempt need not wait for a supervisor to start.
+        ctl.agent.start_standby();
         tokio::spawn(events::run(ctl.clone(), rx));
         tokio::spawn(notify::run(ctl.clone(), notes));
         tokio::spawn(scheduler::run(ctl.clone()));

@@ -178,11 +178,15 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
 pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJob) {
     let id = p.job;
     let template = ctl.cfg.runs_dir().join(id.to_string()).join("{attempt}");
+    // A supervisor started ahead takes the attempt if one is ready; who it is goes into the
+    // store with the placement, before it is handed anything.
+    let standby = ctl.agent.take_standby();
     let new = NewAttempt {
         node: ctl.cfg.node_name.clone(),
         gpus: p.gpus.clone(),
         cpus: p.cpus,
         run_dir_template: template.to_string_lossy().into_owned(),
+        supervisor: standby.as_ref().map(|s| (s.launched().pid, s.launched().start_time)),
     };
     let t = Instant::now();
     let allocated = ctl.store.allocate(id, new, now_ms()).await;
@@ -190,6 +194,7 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
     let (job, attempt) = match allocated {
         Ok(r) => r,
         Err(e) => {
+            ctl.agent.put_back(standby);
             let mut st = ctl.lock();
             st.release(id);
             if !matches!(e, StoreError::Conflict { .. } | StoreError::NotFound(_)) {
@@ -209,7 +214,7 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
         a.run_dir = run_dir.clone();
     }
     let spec = launch_spec(&ctl, &job, &attempt.gpus, attempt.n, &run_dir);
-    match ctl.agent.launch(id, attempt.n, run_dir, spec).await {
+    match ctl.agent.launch(id, attempt.n, run_dir, spec, standby).await {
         Ok(l) => {
             failpoint(&ctl, "after_launch");
             ctl.metrics.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -7,6 +7,9 @@ use std::process::exit;
 fn main() {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     match args.as_slice() {
+        [sub, standby] if sub == ravel_exec::SUPERVISE_SUBCOMMAND && standby == ravel_exec::STANDBY => {
+            exit(ravel_exec::supervise_standby())
+        }
         [sub, run_dir] if sub == ravel_exec::SUPERVISE_SUBCOMMAND => {
             exit(ravel_exec::supervise_main(Path::new(run_dir), false))
         }

@@ -96,3 +96,15 @@ pub fn reap(pid: i32) {
         libc::waitpid(pid, &mut status, libc::WNOHANG);
     }
 }
+
+/// Waits for the child `pid` to exit, and reaps it.
+pub fn wait_for_child(pid: i32) {
+    if pid <= 0 {
+        return;
+    }
+    let mut status = 0;
+    // SAFETY: `status` is a valid out pointer; EINTR is retried.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } == -1
+        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+    {}
+}

@@ -1,5 +1,6 @@
 //! Starting a supervisor for one job attempt: preparing the run dir and spawning
-//! `EXE __supervise RUN_DIR -` detached from the caller's session.
+//! `EXE __supervise RUN_DIR -` detached from the caller's session, or handing it to a supervisor
+//! started ahead (`EXE __supervise --standby`).
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -8,7 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::error::ExecError;
-use crate::records::{LaunchSpec, OUTPUTS_DIR};
+use crate::records::{LaunchSpec, OUTPUTS_DIR, Order};
 use crate::{procfs, signals, spawn};
 
 /// The hidden subcommand of the `ravel` binary that must call [`crate::supervise_main`].
@@ -30,6 +31,64 @@ pub struct Launched {
 /// fork would copy its page tables and shoot down TLBs on every launch. The spec goes through
 /// a pipe rather than a file to keep inode creation (costly on ext4) off the dispatch path.
 pub fn launch(exe: &Path, run_dir: &Path, spec: &LaunchSpec) -> Result<Launched, ExecError> {
+    let run_dir = prepare(run_dir, spec)?;
+    let json = serde_json::to_vec(spec)
+        .map_err(|e| ExecError::SpawnSupervisor { exe: exe.to_owned(), source: std::io::Error::other(e) })?;
+    let (launched, pipe) =
+        spawn_supervisor(exe, &[OsStr::new(SUPERVISE_SUBCOMMAND), run_dir.as_os_str(), OsStr::new(SPEC_FROM_STDIN)])?;
+    // A supervisor that died before reading leaves EPIPE here; its end is noticed by the
+    // caller's watch like any other.
+    let _ = pipe.write_all_to_end(&json);
+    Ok(launched)
+}
+
+/// A supervisor started ahead of its attempt (`exe __supervise --standby`), waiting on its
+/// stdin for the run dir and spec: handing it an attempt ([`Standby::hand_over`]) takes the
+/// start of a process off the dispatch path. Dropped without a hand-over, it reads the end of
+/// its stdin and exits without writing anything; it is the spawner's child either way.
+#[derive(Debug)]
+pub struct Standby {
+    launched: Launched,
+    pipe: OrderPipe,
+}
+
+impl Standby {
+    pub fn spawn(exe: &Path) -> Result<Standby, ExecError> {
+        let (launched, pipe) = spawn_supervisor(exe, &[OsStr::new(SUPERVISE_SUBCOMMAND), OsStr::new(STANDBY)])?;
+        Ok(Standby { launched, pipe })
+    }
+
+    /// Who the standby is; the attempt it is handed runs under this identity.
+    pub fn launched(&self) -> Launched {
+        self.launched
+    }
+
+    /// Prepares `run_dir` as [`launch`] does and hands the attempt over. An error means the run
+    /// dir could not be prepared: the standby was given nothing and exits. A standby that died
+    /// before reading gets nothing either, and its end is noticed by the caller's watch.
+    pub fn hand_over(self, run_dir: &Path, spec: &LaunchSpec) -> Result<(), ExecError> {
+        let run_dir = prepare(run_dir, spec)?;
+        // Only a path that is not UTF-8 fails to serialise.
+        let order = serde_json::to_vec(&Order { run_dir: run_dir.clone(), spec: spec.clone() })
+            .map_err(|e| ExecError::CreateDir { path: run_dir, source: std::io::Error::other(e) })?;
+        let _ = self.pipe.write_all_to_end(&order);
+        Ok(())
+    }
+}
+
+/// The write end of a supervisor's stdin.
+#[derive(Debug)]
+struct OrderPipe(File);
+
+impl OrderPipe {
+    /// Writes `bytes` and closes the pipe: the end of the input ends the order.
+    fn write_all_to_end(mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(bytes)
+    }
+}
+
+/// The run dir, absolute, with its `outputs/` made (and both handed to the job's user).
+fn prepare(run_dir: &Path, spec: &LaunchSpec) -> Result<PathBuf, ExecError> {
     if spec.command.is_empty() {
         return Err(ExecError::EmptyCommand { run_dir: run_dir.to_owned() });
     }
@@ -41,24 +100,18 @@ pub fn launch(exe: &Path, run_dir: &Path, spec: &LaunchSpec) -> Result<Launched,
     if let Some(user) = &spec.run_as {
         give_run_dir(&run_dir, user.uid, user.gid)?;
     }
-    let json = serde_json::to_vec(spec)
-        .map_err(|e| ExecError::SpawnSupervisor { exe: exe.to_owned(), source: std::io::Error::other(e) })?;
+    Ok(run_dir)
+}
+
+/// Spawns `exe args` detached, its stdin a new pipe whose write end is returned.
+fn spawn_supervisor(exe: &Path, args: &[&OsStr]) -> Result<(Launched, OrderPipe), ExecError> {
     let spawn_err = |source: std::io::Error| ExecError::SpawnSupervisor { exe: exe.to_owned(), source };
     let (read_end, write_end) = pipe().map_err(spawn_err)?;
-    let pid = spawn::spawn_detached(
-        exe,
-        &[OsStr::new(SUPERVISE_SUBCOMMAND), run_dir.as_os_str(), OsStr::new(SPEC_FROM_STDIN)],
-        read_end.as_raw_fd(),
-        &signals::watched(),
-    )
-    .map_err(spawn_err)?;
+    let pid = spawn::spawn_detached(exe, args, read_end.as_raw_fd(), &signals::watched()).map_err(spawn_err)?;
     drop(read_end);
-    // A supervisor that died before reading leaves EPIPE here; its end is noticed by the
-    // caller's watch like any other.
-    let _ = File::from(write_end).write_all(&json);
     // Not yet reaped, so /proc/PID exists even if the supervisor already exited.
     let start_time = procfs::process_start_time(pid).ok_or(ExecError::StartTime { pid })?;
-    Ok(Launched { pid, start_time })
+    Ok((Launched { pid, start_time }, OrderPipe(File::from(write_end))))
 }
 
 /// Makes the attempt's dir and its `outputs/` the job's user's alone: owned by `uid:gid`, mode
@@ -93,8 +146,31 @@ fn open_at(dir: &File, name: &str, flags: libc::c_int) -> std::io::Result<File> 
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
+/// Asks the filesystem to place the subdirectories of `dir` apart from each other (ext4's
+/// "top of directory hierarchy" flag, `chattr +T`): each job's run dir then gets its inodes
+/// from a block group of its own choosing instead of from the one `dir` is in. On ext4
+/// without a journal, allocating an inode skips every inode of its group deleted in the last
+/// few minutes, one at a time; a queue's run dirs clustered in one group (the usual place for
+/// a temp dir too) made every attempt's files cost milliseconds of CPU. Best effort: other
+/// filesystems have no such flag, and nothing depends on it.
+pub fn spread_subdirectories(dir: &Path) {
+    const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+    let Ok(f) = File::open(dir) else { return };
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS/SETFLAGS read and write one int through a valid pointer.
+    unsafe {
+        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) == 0 && flags & FS_TOPDIR_FL == 0 {
+            flags |= FS_TOPDIR_FL;
+            libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags);
+        }
+    }
+}
+
 /// The argument after RUN_DIR that tells the supervisor to read its spec from stdin.
 pub const SPEC_FROM_STDIN: &str = "-";
+
+/// The argument (instead of RUN_DIR) that starts a supervisor as a [`Standby`].
+pub const STANDBY: &str = "--standby";
 
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];

@@ -29,12 +29,12 @@ pub mod users;
 mod wait;
 
 pub use atomic::{Durability, write_json, write_json_atomic};
-pub use control::{kill_group_and_wait, pidfd_open, reap, request_cancel};
+pub use control::{kill_group_and_wait, pidfd_open, reap, request_cancel, wait_for_child};
 pub use error::ExecError;
-pub use launch::{Launched, SPEC_FROM_STDIN, SUPERVISE_SUBCOMMAND, launch};
+pub use launch::{Launched, SPEC_FROM_STDIN, STANDBY, SUPERVISE_SUBCOMMAND, Standby, launch, spread_subdirectories};
 pub use procfs::{is_same_process, process_start_time};
 pub use records::{
     CgroupSpec, EXIT_FILE, ExitRecord, LAUNCH_FILE, LaunchSpec, OUTPUTS_DIR, RunAs, STDERR_FILE, STDOUT_FILE,
     SUPERVISOR_FILE, SupervisorRecord, open_log_for_reading, read_exit, read_launch, read_supervisor,
 };
-pub use supervise::supervise_main;
+pub use supervise::{supervise_main, supervise_standby};

@@ -185,6 +185,22 @@ pub fn read_launch(run_dir: &Path) -> Result<LaunchSpec, ExecError> {
 
 /// Reads the launch spec from stdin to its end (the pipe `launch` writes it into).
 pub fn read_launch_from_stdin() -> Result<LaunchSpec, ExecError> {
+    read_stdin_json()
+}
+
+/// What a standby supervisor is handed on its stdin: where its attempt lives, and what to run.
+#[derive(Serialize, Deserialize, Debug)]
+pub(crate) struct Order {
+    pub run_dir: PathBuf,
+    pub spec: LaunchSpec,
+}
+
+/// Reads a standby supervisor's order from stdin to its end.
+pub(crate) fn read_order_from_stdin() -> Result<Order, ExecError> {
+    read_stdin_json()
+}
+
+fn read_stdin_json<T: DeserializeOwned>() -> Result<T, ExecError> {
     use std::io::Read;
     let path = PathBuf::from("<stdin>");
     let mut bytes = Vec::new();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::atomic::{self, Durability};
 use crate::cgroup::Cgroup;
-use crate::records::{EXIT_FILE, ExitRecord, SUPERVISOR_FILE, SupervisorRecord, now_ms};
+use crate::records::{EXIT_FILE, ExitRecord, LaunchSpec, SUPERVISOR_FILE, SupervisorRecord, now_ms};
 use crate::wait::{JobEnd, Termination};
 use crate::{cleanup, fds, job, procfs, records, signals, wait};
 
@@ -17,14 +17,7 @@ use crate::{cleanup, fds, job, procfs, records, signals, wait};
 /// describes the attempt (whatever the job did), 1 if `launch.json` was unusable or
 /// `exit.json` could not be written.
 pub fn supervise_main(run_dir: &Path, spec_from_stdin: bool) -> i32 {
-    let watched = signals::watched();
-    // Usually already blocked by `launch`; repeated in case the supervisor was started some
-    // other way. Failure is not fatal: it only reopens the races `signals` describes.
-    let _ = signals::block(&watched);
-    signals::ignore_hangup_and_pipe();
-
-    // Descriptors the spawner leaked (C libraries may open without close-on-exec) are not ours.
-    fds::close_above_stdio();
+    let watched = set_up();
     let spec = match if spec_from_stdin { records::read_launch_from_stdin() } else { records::read_launch(run_dir) } {
         Ok(spec) => spec,
         // A spec cut short on the pipe means the launcher died while handing it over: nothing
@@ -36,6 +29,34 @@ pub fn supervise_main(run_dir: &Path, spec_from_stdin: bool) -> i32 {
             return 1;
         }
     };
+    run(run_dir, spec, &watched)
+}
+
+/// A supervisor started ahead of its attempt (see [`crate::Standby`]): waits for its order on
+/// stdin, then runs it like [`supervise_main`]. An order cut short (its spawner died, or let it
+/// go unused) leaves nothing behind: no attempt was given to it.
+pub fn supervise_standby() -> i32 {
+    let watched = set_up();
+    match records::read_order_from_stdin() {
+        Ok(order) => run(&order.run_dir, order.spec, &watched),
+        Err(_) => 1,
+    }
+}
+
+/// The signal mask and descriptors every supervisor starts from.
+fn set_up() -> libc::sigset_t {
+    let watched = signals::watched();
+    // Usually already blocked by `launch`; repeated in case the supervisor was started some
+    // other way. Failure is not fatal: it only reopens the races `signals` describes.
+    let _ = signals::block(&watched);
+    signals::ignore_hangup_and_pipe();
+
+    // Descriptors the spawner leaked (C libraries may open without close-on-exec) are not ours.
+    fds::close_above_stdio();
+    watched
+}
+
+fn run(run_dir: &Path, spec: LaunchSpec, watched: &libc::sigset_t) -> i32 {
     // Records are fsynced only when the daemon runs with full durability: after a power loss
     // the job is gone anyway, and a missing record then reads as "supervisor vanished".
     let durability = if spec.sync_records { Durability::Synced } else { Durability::Unsynced };
@@ -91,8 +112,8 @@ pub fn supervise_main(run_dir: &Path, spec_from_stdin: bool) -> i32 {
     let _ = atomic::write_json(&run_dir.join(SUPERVISOR_FILE), &identity(Some(job_pid), started_at_ms), durability);
 
     let grace = Duration::from_millis(spec.kill_grace_ms);
-    let JobEnd { termination, canceled, timed_out } = wait::wait_for_job(job_pid, grace, deadline, &watched);
-    let cleanup = cleanup::clear_leftovers(job_pid, &watched);
+    let JobEnd { termination, canceled, timed_out } = wait::wait_for_job(job_pid, grace, deadline, watched);
+    let cleanup = cleanup::clear_leftovers(job_pid, watched);
     // Descendants that left the group and the supervisor's care (double fork + setsid) are
     // still in the cgroup: they go now, and the cgroup with them.
     let oom_killed = cgroup.is_some_and(Cgroup::finish);

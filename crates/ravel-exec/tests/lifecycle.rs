@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ravel_exec::{is_same_process, procfs, request_cancel};
-use support::{DEADLINE, Run, live_members, sleepers, spec, wait_for};
+use support::{DEADLINE, Run, live_members, sleepers, spec, supervisor_exe, wait_for};
 
 fn assert_all_gone(pids: &[(i32, u64)]) {
     for &(pid, start) in pids {
@@ -211,4 +211,47 @@ fn records_read_as_absent_when_missing_or_malformed() {
     assert_eq!(ravel_exec::read_supervisor(dir.path()), None);
     fs::write(dir.path().join(ravel_exec::EXIT_FILE), "{").unwrap();
     assert_eq!(ravel_exec::read_exit(dir.path()), None);
+}
+
+#[test]
+fn a_standby_supervisor_runs_the_attempt_it_is_handed() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut run = Run::start_on_standby(&spec(&["sh", "-c", "echo from-standby; echo oops >&2; exit 3"], cwd.path()));
+    let record = run.finish();
+    assert_eq!(record.exit_code, Some(3));
+    assert_eq!(std::fs::read_to_string(run.path().join(ravel_exec::STDOUT_FILE)).unwrap(), "from-standby\n");
+    assert_eq!(std::fs::read_to_string(run.path().join(ravel_exec::STDERR_FILE)).unwrap(), "oops\n");
+    assert!(run.path().join(ravel_exec::OUTPUTS_DIR).is_dir());
+    let sup = ravel_exec::read_supervisor(run.path()).expect("supervisor.json");
+    assert_eq!((sup.supervisor_pid, sup.supervisor_start), (run.launched.pid, run.launched.start_time));
+}
+
+#[test]
+fn a_standby_let_go_exits_without_running_anything() {
+    let standby = ravel_exec::Standby::spawn(&supervisor_exe()).expect("spawn a standby supervisor");
+    let pid = standby.launched().pid;
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(ravel_exec::is_same_process(pid, standby.launched().start_time), "it waits for an order");
+    drop(standby);
+    let status = wait_for("the standby to exit", || {
+        let mut status = 0;
+        // SAFETY: valid out pointer; `pid` is our child.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        (r == pid).then_some(status)
+    });
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 1, "status {status:#x}");
+}
+
+#[test]
+fn a_standby_handed_a_bad_run_dir_gets_nothing() {
+    let standby = ravel_exec::Standby::spawn(&supervisor_exe()).expect("spawn a standby supervisor");
+    let pid = standby.launched().pid;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    // A run dir below a regular file cannot be made.
+    let err = standby.hand_over(&file.path().join("run"), &spec(&["true"], Path::new("/"))).unwrap_err();
+    assert!(err.to_string().contains("cannot create directory"), "{err}");
+    let mut status = 0;
+    // SAFETY: valid out pointer; `pid` is our child, which exits on the end of its input.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 1, "status {status:#x}");
 }

@@ -37,6 +37,9 @@ pub struct NewAttempt {
     pub cpus: u32,
     /// Run dir of the attempt; `{attempt}` is replaced by the attempt number.
     pub run_dir_template: String,
+    /// The supervisor's pid and start time when it is known before the attempt is handed to
+    /// it (a standby supervisor): recorded with the placement, so that a restart finds it.
+    pub supervisor: Option<(i32, u64)>,
 }
 
 /// A node and its GPUs as last seen, for the `nodes` and `gpus` tables.

@@ -339,7 +339,12 @@ pub fn run_foreground(home: &Home, opts: &DaemonOpts) -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_max_level(log_level()).with_ansi(false).with_writer(std::io::stderr).init();
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let result = rt.block_on(serve(home, &saved));
+    // Everything runs on the workers, the accept loop included: a connection it accepts is
+    // then served by the same worker, without waking another thread for it.
+    let result = rt.block_on(async {
+        let (home, saved) = (home.clone(), saved.clone());
+        tokio::spawn(async move { serve(&home, &saved).await }).await.unwrap_or_else(|e| Err(anyhow!("{e}")))
+    });
     let _ = std::fs::remove_file(&home.socket);
     let _ = std::fs::remove_file(home.pid_file());
     drop(pid_file);

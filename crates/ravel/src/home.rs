@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+#[derive(Clone)]
 pub struct Home {
     pub dir: PathBuf,
     pub socket: PathBuf,

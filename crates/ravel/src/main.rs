@@ -18,9 +18,12 @@ fn main() -> ExitCode {
     let mut args = std::env::args_os();
     if args.nth(1).as_deref() == Some(std::ffi::OsStr::new(ravel_exec::SUPERVISE_SUBCOMMAND)) {
         let Some(run_dir) = args.next() else {
-            eprintln!("usage: ravel {} RUN_DIR", ravel_exec::SUPERVISE_SUBCOMMAND);
+            eprintln!("usage: ravel {} RUN_DIR | --standby", ravel_exec::SUPERVISE_SUBCOMMAND);
             return ExitCode::from(2);
         };
+        if run_dir == ravel_exec::STANDBY {
+            return ExitCode::from(ravel_exec::supervise_standby().clamp(0, 255) as u8);
+        }
         let from_stdin = args.next().is_some_and(|a| a == ravel_exec::SPEC_FROM_STDIN);
         let code = ravel_exec::supervise_main(std::path::Path::new(&run_dir), from_stdin);
         return ExitCode::from(code.clamp(0, 255) as u8);

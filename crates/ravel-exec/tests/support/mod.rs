@@ -120,6 +120,15 @@ impl Run {
         Run { dir, launched, reaped: false, extra: Vec::new() }
     }
 
+    /// Like `start`, through a standby supervisor started first and handed the attempt.
+    pub fn start_on_standby(spec: &LaunchSpec) -> Run {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let standby = ravel_exec::Standby::spawn(&supervisor_exe()).expect("spawn a standby supervisor");
+        let launched = standby.launched();
+        standby.hand_over(dir.path(), spec).expect("hand over");
+        Run { dir, launched, reaped: false, extra: Vec::new() }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
