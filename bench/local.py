@@ -131,6 +131,13 @@ def main():
             t0 = time.perf_counter()
             d.run("queue")
             out["queue_cmd_queued_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+            # Every job ever, streamed by the daemon a batch at a time.
+            t0 = time.perf_counter()
+            listed = subprocess.run([d.ravel, "queue", "--all", "--json"], env=d.env, check=True,
+                                    stdout=subprocess.PIPE).stdout
+            out["queue_all_json_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+            out["queue_all_json_jobs"] = len(json.loads(listed))
+            out["rss_after_queue_all_mib"] = rss_mib(d.pid)
     finally:
         d.stop()
 

@@ -157,6 +157,9 @@ impl Store for FeedStore {
     fn list(&self, filter: JobFilter) -> StoreFuture<'_, Vec<Job>> {
         self.inner.list(filter)
     }
+    fn jobs_after(&self, after: JobId, limit: u32) -> StoreFuture<'_, Vec<Job>> {
+        self.inner.jobs_after(after, limit)
+    }
     fn counts(&self) -> StoreFuture<'_, Vec<(JobState, u64)>> {
         self.inner.counts()
     }

@@ -199,6 +199,10 @@ pub struct QueueQuery {
     /// At most this many waiting (queued or blocked) jobs when `all` is false, oldest first.
     #[serde(default)]
     pub limit: Option<u32>,
+    /// With `all`: `ndjson` answers one job per line instead of one JSON object. Either way
+    /// the whole history is streamed, read from the store a batch at a time.
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]

@@ -125,6 +125,9 @@ pub trait Store: Send + Sync + 'static {
     fn active(&self) -> StoreFuture<'_, Vec<(Job, Option<Attempt>)>>;
     /// Listing for `ravel queue`, in id order.
     fn list(&self, filter: JobFilter) -> StoreFuture<'_, Vec<Job>>;
+    /// Every job with an id above `after`, in id order, at most `limit`: one batch of a listing
+    /// of the whole history, read a bounded batch at a time.
+    fn jobs_after(&self, after: JobId, limit: u32) -> StoreFuture<'_, Vec<Job>>;
     /// Counts of jobs per state.
     fn counts(&self) -> StoreFuture<'_, Vec<(JobState, u64)>>;
     /// queued → allocated, creating attempt n+1.

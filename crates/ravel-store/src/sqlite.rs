@@ -446,6 +446,16 @@ impl Store for SqliteStore {
         })
     }
 
+    fn jobs_after(&self, after: JobId, limit: u32) -> StoreFuture<'_, Vec<Job>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id > ?1 ORDER BY id LIMIT ?2"))
+                .map_err(db)?;
+            let rows = stmt.query_map(params![after, limit], row_to_job).map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
     fn list(&self, filter: JobFilter) -> StoreFuture<'_, Vec<Job>> {
         self.read(move |conn| {
             let collect = |sql: &str, args: &[&dyn rusqlite::ToSql]| -> Result<Vec<Job>, StoreError> {
@@ -1186,6 +1196,28 @@ mod tests {
         assert_eq!(job.state, JobState::Queued);
         let (_, again) = store.allocate(job.id, new_attempt(), 4).await.unwrap();
         assert_eq!(again.n, 2, "a new attempt, never the same one twice");
+    }
+
+    #[tokio::test]
+    async fn the_whole_history_is_read_in_batches_after_an_id() {
+        let (_dir, store) = open();
+        let ids: Vec<JobId> = store
+            .submit((0..7).map(|_| spec("x")).collect(), JobState::Queued, false, 1)
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        let mut seen = vec![];
+        let mut after = 0;
+        loop {
+            let batch = store.jobs_after(after, 3).await.unwrap();
+            assert!(batch.len() <= 3);
+            let Some(last) = batch.last() else { break };
+            after = last.id;
+            seen.extend(batch.iter().map(|j| j.id));
+        }
+        assert_eq!(seen, ids);
     }
 
     #[tokio::test]

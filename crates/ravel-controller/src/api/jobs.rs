@@ -183,7 +183,16 @@ pub async fn list(
     State(ctl): State<Arc<Controller>>,
     caller: Caller,
     Query(q): Query<QueueQuery>,
-) -> Result<axum::Json<QueueResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    if q.all {
+        let ndjson = match q.format.as_deref() {
+            None | Some("json") => false,
+            Some("ndjson") => true,
+            Some(other) => return Err(ApiError::bad_request(format!("format {other:?}: use json or ndjson"))),
+        };
+        return Ok(whole_history(ctl, caller, ndjson));
+    }
     let filter = JobFilter { all: q.all, recent_finished: q.recent.unwrap_or(DEFAULT_RECENT), waiting_limit: q.limit };
     let mut jobs = ctl.store.list(filter).await?;
     jobs.retain(|j| ctl.may_see(&caller, j));
@@ -200,8 +209,72 @@ pub async fn list(
             view(&ctl, job)
         })
         .collect();
-    let more_waiting = if q.all { 0 } else { waiting.saturating_sub(waiting_listed) };
-    Ok(axum::Json(QueueResponse { jobs, more_waiting }))
+    let more_waiting = waiting.saturating_sub(waiting_listed);
+    Ok(axum::Json(QueueResponse { jobs, more_waiting }).into_response())
+}
+
+/// Jobs read from the store per batch of a whole-history listing.
+const HISTORY_BATCH: u32 = 1000;
+
+/// Every job the caller may see, in id order, streamed as it is read from the store a batch at
+/// a time: the daemon never holds the whole history, and the client sees the first jobs at once.
+/// As JSON it is a `QueueResponse`; as NDJSON, one `JobView` per line.
+fn whole_history(ctl: Arc<Controller>, caller: Caller, ndjson: bool) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    struct Cursor {
+        ctl: Arc<Controller>,
+        caller: Caller,
+        after: JobId,
+        opened: bool,
+        /// A job was written (the next one needs a separator).
+        any: bool,
+        done: bool,
+    }
+    // NDJSON ends each line (below) rather than separating them.
+    let (open, sep, close): (&[u8], &[u8], &[u8]) =
+        if ndjson { (b"", b"", b"") } else { (b"{\"jobs\":[", b",", b"],\"more_waiting\":0}") };
+    let start = Cursor { ctl, caller, after: 0, opened: false, any: false, done: false };
+    let body = futures_util::stream::unfold(start, move |mut c| async move {
+        if c.done {
+            return None;
+        }
+        let mut chunk = Vec::new();
+        if !c.opened {
+            chunk.extend_from_slice(open);
+            c.opened = true;
+        }
+        let batch = match c.ctl.store.jobs_after(c.after, HISTORY_BATCH).await {
+            Ok(b) => b,
+            // Cut short: the client sees a truncated body, not a complete-looking one.
+            Err(e) => return Some((Err(std::io::Error::other(e.to_string())), Cursor { done: true, ..c })),
+        };
+        match batch.last() {
+            Some(last) => c.after = last.id,
+            None => {
+                chunk.extend_from_slice(close);
+                c.done = true;
+            }
+        }
+        for mut job in batch.into_iter().filter(|j| c.ctl.may_see(&c.caller, j)) {
+            // Listings leave the environment out: it is most of a job's size.
+            job.spec.env = Vec::new();
+            if c.any {
+                chunk.extend_from_slice(sep);
+            }
+            c.any = true;
+            if serde_json::to_writer(&mut chunk, &view(&c.ctl, job)).is_err() {
+                return None;
+            }
+            if ndjson {
+                chunk.push(b'\n');
+            }
+        }
+        Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(chunk)), c))
+    });
+    let content_type = if ndjson { "application/x-ndjson" } else { "application/json" };
+    let mut resp = axum::body::Body::from_stream(body).into_response();
+    resp.headers_mut().insert("content-type", axum::http::HeaderValue::from_static(content_type));
+    resp
 }
 
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "Job id")), responses((status = 200, description = "The job, its attempts and events", body = ravel_proto::JobView), (status = 400, description = "Bad request", body = ravel_proto::ErrorBody), (status = 403, description = "Not the job's owner nor an admin", body = ravel_proto::ErrorBody), (status = 404, description = "No such job", body = ravel_proto::ErrorBody)))]

@@ -14,12 +14,24 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 pub fn queue(home: &Home, args: QueueArgs) -> anyhow::Result<ExitCode> {
-    let path = if args.all {
-        "/v1/jobs?all=true".to_string()
+    let resp = if args.all {
+        let mut out = args.json.then(|| JsonArray::new(std::io::stdout().lock()));
+        let mut jobs = Vec::new();
+        each_job_ever(home, |v| match out.as_mut() {
+            Some(out) => out.push(&v),
+            None => {
+                jobs.push(v);
+                Ok(())
+            }
+        })?;
+        if let Some(out) = out {
+            out.end()?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        QueueResponse { jobs, more_waiting: 0 }
     } else {
-        format!("/v1/jobs?recent={}&limit={}", args.recent, args.limit)
+        home.client().get(&format!("/v1/jobs?recent={}&limit={}", args.recent, args.limit))?
     };
-    let resp: QueueResponse = home.client().get(&path)?;
     if args.json {
         print_json(&resp.jobs)?;
         return Ok(ExitCode::SUCCESS);
@@ -62,6 +74,69 @@ pub fn queue(home: &Home, args: QueueArgs) -> anyhow::Result<ExitCode> {
         println!("… and {} more waiting jobs (`ravel queue --limit N`, or `--all`)", resp.more_waiting);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every job the daemon has, in id order, as it streams them (one JSON object per line).
+fn each_job_ever(home: &Home, mut each: impl FnMut(JobView) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut failed = None;
+    // The daemon sends batches as it reads them; a pause longer than this is a stuck daemon.
+    let idle = Duration::from_secs(60);
+    home.client().stream_body("/v1/jobs?all=true&format=ndjson", idle, |bytes| {
+        pending.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(n) = pending[start..].iter().position(|b| *b == b'\n') {
+            let line = &pending[start..start + n];
+            start += n + 1;
+            let done = serde_json::from_slice::<JobView>(line).map_err(anyhow::Error::from).and_then(&mut each);
+            if let Err(e) = done {
+                failed = Some(e);
+                return false;
+            }
+        }
+        pending.drain(..start);
+        true
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None if !pending.is_empty() => anyhow::bail!("the daemon's listing ended in the middle of a job"),
+        None => Ok(()),
+    }
+}
+
+/// A JSON array printed one element at a time, laid out as `serde_json::to_string_pretty`
+/// lays out the whole array.
+struct JsonArray<W: std::io::Write> {
+    out: std::io::BufWriter<W>,
+    any: bool,
+}
+
+impl<W: std::io::Write> JsonArray<W> {
+    fn new(out: W) -> Self {
+        JsonArray { out: std::io::BufWriter::new(out), any: false }
+    }
+
+    fn push(&mut self, v: &impl serde::Serialize) -> anyhow::Result<()> {
+        use std::io::Write;
+        self.out.write_all(if self.any { b",\n" } else { b"[\n" })?;
+        self.any = true;
+        let text = serde_json::to_string_pretty(v)?;
+        for (i, line) in text.lines().enumerate() {
+            if i > 0 {
+                self.out.write_all(b"\n")?;
+            }
+            self.out.write_all(b"  ")?;
+            self.out.write_all(line.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn end(mut self) -> anyhow::Result<()> {
+        use std::io::Write;
+        self.out.write_all(if self.any { b"\n]\n" } else { b"[]\n" })?;
+        self.out.flush()?;
+        Ok(())
+    }
 }
 
 /// `12[100]  array  8 running, 80 queued, 12 succeeded`.
@@ -374,4 +449,29 @@ pub fn priority(home: &Home, id: JobId, priority: i32) -> anyhow::Result<ExitCod
     let v: JobView = home.client().post(&format!("/v1/jobs/{id}/priority"), &PriorityRequest { priority })?;
     println!("job {id}: priority {}", v.job.spec.priority);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod json_array_tests {
+    use super::JsonArray;
+
+    fn streamed(items: &[serde_json::Value]) -> String {
+        let mut buf = Vec::new();
+        let mut out = JsonArray::new(&mut buf);
+        for v in items {
+            out.push(v).unwrap();
+        }
+        out.end().unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn an_array_printed_one_element_at_a_time_reads_as_the_whole_array_would() {
+        let items = vec![
+            serde_json::json!({"id": 1, "spec": {"command": ["sh", "-c", "echo 'a\nb'"], "env": []}}),
+            serde_json::json!({"id": 2, "nested": [1, {"x": null}], "empty": {}}),
+        ];
+        assert_eq!(streamed(&items), format!("{}\n", serde_json::to_string_pretty(&items).unwrap()));
+        assert_eq!(streamed(&[]), "[]\n");
+    }
 }
