@@ -94,4 +94,9 @@ pub const SQLITE: &[&str] = &[
         (SELECT coalesce(group_concat(value, ' '), '') FROM json_each(spec, '$.command')));
     CREATE INDEX jobs_browse ON jobs(id, state, label, user);
     "#,
+    // 5: jobs by state, for the listing of what holds resources: without it the planner walked
+    // jobs_browse, every job ever, to find the few running ones.
+    r#"
+    CREATE INDEX jobs_state ON jobs(state, id);
+    "#,
 ];

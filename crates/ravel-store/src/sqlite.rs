@@ -253,6 +253,18 @@ fn write_loop(conn: &Mutex<Connection>, rx: mpsc::Receiver<WriteOp>, commits: &A
     }
 }
 
+/// The three parts of `ravel queue`, each answered from an index without walking the history
+/// or the waiting queue: the last jobs to finish (partial index on `finished_at`), the jobs
+/// holding resources (by state), and the oldest waiting jobs (the partial index of unfinished
+/// jobs in id order, which the query names by repeating its condition; it stops at the limit).
+const LIST_RECENT: &str =
+    "FROM jobs WHERE state IN ('succeeded','failed','canceled','lost') ORDER BY finished_at DESC LIMIT ?1";
+const LIST_HOLDING: &str =
+    "FROM jobs INDEXED BY jobs_state WHERE state IN ('allocated','starting','running') ORDER BY id";
+const LIST_WAITING: &str = "FROM jobs INDEXED BY jobs_active \
+     WHERE state IN ('blocked','queued','allocated','starting','running') AND state IN ('blocked','queued') \
+     ORDER BY id LIMIT ?1";
+
 const JOB_COLUMNS: &str = "id, spec, state, submitted_at, started_at, finished_at, attempt, gpus_assigned, node, \
                            exit_code, signal, reason, cancel_requested, held, not_before, array_id, retries_used";
 
@@ -466,25 +478,10 @@ impl Store for SqliteStore {
             if filter.all {
                 return collect(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id"), &[]);
             }
-            let mut jobs = collect(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs \
-                     WHERE state IN ('succeeded','failed','canceled','lost') ORDER BY finished_at DESC LIMIT ?1"
-                ),
-                &[&filter.recent_finished],
-            )?;
+            let mut jobs = collect(&format!("SELECT {JOB_COLUMNS} {LIST_RECENT}"), &[&filter.recent_finished])?;
+            jobs.extend(collect(&format!("SELECT {JOB_COLUMNS} {LIST_HOLDING}"), &[])?);
             jobs.extend(collect(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs \
-                     WHERE state IN ('allocated','starting','running') ORDER BY id"
-                ),
-                &[],
-            )?);
-            jobs.extend(collect(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs \
-                     WHERE state IN ('blocked','queued') ORDER BY id LIMIT ?1"
-                ),
+                &format!("SELECT {JOB_COLUMNS} {LIST_WAITING}"),
                 &[&filter.waiting_limit.map(i64::from).unwrap_or(-1)],
             )?);
             jobs.sort_by_key(|j| j.id);
@@ -1196,6 +1193,26 @@ mod tests {
         assert_eq!(job.state, JobState::Queued);
         let (_, again) = store.allocate(job.id, new_attempt(), 4).await.unwrap();
         assert_eq!(again.n, 2, "a new attempt, never the same one twice");
+    }
+
+    #[test]
+    fn the_queue_listing_reads_indexes_not_the_history() {
+        let (_dir, store) = open();
+        drop(store);
+        let conn = connect(&_dir.path().join("ravel.db"), Durability::Normal).unwrap();
+        for (part, sql) in [("recent", LIST_RECENT), ("holding", LIST_HOLDING), ("waiting", LIST_WAITING)] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN SELECT id {sql}")).unwrap();
+            let limits = rusqlite::params_from_iter(std::iter::repeat_n(10, stmt.parameter_count()));
+            let plan: Vec<String> =
+                stmt.query_map(limits, |r| r.get::<_, String>(3)).unwrap().collect::<Result<_, _>>().unwrap();
+            let plan = plan.join("; ");
+            // A SCAN of an index is allowed only for the partial indexes, which hold no
+            // finished job and, for the waiting part, stop at the limit.
+            let walks_everything =
+                plan.contains("SCAN jobs") && !plan.contains("jobs_active") && !plan.contains("jobs_finished");
+            assert!(!walks_everything, "{part}: {plan}");
+            assert!(!plan.contains("jobs_browse"), "{part}: {plan}");
+        }
     }
 
     #[tokio::test]
