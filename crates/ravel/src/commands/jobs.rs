@@ -17,10 +17,11 @@ pub fn queue(home: &Home, args: QueueArgs) -> anyhow::Result<ExitCode> {
     let resp = if args.all {
         let mut out = args.json.then(|| JsonArray::new(std::io::stdout().lock()));
         let mut jobs = Vec::new();
-        each_job_ever(home, |v| match out.as_mut() {
-            Some(out) => out.push(&v),
+        // For --json each line is re-laid out as it comes, without being parsed into a job.
+        each_job_ever(home, |line| match out.as_mut() {
+            Some(out) => out.push_compact(line),
             None => {
-                jobs.push(v);
+                jobs.push(serde_json::from_slice::<JobView>(line)?);
                 Ok(())
             }
         })?;
@@ -76,8 +77,9 @@ pub fn queue(home: &Home, args: QueueArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every job the daemon has, in id order, as it streams them (one JSON object per line).
-fn each_job_ever(home: &Home, mut each: impl FnMut(JobView) -> anyhow::Result<()>) -> anyhow::Result<()> {
+/// Every job the daemon has, in id order, as it streams them: one compact JSON object (a
+/// `JobView`) per line.
+fn each_job_ever(home: &Home, mut each: impl FnMut(&[u8]) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let mut pending: Vec<u8> = Vec::new();
     let mut failed = None;
     // The daemon sends batches as it reads them; a pause longer than this is a stuck daemon.
@@ -88,8 +90,7 @@ fn each_job_ever(home: &Home, mut each: impl FnMut(JobView) -> anyhow::Result<()
         while let Some(n) = pending[start..].iter().position(|b| *b == b'\n') {
             let line = &pending[start..start + n];
             start += n + 1;
-            let done = serde_json::from_slice::<JobView>(line).map_err(anyhow::Error::from).and_then(&mut each);
-            if let Err(e) = done {
+            if let Err(e) = each(line) {
                 failed = Some(e);
                 return false;
             }
@@ -116,18 +117,15 @@ impl<W: std::io::Write> JsonArray<W> {
         JsonArray { out: std::io::BufWriter::new(out), any: false }
     }
 
-    fn push(&mut self, v: &impl serde::Serialize) -> anyhow::Result<()> {
+    /// Appends one element given as compact JSON (no whitespace outside strings, as
+    /// `serde_json::to_writer` writes it), re-laid out without parsing it.
+    fn push_compact(&mut self, compact: &[u8]) -> anyhow::Result<()> {
         use std::io::Write;
-        self.out.write_all(if self.any { b",\n" } else { b"[\n" })?;
+        self.out.write_all(if self.any { b",\n  " } else { b"[\n  " })?;
         self.any = true;
-        let text = serde_json::to_string_pretty(v)?;
-        for (i, line) in text.lines().enumerate() {
-            if i > 0 {
-                self.out.write_all(b"\n")?;
-            }
-            self.out.write_all(b"  ")?;
-            self.out.write_all(line.as_bytes())?;
-        }
+        let mut pretty = Vec::with_capacity(compact.len() * 2);
+        indent_compact_json(compact, 1, &mut pretty);
+        self.out.write_all(&pretty)?;
         Ok(())
     }
 
@@ -136,6 +134,59 @@ impl<W: std::io::Write> JsonArray<W> {
         self.out.write_all(if self.any { b"\n]\n" } else { b"[]\n" })?;
         self.out.flush()?;
         Ok(())
+    }
+}
+
+/// Lays out compact JSON as `serde_json::to_string_pretty` would (two spaces per level, `": "`
+/// after keys, empty `{}` and `[]` kept on one line), starting at nesting `depth`.
+fn indent_compact_json(input: &[u8], mut depth: usize, out: &mut Vec<u8>) {
+    let newline = |out: &mut Vec<u8>, depth: usize| {
+        out.push(b'\n');
+        out.resize(out.len() + 2 * depth, b' ');
+    };
+    let (mut in_string, mut escaped) = (false, false);
+    let mut i = 0;
+    while i < input.len() {
+        let c = input[i];
+        i += 1;
+        if in_string {
+            out.push(c);
+            match c {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            b'"' => {
+                in_string = true;
+                out.push(c);
+            }
+            b'{' | b'[' => {
+                let close = if c == b'{' { b'}' } else { b']' };
+                out.push(c);
+                if input.get(i) == Some(&close) {
+                    out.push(close);
+                    i += 1;
+                } else {
+                    depth += 1;
+                    newline(out, depth);
+                }
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                newline(out, depth);
+                out.push(c);
+            }
+            b',' => {
+                out.push(c);
+                newline(out, depth);
+            }
+            b':' => out.extend_from_slice(b": "),
+            _ => out.push(c),
+        }
     }
 }
 
@@ -459,7 +510,7 @@ mod json_array_tests {
         let mut buf = Vec::new();
         let mut out = JsonArray::new(&mut buf);
         for v in items {
-            out.push(v).unwrap();
+            out.push_compact(&serde_json::to_vec(v).unwrap()).unwrap();
         }
         out.end().unwrap();
         String::from_utf8(buf).unwrap()
@@ -469,7 +520,10 @@ mod json_array_tests {
     fn an_array_printed_one_element_at_a_time_reads_as_the_whole_array_would() {
         let items = vec![
             serde_json::json!({"id": 1, "spec": {"command": ["sh", "-c", "echo 'a\nb'"], "env": []}}),
-            serde_json::json!({"id": 2, "nested": [1, {"x": null}], "empty": {}}),
+            serde_json::json!({"id": 2, "nested": [1, {"x": null}, [], [[]]], "empty": {}, "n": -1.5e-7}),
+            serde_json::json!({"tricky": "{\"a\": [1, 2]}, \\\" ,:[]{} é ✓", "k:,{": ["\\", "\"", ""]}),
+            serde_json::json!([]),
+            serde_json::json!("just a string"),
         ];
         assert_eq!(streamed(&items), format!("{}\n", serde_json::to_string_pretty(&items).unwrap()));
         assert_eq!(streamed(&[]), "[]\n");
