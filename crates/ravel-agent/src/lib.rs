@@ -5,7 +5,7 @@
 //! reports each supervisor's end as an [`AgentEvent`]. In local mode it runs in-process.
 
 use ravel_core::JobId;
-use ravel_exec::{ExitRecord, LaunchSpec, Launched, Standby, SupervisorRecord};
+use ravel_exec::{ExitRecord, LaunchSpec, Launched, Standby, SupervisorRecord, Zygote};
 use ravel_gpu::{GpuInfo, GpuProbe, ProbeError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +64,8 @@ pub struct LocalAgent {
     /// being started.
     standby: Arc<Mutex<Option<Standby>>>,
     starting_standby: Arc<AtomicBool>,
+    /// The fork server standbys come from (started with the first one).
+    zygote: Arc<Mutex<Option<Zygote>>>,
 }
 
 impl LocalAgent {
@@ -80,6 +82,7 @@ impl LocalAgent {
             probe: Arc::from(probe),
             standby: Arc::default(),
             starting_standby: Arc::default(),
+            zygote: Arc::default(),
         }
     }
 
@@ -131,8 +134,9 @@ impl LocalAgent {
             return;
         }
         let (exe, slot, starting) = (self.exe.clone(), self.standby.clone(), self.starting_standby.clone());
+        let zygote = self.zygote.clone();
         tokio::task::spawn_blocking(move || {
-            match Standby::spawn(&exe) {
+            match new_standby(&exe, &zygote) {
                 Ok(s) => {
                     let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
                     match slot.as_ref() {
@@ -156,9 +160,9 @@ impl LocalAgent {
         spec: LaunchSpec,
         standby: Option<Standby>,
     ) -> Result<Launched, String> {
-        let launched = match standby {
+        let (launched, child) = match standby {
             Some(s) => {
-                let launched = s.launched();
+                let (launched, child) = (s.launched(), s.is_child());
                 // A few directories and a pipe write: done in place, without a hop to a thread.
                 let hand_over = || s.hand_over(&run_dir, &spec);
                 let handed = match tokio::runtime::Handle::current().runtime_flavor() {
@@ -167,21 +171,24 @@ impl LocalAgent {
                 };
                 if let Err(e) = handed {
                     // It was given nothing and exits; the attempt fails like a launch would.
-                    std::thread::spawn(move || ravel_exec::wait_for_child(launched.pid));
+                    if child {
+                        std::thread::spawn(move || ravel_exec::wait_for_child(launched.pid));
+                    }
                     return Err(e.to_string());
                 }
-                launched
+                (launched, child)
             }
             None => {
                 let exe = self.exe.clone();
                 let dir = run_dir.clone();
-                tokio::task::spawn_blocking(move || ravel_exec::launch(&exe, &dir, &spec))
+                let launched = tokio::task::spawn_blocking(move || ravel_exec::launch(&exe, &dir, &spec))
                     .await
                     .map_err(|e| format!("launch task failed: {e}"))?
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                (launched, true)
             }
         };
-        self.watch(job, attempt, run_dir, launched.pid, true);
+        self.watch(job, attempt, run_dir, launched.pid, child);
         self.start_standby();
         Ok(launched)
     }
@@ -266,11 +273,41 @@ impl LocalAgent {
     }
 }
 
-/// Lets an unused standby supervisor go: it exits on the end of its input, and is reaped.
+/// Lets an unused standby supervisor go: it exits on the end of its input, and is reaped (by us
+/// if it is our child; the zygote's are reaped by the kernel).
 fn let_go(standby: Standby) {
-    let pid = standby.launched().pid;
+    let (pid, child) = (standby.launched().pid, standby.is_child());
     drop(standby);
-    std::thread::spawn(move || ravel_exec::wait_for_child(pid));
+    if child {
+        std::thread::spawn(move || ravel_exec::wait_for_child(pid));
+    }
+}
+
+/// A standby forked by the zygote (started on first use); if the zygote cannot give one, it is
+/// let go and the standby is started by exec instead (the next call starts a new zygote).
+fn new_standby(exe: &Path, zygote: &Mutex<Option<Zygote>>) -> Result<Standby, ravel_exec::ExecError> {
+    let mut z = zygote.lock().unwrap_or_else(|e| e.into_inner());
+    if z.is_none() {
+        match Zygote::spawn(exe) {
+            Ok(started) => *z = Some(started),
+            Err(e) => tracing::warn!(error = %e, "cannot start the supervisor zygote"),
+        }
+    }
+    if let Some(started) = z.as_ref() {
+        match started.standby() {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "the supervisor zygote failed; starting a new one next time");
+                if let Some(old) = z.take() {
+                    let pid = old.pid();
+                    drop(old);
+                    std::thread::spawn(move || ravel_exec::wait_for_child(pid));
+                }
+            }
+        }
+    }
+    drop(z);
+    Standby::spawn(exe)
 }
 
 /// The supervisor of `(job, attempt)` is gone: report what it left in the run dir. It writes

@@ -10,6 +10,9 @@ fn main() {
         [sub, standby] if sub == ravel_exec::SUPERVISE_SUBCOMMAND && standby == ravel_exec::STANDBY => {
             exit(ravel_exec::supervise_standby())
         }
+        [sub, zygote] if sub == ravel_exec::SUPERVISE_SUBCOMMAND && zygote == ravel_exec::ZYGOTE => {
+            exit(ravel_exec::zygote_main())
+        }
         [sub, run_dir] if sub == ravel_exec::SUPERVISE_SUBCOMMAND => {
             exit(ravel_exec::supervise_main(Path::new(run_dir), false))
         }

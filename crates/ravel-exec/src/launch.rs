@@ -50,12 +50,23 @@ pub fn launch(exe: &Path, run_dir: &Path, spec: &LaunchSpec) -> Result<Launched,
 pub struct Standby {
     launched: Launched,
     pipe: OrderPipe,
+    child: bool,
 }
 
 impl Standby {
+    /// Starts a standby by exec, as the caller's child (see also [`crate::Zygote::standby`]).
     pub fn spawn(exe: &Path) -> Result<Standby, ExecError> {
         let (launched, pipe) = spawn_supervisor(exe, &[OsStr::new(SUPERVISE_SUBCOMMAND), OsStr::new(STANDBY)])?;
-        Ok(Standby { launched, pipe })
+        Ok(Standby { launched, pipe, child: true })
+    }
+
+    pub(crate) fn from_parts(launched: Launched, pipe: File, child: bool) -> Standby {
+        Standby { launched, pipe: OrderPipe(pipe), child }
+    }
+
+    /// Whether the standby is the caller's child (which must reap it), or the zygote's.
+    pub fn is_child(&self) -> bool {
+        self.child
     }
 
     /// Who the standby is; the attempt it is handed runs under this identity.

@@ -27,6 +27,7 @@ mod spawn;
 mod supervise;
 pub mod users;
 mod wait;
+mod zygote;
 
 pub use atomic::{Durability, write_json, write_json_atomic};
 pub use control::{kill_group_and_wait, pidfd_open, reap, request_cancel, wait_for_child};
@@ -38,3 +39,4 @@ pub use records::{
     SUPERVISOR_FILE, SupervisorRecord, open_log_for_reading, read_exit, read_launch, read_supervisor,
 };
 pub use supervise::{supervise_main, supervise_standby};
+pub use zygote::{ZYGOTE, Zygote, zygote_main};

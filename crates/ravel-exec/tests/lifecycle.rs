@@ -255,3 +255,44 @@ fn a_standby_handed_a_bad_run_dir_gets_nothing() {
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 1, "status {status:#x}");
 }
+
+#[test]
+fn a_zygote_forks_standbys_that_run_their_attempts_and_exits_with_its_caller() {
+    let zygote = ravel_exec::Zygote::spawn(&supervisor_exe()).expect("spawn the zygote");
+    let zygote_pid = zygote.pid();
+    let cwd = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut launched = vec![];
+    for (i, dir) in dirs.iter().enumerate() {
+        let standby = zygote.standby().expect("a standby from the zygote");
+        assert!(!standby.is_child(), "the zygote's child, not ours");
+        launched.push(standby.launched());
+        let script = format!("echo zygote-{i}; exit {}", 10 + i);
+        standby.hand_over(dir.path(), &spec(&["sh", "-c", &script], cwd.path())).unwrap();
+    }
+    assert_ne!(launched[0].pid, launched[1].pid);
+    for (i, dir) in dirs.iter().enumerate() {
+        let record = wait_for("exit.json", || ravel_exec::read_exit(dir.path()));
+        assert_eq!(record.exit_code, Some(10 + i as i32));
+        let out = fs::read_to_string(dir.path().join(ravel_exec::STDOUT_FILE)).unwrap();
+        assert_eq!(out, format!("zygote-{i}\n"));
+        let sup = ravel_exec::read_supervisor(dir.path()).unwrap();
+        assert_eq!((sup.supervisor_pid, sup.supervisor_start), (launched[i].pid, launched[i].start_time));
+        // Its own session, not the zygote's.
+        let stat = procfs::read_stat(sup.job_pid.unwrap());
+        assert!(stat.is_none_or(|s| s.session == launched[i].pid), "{stat:?}");
+    }
+    // Reaped by the kernel once done (the zygote ignores SIGCHLD): nothing lingers as a zombie.
+    for l in &launched {
+        wait_for("the standby to be gone", || (!is_same_process(l.pid, l.start_time)).then_some(()));
+    }
+    // A standby let go exits; the zygote exits when its caller drops it.
+    let unused = zygote.standby().unwrap().launched();
+    wait_for("the unused standby to wait", || is_same_process(unused.pid, unused.start_time).then_some(()));
+    drop(zygote);
+    wait_for("the unused standby to exit", || (!is_same_process(unused.pid, unused.start_time)).then_some(()));
+    let mut status = 0;
+    // SAFETY: valid out pointer; the zygote is our child.
+    assert_eq!(unsafe { libc::waitpid(zygote_pid, &mut status, 0) }, zygote_pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+}

@@ -24,6 +24,9 @@ fn main() -> ExitCode {
         if run_dir == ravel_exec::STANDBY {
             return ExitCode::from(ravel_exec::supervise_standby().clamp(0, 255) as u8);
         }
+        if run_dir == ravel_exec::ZYGOTE {
+            return ExitCode::from(ravel_exec::zygote_main().clamp(0, 255) as u8);
+        }
         let from_stdin = args.next().is_some_and(|a| a == ravel_exec::SPEC_FROM_STDIN);
         let code = ravel_exec::supervise_main(std::path::Path::new(&run_dir), from_stdin);
         return ExitCode::from(code.clamp(0, 255) as u8);
