@@ -172,7 +172,7 @@ impl LocalAgent {
                 if let Err(e) = handed {
                     // It was given nothing and exits; the attempt fails like a launch would.
                     if child {
-                        std::thread::spawn(move || ravel_exec::wait_for_child(launched.pid));
+                        reap_in_background(launched.pid);
                     }
                     return Err(e.to_string());
                 }
@@ -279,8 +279,13 @@ fn let_go(standby: Standby) {
     let (pid, child) = (standby.launched().pid, standby.is_child());
     drop(standby);
     if child {
-        std::thread::spawn(move || ravel_exec::wait_for_child(pid));
+        reap_in_background(pid);
     }
+}
+
+/// Waits for a child of ours that is about to exit (on the end of its input), and reaps it.
+fn reap_in_background(pid: i32) {
+    std::thread::spawn(move || ravel_exec::wait_for_child(pid));
 }
 
 /// A standby forked by the zygote (started on first use); if the zygote cannot give one, it is
@@ -301,7 +306,7 @@ fn new_standby(exe: &Path, zygote: &Mutex<Option<Zygote>>) -> Result<Standby, ra
                 if let Some(old) = z.take() {
                     let pid = old.pid();
                     drop(old);
-                    std::thread::spawn(move || ravel_exec::wait_for_child(pid));
+                    reap_in_background(pid);
                 }
             }
         }

@@ -42,10 +42,10 @@ pub fn launch(exe: &Path, run_dir: &Path, spec: &LaunchSpec) -> Result<Launched,
     Ok(launched)
 }
 
-/// A supervisor started ahead of its attempt (`exe __supervise --standby`), waiting on its
-/// stdin for the run dir and spec: handing it an attempt ([`Standby::hand_over`]) takes the
-/// start of a process off the dispatch path. Dropped without a hand-over, it reads the end of
-/// its stdin and exits without writing anything; it is the spawner's child either way.
+/// A supervisor started ahead of its attempt (`exe __supervise --standby`, or forked by the
+/// [`crate::Zygote`]), waiting on its stdin for the run dir and spec: handing it an attempt
+/// ([`Standby::hand_over`]) takes the start of a process off the dispatch path. Dropped without
+/// a hand-over, it reads the end of its stdin and exits without writing anything.
 #[derive(Debug)]
 pub struct Standby {
     launched: Launched,
@@ -80,8 +80,8 @@ impl Standby {
     pub fn hand_over(self, run_dir: &Path, spec: &LaunchSpec) -> Result<(), ExecError> {
         let run_dir = prepare(run_dir, spec)?;
         // Only a path that is not UTF-8 fails to serialise.
-        let order = serde_json::to_vec(&Order { run_dir: run_dir.clone(), spec: spec.clone() })
-            .map_err(|e| ExecError::CreateDir { path: run_dir, source: std::io::Error::other(e) })?;
+        let order = serde_json::to_vec(&Order { run_dir: &run_dir, spec })
+            .map_err(|e| ExecError::CreateDir { path: run_dir.clone(), source: std::io::Error::other(e) })?;
         let _ = self.pipe.write_all_to_end(&order);
         Ok(())
     }
@@ -183,7 +183,7 @@ pub const SPEC_FROM_STDIN: &str = "-";
 /// The argument (instead of RUN_DIR) that starts a supervisor as a [`Standby`].
 pub const STANDBY: &str = "--standby";
 
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two fds on success; we take ownership of both.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {

@@ -189,10 +189,11 @@ pub fn read_launch_from_stdin() -> Result<LaunchSpec, ExecError> {
 }
 
 /// What a standby supervisor is handed on its stdin: where its attempt lives, and what to run.
+/// Written from borrowed parts (`Order<&Path, &LaunchSpec>`), read as owned ones.
 #[derive(Serialize, Deserialize, Debug)]
-pub(crate) struct Order {
-    pub run_dir: PathBuf,
-    pub spec: LaunchSpec,
+pub(crate) struct Order<P = PathBuf, S = LaunchSpec> {
+    pub run_dir: P,
+    pub spec: S,
 }
 
 /// Reads a standby supervisor's order from stdin to its end.

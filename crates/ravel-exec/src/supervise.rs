@@ -43,8 +43,8 @@ pub fn supervise_standby() -> i32 {
     }
 }
 
-/// The signal mask and descriptors every supervisor starts from.
-fn set_up() -> libc::sigset_t {
+/// The signal mask and descriptors every supervisor (and the zygote) starts from.
+pub(crate) fn set_up() -> libc::sigset_t {
     let watched = signals::watched();
     // Usually already blocked by `launch`; repeated in case the supervisor was started some
     // other way. Failure is not fatal: it only reopens the races `signals` describes.

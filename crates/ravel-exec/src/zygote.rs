@@ -68,10 +68,7 @@ impl Zygote {
 
 /// The zygote's body: forks a standby per request until its socket (stdin) closes.
 pub fn zygote_main() -> i32 {
-    let watched = signals::watched();
-    let _ = signals::block(&watched);
-    signals::ignore_hangup_and_pipe();
-    crate::fds::close_above_stdio();
+    crate::supervise::set_up();
     // SAFETY: sigaction with a zeroed struct, SIG_IGN and SA_NOCLDWAIT: children are reaped by
     // the kernel.
     unsafe {
@@ -107,13 +104,7 @@ pub fn zygote_main() -> i32 {
 
 /// Forks a standby whose stdin is a new pipe; returns its pid and the pipe's write end.
 fn fork_standby(sock: RawFd) -> std::io::Result<(i32, Option<OwnedFd>)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and are ours.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = crate::launch::pipe()?;
     // SAFETY: the zygote is single-threaded, so the child may run any code after fork.
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()),
