@@ -203,16 +203,29 @@ fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T, S
     result
 }
 
-/// One write in a transaction of its own, on the caller's thread.
-fn commit_one<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+/// Runs `body` in one `BEGIN IMMEDIATE` transaction and commits it. `Err` if the transaction
+/// could not begin (then `body` never ran); otherwise what `body` returned, with the commit's
+/// error if the commit failed (everything was then rolled back).
+fn in_transaction<R>(
+    conn: &Connection,
+    body: impl FnOnce(&Connection) -> R,
+) -> Result<(R, Option<StoreError>), StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
-    let result = in_savepoint(conn, f);
-    if let Err(e) = conn.execute_batch("COMMIT") {
+    let value = body(conn);
+    let commit_error = conn.execute_batch("COMMIT").err().map(|e| {
         let _ = conn.execute_batch("ROLLBACK");
         tracing::error!(error = %e, "commit failed");
-        return Err(db(e));
+        db(e)
+    });
+    Ok((value, commit_error))
+}
+
+/// One write in a transaction of its own, on the caller's thread.
+fn commit_one<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    match in_transaction(conn, |conn| in_savepoint(conn, f))? {
+        (_, Some(commit_error)) => Err(commit_error),
+        (result, None) => result,
     }
-    result
 }
 
 /// Takes every write waiting (up to `MAX_BATCH`), runs them in one transaction, commits,
@@ -227,22 +240,18 @@ fn write_loop(conn: &Mutex<Connection>, rx: mpsc::Receiver<WriteOp>, commits: &A
             }
         }
         let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            for op in batch {
-                // Never ran: report the failure without running it.
-                drop(op);
-                tracing::error!(error = %e, "cannot begin a transaction");
+        let writes = batch.len();
+        match in_transaction(&conn, |conn| batch.into_iter().map(|op| op(conn)).collect::<Vec<Reply>>()) {
+            Ok((replies, commit_error)) => {
+                for reply in replies {
+                    reply(commit_error.clone());
+                }
             }
-            continue;
-        }
-        let replies: Vec<Reply> = batch.into_iter().map(|op| op(&conn)).collect();
-        let commit_error = conn.execute_batch("COMMIT").err().map(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
-            tracing::error!(error = %e, "commit failed");
-            db(e)
-        });
-        for reply in replies {
-            reply(commit_error.clone());
+            // The writes never ran; dropped with the closure, their callers hear so.
+            Err(e) => {
+                tracing::error!(error = %e, writes, "cannot begin a transaction");
+                continue;
+            }
         }
         // What SQLite's auto-checkpoint would do (it is off, so that callers' commits never
         // do it): copy the WAL back into the database now and then. PASSIVE never blocks readers.
