@@ -106,6 +106,26 @@ impl Client {
     ) -> Result<(), ClientError> {
         streamed(stream::body(&self.socket, idle, path, "", on_bytes)?)
     }
+
+    /// Like [`Client::stream_body`], a line (without its `\n`) at a time, until the answer ends
+    /// or `on_line` returns false. An answer that ends in the middle of a line is an error.
+    pub fn stream_lines(
+        &self,
+        path: &str,
+        idle: Duration,
+        mut on_line: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut lines = stream::Lines::default();
+        let mut stopped = false;
+        self.stream_body(path, idle, |bytes| {
+            stopped = !lines.feed(bytes, &mut on_line);
+            !stopped
+        })?;
+        if !stopped && !lines.pending.is_empty() {
+            return Err(ClientError::Protocol("the answer ended in the middle of a line".into()));
+        }
+        Ok(())
+    }
 }
 
 /// A streamed answer that was an error.

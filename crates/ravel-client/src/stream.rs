@@ -31,27 +31,24 @@ pub fn stream(
         Some(id) => format!("accept: text/event-stream\r\nlast-event-id: {id}\r\n"),
         None => "accept: text/event-stream\r\n".to_string(),
     };
-    let mut text: Vec<u8> = Vec::new();
+    let mut lines = Lines::default();
     let mut ev = SseEvent::default();
     body(socket, idle, path, &headers, |bytes| {
-        text.extend_from_slice(bytes);
-        while let Some(nl) = text.iter().position(|b| *b == b'\n') {
-            let line = String::from_utf8_lossy(&text[..nl]).trim_end_matches('\r').to_string();
-            text.drain(..=nl);
+        lines.feed(bytes, |raw| {
+            let line = String::from_utf8_lossy(raw);
+            let line = line.trim_end_matches('\r');
             if line.is_empty() {
                 if !ev.data.is_empty() || ev.id.is_some() {
                     let done = std::mem::take(&mut ev);
                     let event = if done.event.is_empty() { "message".into() } else { done.event };
-                    if !on_event(SseEvent { event, ..done }) {
-                        return false;
-                    }
+                    return on_event(SseEvent { event, ..done });
                 }
-                continue;
+                return true;
             }
             if line.starts_with(':') {
-                continue;
+                return true;
             }
-            let (field, value) = line.split_once(':').unwrap_or((line.as_str(), ""));
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
             let value = value.strip_prefix(' ').unwrap_or(value);
             match field {
                 "id" => ev.id = Some(value.to_string()),
@@ -64,9 +61,31 @@ pub fn stream(
                 }
                 _ => {}
             }
-        }
-        true
+            true
+        })
     })
+}
+
+/// A byte stream cut into lines as it arrives.
+#[derive(Default)]
+pub(crate) struct Lines {
+    /// What came after the last complete line.
+    pub(crate) pending: Vec<u8>,
+}
+
+impl Lines {
+    /// Hands `on_line` each line (without its `\n`) that `bytes` completes, until it returns
+    /// false, which is returned.
+    pub(crate) fn feed(&mut self, bytes: &[u8], mut on_line: impl FnMut(&[u8]) -> bool) -> bool {
+        self.pending.extend_from_slice(bytes);
+        let (mut start, mut go) = (0, true);
+        while go && let Some(n) = self.pending[start..].iter().position(|b| *b == b'\n') {
+            go = on_line(&self.pending[start..start + n]);
+            start += n + 1;
+        }
+        self.pending.drain(..start);
+        go
+    }
 }
 
 /// GETs `path` and hands the body to `on_bytes` as it arrives (the chunked encoding undone),
@@ -143,5 +162,25 @@ pub fn body(
         if !fill(&mut buf)? {
             return Ok(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lines;
+
+    #[test]
+    fn lines_are_cut_across_chunks_and_stop_when_asked() {
+        let mut lines = Lines::default();
+        let mut seen: Vec<String> = vec![];
+        let mut take = |l: &[u8]| {
+            seen.push(String::from_utf8_lossy(l).into_owned());
+            l != b"stop"
+        };
+        assert!(lines.feed(b"one\ntw", &mut take));
+        assert!(lines.feed(b"o\n\nthr", &mut take));
+        assert!(!lines.feed(b"ee\nstop\nafter\n", &mut take));
+        assert_eq!(seen, ["one", "two", "", "three", "stop"]);
+        assert_eq!(lines.pending, b"after\n", "what follows a stop is kept, not handed over");
     }
 }

@@ -80,29 +80,13 @@ pub fn queue(home: &Home, args: QueueArgs) -> anyhow::Result<ExitCode> {
 /// Every job the daemon has, in id order, as it streams them: one compact JSON object (a
 /// `JobView`) per line.
 fn each_job_ever(home: &Home, mut each: impl FnMut(&[u8]) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let mut pending: Vec<u8> = Vec::new();
     let mut failed = None;
     // The daemon sends batches as it reads them; a pause longer than this is a stuck daemon.
     let idle = Duration::from_secs(60);
-    home.client().stream_body("/v1/jobs?all=true&format=ndjson", idle, |bytes| {
-        pending.extend_from_slice(bytes);
-        let mut start = 0;
-        while let Some(n) = pending[start..].iter().position(|b| *b == b'\n') {
-            let line = &pending[start..start + n];
-            start += n + 1;
-            if let Err(e) = each(line) {
-                failed = Some(e);
-                return false;
-            }
-        }
-        pending.drain(..start);
-        true
+    home.client().stream_lines("/v1/jobs?all=true&format=ndjson", idle, |line| {
+        each(line).map_err(|e| failed = Some(e)).is_ok()
     })?;
-    match failed {
-        Some(e) => Err(e),
-        None if !pending.is_empty() => anyhow::bail!("the daemon's listing ended in the middle of a job"),
-        None => Ok(()),
-    }
+    failed.map_or(Ok(()), Err)
 }
 
 /// A JSON array printed one element at a time, laid out as `serde_json::to_string_pretty`
