@@ -71,10 +71,10 @@ pub enum CancelEffect {
 /// Which jobs a listing returns, newest activity first within each group.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct JobFilter {
-    /// Every job ever (for `--all`); otherwise active jobs plus `recent_finished` finished ones.
-    pub all: bool,
+    /// Active jobs plus this many finished ones (the whole history is read with
+    /// `Store::jobs_after`, a batch at a time).
     pub recent_finished: u32,
-    /// Without `all`: at most this many waiting (queued or blocked) jobs, oldest first. Jobs
+    /// At most this many waiting (queued or blocked) jobs, oldest first. Jobs
     /// holding resources are always listed (there are few: at most the node's slots).
     pub waiting_limit: Option<u32>,
 }

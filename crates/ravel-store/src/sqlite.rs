@@ -484,9 +484,6 @@ impl Store for SqliteStore {
                 let rows = stmt.query_map(args, row_to_job).map_err(db)?;
                 rows.collect::<Result<Vec<_>, _>>().map_err(db)
             };
-            if filter.all {
-                return collect(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY id"), &[]);
-            }
             let mut jobs = collect(&format!("SELECT {JOB_COLUMNS} {LIST_RECENT}"), &[&filter.recent_finished])?;
             jobs.extend(collect(&format!("SELECT {JOB_COLUMNS} {LIST_HOLDING}"), &[])?);
             jobs.extend(collect(
@@ -1258,15 +1255,12 @@ mod tests {
                 store.request_cancel(j.id, "canceled by user".into(), 100 + i).await.unwrap();
             }
         }
-        let recent = store.list(JobFilter { all: false, recent_finished: 3, waiting_limit: None }).await.unwrap();
+        let recent = store.list(JobFilter { recent_finished: 3, waiting_limit: None }).await.unwrap();
         let ids: Vec<JobId> = recent.iter().map(|j| j.id).collect();
         assert_eq!(ids, vec![6, 7, 8, 9, 10]);
-        let page = store.list(JobFilter { all: false, recent_finished: 0, waiting_limit: Some(1) }).await.unwrap();
+        let page = store.list(JobFilter { recent_finished: 0, waiting_limit: Some(1) }).await.unwrap();
         assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), vec![9], "the oldest waiting job only");
-        assert_eq!(
-            store.list(JobFilter { all: true, recent_finished: 0, waiting_limit: None }).await.unwrap().len(),
-            10
-        );
+        assert_eq!(store.jobs_after(0, u32::MAX).await.unwrap().len(), 10);
         let counts = store.counts().await.unwrap();
         assert!(counts.contains(&(JobState::Canceled, 8)) && counts.contains(&(JobState::Queued, 2)));
     }

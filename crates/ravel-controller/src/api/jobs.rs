@@ -193,7 +193,7 @@ pub async fn list(
         };
         return Ok(whole_history(ctl, caller, ndjson));
     }
-    let filter = JobFilter { all: q.all, recent_finished: q.recent.unwrap_or(DEFAULT_RECENT), waiting_limit: q.limit };
+    let filter = JobFilter { recent_finished: q.recent.unwrap_or(DEFAULT_RECENT), waiting_limit: q.limit };
     let mut jobs = ctl.store.list(filter).await?;
     jobs.retain(|j| ctl.may_see(&caller, j));
     let waiting_listed = jobs.iter().filter(|j| matches!(j.state, JobState::Queued | JobState::Blocked)).count() as u64;
@@ -201,16 +201,15 @@ pub async fn list(
         let st = ctl.lock();
         (st.queue.len() + st.parked.len()) as u64
     };
-    let jobs: Vec<JobView> = jobs
-        .into_iter()
-        .map(|mut job| {
-            // Listings leave the environment out: it is most of a job's size.
-            job.spec.env = Vec::new();
-            view(&ctl, job)
-        })
-        .collect();
+    let jobs: Vec<JobView> = jobs.into_iter().map(|job| listed(&ctl, job)).collect();
     let more_waiting = waiting.saturating_sub(waiting_listed);
     Ok(axum::Json(QueueResponse { jobs, more_waiting }).into_response())
+}
+
+/// A job as listings show it: without its environment, which is most of a job's size.
+fn listed(ctl: &Controller, mut job: Job) -> JobView {
+    job.spec.env = Vec::new();
+    view(ctl, job)
 }
 
 /// Jobs read from the store per batch of a whole-history listing.
@@ -255,14 +254,12 @@ fn whole_history(ctl: Arc<Controller>, caller: Caller, ndjson: bool) -> axum::re
                 c.done = true;
             }
         }
-        for mut job in batch.into_iter().filter(|j| c.ctl.may_see(&c.caller, j)) {
-            // Listings leave the environment out: it is most of a job's size.
-            job.spec.env = Vec::new();
+        for job in batch.into_iter().filter(|j| c.ctl.may_see(&c.caller, j)) {
             if c.any {
                 chunk.extend_from_slice(sep);
             }
             c.any = true;
-            if serde_json::to_writer(&mut chunk, &view(&c.ctl, job)).is_err() {
+            if serde_json::to_writer(&mut chunk, &listed(&c.ctl, job)).is_err() {
                 return None;
             }
             if ndjson {
