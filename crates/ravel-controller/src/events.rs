@@ -148,6 +148,7 @@ mod tests {
             started_at_ms: Some(5),
             finished_at_ms: 9,
             oom_killed: false,
+            fenced: false,
         }
     }
 

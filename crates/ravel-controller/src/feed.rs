@@ -10,7 +10,9 @@
 
 use ravel_core::{Attempt, Job, JobId, JobSpec, JobState, Millis, Outcome};
 use ravel_proto::EventView;
-use ravel_store::{CancelEffect, JobEvent, JobFilter, NewAttempt, NodeRecord, Store, StoreFuture, UsageRecord};
+use ravel_store::{
+    CancelEffect, JobEvent, JobFilter, NewAttempt, NodeRecord, Store, StoreFuture, TokenRecord, UsageRecord,
+};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
@@ -208,6 +210,18 @@ impl Store for FeedStore {
     }
     fn nodes(&self) -> StoreFuture<'_, Vec<NodeRecord>> {
         self.inner.nodes()
+    }
+    fn remove_node(&self, name: String) -> StoreFuture<'_, bool> {
+        self.inner.remove_node(name)
+    }
+    fn add_token(&self, token: TokenRecord) -> StoreFuture<'_, TokenRecord> {
+        self.inner.add_token(token)
+    }
+    fn tokens(&self) -> StoreFuture<'_, Vec<TokenRecord>> {
+        self.inner.tokens()
+    }
+    fn revoke_token(&self, id: u64, now: Millis) -> StoreFuture<'_, Option<TokenRecord>> {
+        self.inner.revoke_token(id, now)
     }
     fn add_event(&self, event: JobEvent) -> StoreFuture<'_, i64> {
         self.inner.add_event(event)

@@ -304,6 +304,7 @@ fn launch_spec(ctl: &Controller, job: &Job, gpus: &[u32], n: u32, run_dir: &std:
                 pids_max: None,
             }
         }),
+        lease_file: None,
     }
 }
 

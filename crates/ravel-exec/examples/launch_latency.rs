@@ -54,6 +54,7 @@ fn one_launch(exe: &Path) -> (i64, i64) {
         run_as: None,
         umask: None,
         cgroup: None,
+        lease_file: None,
     };
     let t0 = now_ns();
     let launched = ravel_exec::launch(exe, dir.path(), &spec).expect("launch");

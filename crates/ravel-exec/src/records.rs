@@ -44,6 +44,12 @@ pub struct LaunchSpec {
     /// Contain the job in its own cgroup. None: no cgroup.
     #[serde(default)]
     pub cgroup: Option<CgroupSpec>,
+    /// Cluster mode: a file holding the lease's deadline (UTC ms, decimal), which the agent
+    /// pushes forward after each successful contact with the controller. Once it has passed, or
+    /// the file cannot be read, the supervisor kills the job's group at once (self-fencing: the
+    /// controller is about to declare the node lost and run the job elsewhere). None: no lease.
+    #[serde(default)]
+    pub lease_file: Option<String>,
 }
 
 /// Whom a job runs as: the submitter, identified by the kernel (`SO_PEERCRED`) at submit time.
@@ -105,6 +111,9 @@ pub struct ExitRecord {
     /// limit.
     #[serde(default)]
     pub oom_killed: bool,
+    /// The supervisor killed the job because its node's lease ran out (`LaunchSpec::lease_file`).
+    #[serde(default)]
+    pub fenced: bool,
 }
 
 /// Largest record read from a run dir: on a shared box its user owns the run dir and could

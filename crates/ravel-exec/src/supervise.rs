@@ -112,7 +112,9 @@ fn run(run_dir: &Path, spec: LaunchSpec, watched: &libc::sigset_t) -> i32 {
     let _ = atomic::write_json(&run_dir.join(SUPERVISOR_FILE), &identity(Some(job_pid), started_at_ms), durability);
 
     let grace = Duration::from_millis(spec.kill_grace_ms);
-    let JobEnd { termination, canceled, timed_out } = wait::wait_for_job(job_pid, grace, deadline, watched);
+    let lease = spec.lease_file.as_deref().map(Path::new);
+    let JobEnd { termination, canceled, timed_out, fenced } =
+        wait::wait_for_job(job_pid, grace, deadline, lease, watched);
     let cleanup = cleanup::clear_leftovers(job_pid, watched);
     // Descendants that left the group and the supervisor's care (double fork + setsid) are
     // still in the cgroup: they go now, and the cgroup with them.
@@ -132,6 +134,7 @@ fn run(run_dir: &Path, spec: LaunchSpec, watched: &libc::sigset_t) -> i32 {
         started_at_ms: Some(started_at_ms),
         finished_at_ms: now_ms(),
         oom_killed,
+        fenced,
     };
     exit_code_for(write_exit(run_dir, record, durability))
 }
@@ -147,6 +150,7 @@ fn not_started() -> ExitRecord {
         started_at_ms: None,
         finished_at_ms: now_ms(),
         oom_killed: false,
+        fenced: false,
     }
 }
 

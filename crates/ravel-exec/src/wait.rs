@@ -2,6 +2,7 @@
 //! cancel request or when its timeout expires: SIGTERM, then SIGKILL after the grace period.
 
 use std::io;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::group;
@@ -23,6 +24,8 @@ pub(crate) struct JobEnd {
     pub canceled: bool,
     /// The timeout expired first and the supervisor started ending the job.
     pub timed_out: bool,
+    /// The node's lease ran out and the supervisor killed the job's group.
+    pub fenced: bool,
 }
 
 /// Why the supervisor is ending the job. The first reason sticks: a cancel arriving while a
@@ -31,6 +34,17 @@ pub(crate) struct JobEnd {
 enum Reason {
     Canceled,
     TimedOut,
+    Fenced,
+}
+
+/// How often a lease is looked at: a fenced job dies within this of its lease's end.
+const LEASE_CHECK: Duration = Duration::from_millis(200);
+
+/// Whether the lease in `file` (a deadline in UTC ms) still holds. An unreadable lease does not:
+/// the node can no longer show that it is in contact with its controller.
+pub(crate) fn lease_holds(file: &Path) -> bool {
+    let deadline = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse::<i64>().ok());
+    deadline.is_some_and(|d| crate::records::now_ms() < d)
 }
 
 /// Where the supervisor stands in ending the job.
@@ -53,9 +67,16 @@ enum Stop {
 /// No polling: each wait is a `sigtimedwait` bounded by the next instant something is due
 /// (the deadline, or the SIGKILL), recomputed after every wake-up so that SIGCHLDs of other
 /// children or EINTR never push it back.
-pub(crate) fn wait_for_job(pid: i32, grace: Duration, deadline: Option<Instant>, watched: &libc::sigset_t) -> JobEnd {
+pub(crate) fn wait_for_job(
+    pid: i32,
+    grace: Duration,
+    deadline: Option<Instant>,
+    lease: Option<&Path>,
+    watched: &libc::sigset_t,
+) -> JobEnd {
     let mut stop = Stop::Running;
     let mut reason = None;
+    let mut next_lease_check = Instant::now();
     loop {
         let termination = match peek_exit(pid) {
             Ok(Some(termination)) => Some(termination),
@@ -67,13 +88,31 @@ pub(crate) fn wait_for_job(pid: i32, grace: Duration, deadline: Option<Instant>,
                 termination,
                 canceled: reason == Some(Reason::Canceled),
                 timed_out: reason == Some(Reason::TimedOut),
+                fenced: reason == Some(Reason::Fenced),
             };
         }
-        let due = match stop {
+        // A lease that ran out ends the job at once, whatever else is under way: the job may
+        // be about to run elsewhere.
+        if let Some(file) = lease
+            && !matches!(stop, Stop::Killed)
+            && Instant::now() >= next_lease_check
+        {
+            next_lease_check = Instant::now() + LEASE_CHECK;
+            if !lease_holds(file) {
+                let _ = group::signal(pid, libc::SIGKILL);
+                stop = Stop::Killed;
+                reason = Some(Reason::Fenced);
+                continue;
+            }
+        }
+        let mut due = match stop {
             Stop::Running => deadline,
             Stop::Terminating { kill_at } => Some(kill_at),
             Stop::Killed => None,
         };
+        if lease.is_some() && !matches!(stop, Stop::Killed) {
+            due = Some(due.map_or(next_lease_check, |d| d.min(next_lease_check)));
+        }
         // Once `due` has passed this is a zero timeout: sigtimedwait then only collects what
         // is already pending, so a cancel (or the job's exit) that came in before the deadline
         // was noticed still counts first.

@@ -289,6 +289,7 @@ fn records_are_read_without_following_links_and_up_to_a_size() {
         started_at_ms: Some(1),
         finished_at_ms: 2,
         oom_killed: false,
+        fenced: false,
     };
     fs::write(&real, serde_json::to_vec(&record).unwrap()).unwrap();
     std::os::unix::fs::symlink(&real, dir.path().join(ravel_exec::EXIT_FILE)).unwrap();

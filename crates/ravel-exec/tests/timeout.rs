@@ -94,3 +94,44 @@ fn records_without_the_timeout_fields_still_parse() {
     let exit = ravel_exec::read_exit(dir.path()).expect("old exit.json reads");
     assert!(!exit.timed_out);
 }
+
+/// Self-fencing: a job whose node lost its lease (the agent stopped pushing the deadline in the
+/// lease file forward) is killed at once, without waiting for the grace period.
+#[test]
+fn job_whose_lease_runs_out_is_killed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let lease = dir.path().join("lease");
+    let renew = |ms_ahead: i64| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        std::fs::write(&lease, (now + ms_ahead).to_string()).unwrap();
+    };
+    renew(600);
+    let mut s = spec(&["sh", "-c", "trap '' TERM; sleep 600"], Path::new("/"));
+    s.kill_grace_ms = 60_000;
+    s.lease_file = Some(lease.display().to_string());
+    let started = Instant::now();
+    let mut run = Run::start(&s);
+    let job = run.job().job_pid.unwrap();
+    // Renewed while it runs: the job lives on past the first deadline.
+    std::thread::sleep(Duration::from_millis(300));
+    renew(700);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(is_same_process(job, procfs::process_start_time(job).unwrap()), "killed while its lease held");
+    let exit = run.finish();
+    let took = started.elapsed();
+    assert!(exit.fenced, "{exit:?}");
+    assert!(!exit.canceled && !exit.timed_out);
+    assert_eq!(exit.signal, Some(libc::SIGKILL));
+    assert!(took >= Duration::from_millis(950), "ended after {took:?}");
+    assert!(took < Duration::from_secs(5), "ended after {took:?}: not at once");
+    assert!(procfs::group_members(job).is_empty(), "group {job} not empty");
+}
+
+#[test]
+fn a_missing_lease_file_fences_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(&["sleep", "600"], Path::new("/"));
+    s.lease_file = Some(dir.path().join("none").display().to_string());
+    let exit = Run::start(&s).finish();
+    assert!(exit.fenced);
+}

@@ -404,3 +404,251 @@ pub struct ErrorBody {
     /// One line for a person: what failed, with which value, and what to do.
     pub error: String,
 }
+
+// ---- Cluster mode: tokens, nodes, and the agent protocol ----
+
+/// What a bearer token may do. `admin`: everything users may, plus tokens, nodes and shutdown;
+/// `user`: jobs (their own) and read-only views; `agent`: only the agent endpoints.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    User,
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "user" => Ok(Role::User),
+            "agent" => Ok(Role::Agent),
+            _ => Err(format!("unknown role {s:?}: use admin, user or agent")),
+        }
+    }
+}
+
+/// `POST /v1/tokens` (admin).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreateRequest {
+    pub role: Role,
+    /// Who the token is for: a user token's jobs belong to this name; an agent token's node
+    /// is named by the agent itself. Default: `<role>-<id>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Valid for this long from now (ms). None: until revoked.
+    #[serde(default)]
+    pub expires_in_ms: Option<u64>,
+}
+
+/// A token as listed (`GET /v1/tokens`): never the secret, which is only in [`TokenCreated`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+pub struct TokenInfo {
+    pub id: u64,
+    pub name: String,
+    pub role: Role,
+    pub created_at: i64,
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    #[serde(default)]
+    pub revoked_at: Option<i64>,
+}
+
+/// The answer to `POST /v1/tokens`: the secret is shown this once (only its SHA-256 is kept).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+pub struct TokenCreated {
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    pub token: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+pub struct TokensResponse {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// A node as `ravel nodes` shows it (`GET /v1/nodes`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+pub struct NodeInfo {
+    pub name: String,
+    /// `ready`, `draining` (no new jobs; running ones finish), `drained` (draining, none left),
+    /// `cordoned` (no new jobs), `lost` (no contact for the node timeout), `local` (the
+    /// local daemon's own node).
+    pub state: String,
+    pub gpus_total: u32,
+    pub gpus_free: u32,
+    pub cpus_total: u32,
+    pub cpus_used: u32,
+    /// Jobs holding an attempt on the node.
+    pub jobs: u32,
+    /// When the node's agent was last heard from (UTC ms); None: not since the controller started.
+    #[serde(default)]
+    pub last_seen: Option<i64>,
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub max_jobs: Option<u32>,
+    /// The node's current lease epoch (bumped each time it is declared lost or re-registers).
+    #[serde(default)]
+    pub epoch: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+pub struct NodesResponse {
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// `POST /v1/nodes/{name}/{drain|undrain|cordon}` and `DELETE /v1/nodes/{name}` answer with the node
+/// as it is now (a removed node: as it was).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+pub struct NodeResponse {
+    pub node: NodeInfo,
+}
+
+/// One GPU as an agent reports it: the probe's reading, with the processes that are the
+/// node's own jobs left out and the memory the others use summed up.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentGpu {
+    pub index: u32,
+    pub name: String,
+    #[serde(default)]
+    pub uuid: Option<String>,
+    pub memory_total_mib: u64,
+    pub memory_used_mib: u64,
+    pub utilization_pct: u32,
+    /// Memory held by processes that are not Ravel jobs of this node.
+    pub foreign_used_mib: u64,
+    /// Foreign processes: (pid, MiB).
+    #[serde(default)]
+    #[schema(value_type = Vec<Vec<i64>>)]
+    pub foreign_processes: Vec<(u32, u64)>,
+}
+
+/// What an agent observed of one attempt.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObservedAttempt {
+    pub job: JobId,
+    pub attempt: u32,
+    /// The supervisor, once started: (pid, start time in clock ticks since boot).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<i64>>)]
+    pub supervisor: Option<(i32, u64)>,
+    /// Set once the attempt is over: how it ended. Reported until the controller acknowledges it.
+    #[serde(default)]
+    pub ended: Option<AttemptEnd>,
+}
+
+/// The end of an attempt as the node saw it (from the supervisor's `exit.json`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptEnd {
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// Ended by a cancel (SIGTERM from the controller's kill order).
+    #[serde(default)]
+    pub canceled: bool,
+    #[serde(default)]
+    pub timed_out: bool,
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Killed by the node itself because it lost its lease (no contact with the controller).
+    #[serde(default)]
+    pub fenced: bool,
+    /// The supervisor vanished without writing an exit status.
+    #[serde(default)]
+    pub vanished: bool,
+    /// The supervisor ended before starting the job (nothing ran).
+    #[serde(default)]
+    pub never_started: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub started_at: Option<i64>,
+}
+
+/// `POST /v1/agent/sync` (agent token): the node's inventory and what it runs; the answer is
+/// what the controller wants it to run. Long-polls up to `wait_ms` when nothing changed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSyncRequest {
+    pub name: String,
+    /// The lease epoch the controller gave this agent; 0 when it has none (first start, or
+    /// after it was fenced): the controller then gives it a new one, and any attempt still
+    /// believed to run on the node from an earlier session is lost.
+    pub epoch: u64,
+    pub version: String,
+    pub cpus: u32,
+    #[serde(default)]
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub max_jobs: Option<u32>,
+    pub gpus: Vec<AgentGpu>,
+    /// Set when the GPU probe failed (the GPUs are then the last good reading).
+    #[serde(default)]
+    pub probe_error: Option<String>,
+    /// Every attempt the node runs or has ended and not yet had acknowledged.
+    pub attempts: Vec<ObservedAttempt>,
+    /// Longest the controller may hold the request when it has nothing new to say.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// One attempt the controller wants on the node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+pub struct DesiredAttempt {
+    pub job: JobId,
+    pub attempt: u32,
+    /// What to run, sent until the agent reports the attempt (a launch order is idempotent).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub launch: Option<serde_json::Value>,
+    /// Stop it (a cancel): SIGTERM to its group, SIGKILL after the grace period.
+    #[serde(default)]
+    pub kill: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+pub struct AgentSyncResponse {
+    pub epoch: u64,
+    /// Every attempt the node should run. Anything the node runs that is not here is killed.
+    pub desired: Vec<DesiredAttempt>,
+    /// Ended attempts the controller has recorded: the agent may forget them.
+    #[serde(default)]
+    #[schema(value_type = Vec<Vec<i64>>)]
+    pub acked: Vec<(JobId, u32)>,
+    /// The node timeout: an agent out of contact for (a fraction of) it kills its jobs.
+    pub node_timeout_ms: u64,
+}
+
+/// Query of `POST /v1/agent/logs` (body: the bytes): a piece of an attempt's output at `offset`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AgentLogsQuery {
+    pub name: String,
+    pub epoch: u64,
+    pub job: JobId,
+    pub attempt: u32,
+    pub stream: LogStream,
+    pub offset: u64,
+}

@@ -43,11 +43,36 @@ pub struct NewAttempt {
 }
 
 /// A node and its GPUs as last seen, for the `nodes` and `gpus` tables.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct NodeRecord {
     pub name: String,
     pub cpus: u32,
     pub gpus: Vec<GpuRecord>,
+    /// Its current lease epoch (cluster mode): reports of an older one are stale.
+    pub epoch: u64,
+    /// `ready`, `draining` or `cordoned`, as an admin set it.
+    pub admin: String,
+    pub tags: Vec<String>,
+    pub max_jobs: Option<u32>,
+    pub version: String,
+    /// Run by an agent of a controller (not the local daemon's own node).
+    pub remote: bool,
+    /// When it was last recorded (UTC ms).
+    pub last_seen: Millis,
+}
+
+/// A bearer token as kept: its SHA-256 (hex), never the secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenRecord {
+    /// Assigned by the store.
+    pub id: u64,
+    pub name: String,
+    /// `admin`, `user` or `agent`.
+    pub role: String,
+    pub hash: String,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -165,6 +190,14 @@ pub trait Store: Send + Sync + 'static {
     fn register_node(&self, node: NodeRecord, now: Millis) -> StoreFuture<'_, ()>;
     /// Nodes as recorded, with their GPUs.
     fn nodes(&self) -> StoreFuture<'_, Vec<NodeRecord>>;
+    /// Forgets a node and its GPUs; false if there was none of that name.
+    fn remove_node(&self, name: String) -> StoreFuture<'_, bool>;
+    /// Keeps a new token (its `id` is ignored and assigned); returns it as kept.
+    fn add_token(&self, token: TokenRecord) -> StoreFuture<'_, TokenRecord>;
+    /// Every token, revoked and expired ones included, in id order.
+    fn tokens(&self) -> StoreFuture<'_, Vec<TokenRecord>>;
+    /// Revokes a token (a second revoke keeps the first time); None if there is no such token.
+    fn revoke_token(&self, id: u64, now: Millis) -> StoreFuture<'_, Option<TokenRecord>>;
     /// Keeps an event with its job (its `id` is ignored and assigned); returns the id.
     fn add_event(&self, event: JobEvent) -> StoreFuture<'_, i64>;
     /// A job's events, oldest first.

@@ -99,4 +99,23 @@ pub const SQLITE: &[&str] = &[
     r#"
     CREATE INDEX jobs_state ON jobs(state, id);
     "#,
+    // 6: cluster mode: bearer tokens (only their SHA-256 is kept), and what a controller keeps
+    // of each node: its lease epoch, whether it is drained or cordoned, tags, limits, version.
+    r#"
+    CREATE TABLE tokens (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        name       TEXT    NOT NULL,
+        role       TEXT    NOT NULL,
+        hash       TEXT    NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        revoked_at INTEGER
+    );
+    ALTER TABLE nodes ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE nodes ADD COLUMN admin TEXT NOT NULL DEFAULT 'ready';
+    ALTER TABLE nodes ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE nodes ADD COLUMN max_jobs INTEGER;
+    ALTER TABLE nodes ADD COLUMN version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE nodes ADD COLUMN remote INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

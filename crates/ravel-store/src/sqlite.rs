@@ -13,7 +13,7 @@
 use crate::migrations;
 use crate::{
     CancelEffect, GpuRecord, JobEvent, JobFilter, JobPage, NewAttempt, NodeRecord, Store, StoreError, StoreFuture,
-    UsageRecord,
+    TokenRecord, UsageRecord,
 };
 use ravel_core::{Attempt, Job, JobId, JobSpec, JobState, Millis, Outcome};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -843,12 +843,27 @@ impl Store for SqliteStore {
 
     fn register_node(&self, node: NodeRecord, now: Millis) -> StoreFuture<'_, ()> {
         self.write(move |conn| {
+            let tags = serde_json::to_string(&node.tags).map_err(|e| StoreError::Db(e.to_string()))?;
+            let admin = if node.admin.is_empty() { "ready" } else { node.admin.as_str() };
             conn.prepare_cached(
-                "INSERT INTO nodes (name, cpus, first_seen, last_seen) VALUES (?1, ?2, ?3, ?3) \
-                 ON CONFLICT (name) DO UPDATE SET cpus = excluded.cpus, last_seen = excluded.last_seen",
+                "INSERT INTO nodes (name, cpus, first_seen, last_seen, epoch, admin, tags, max_jobs, version, remote) \
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT (name) DO UPDATE SET cpus = excluded.cpus, last_seen = excluded.last_seen, \
+                 epoch = excluded.epoch, admin = excluded.admin, tags = excluded.tags, \
+                 max_jobs = excluded.max_jobs, version = excluded.version, remote = excluded.remote",
             )
             .map_err(db)?
-            .execute(params![node.name, node.cpus, now])
+            .execute(params![
+                node.name,
+                node.cpus,
+                now,
+                node.epoch as i64,
+                admin,
+                tags,
+                node.max_jobs,
+                node.version,
+                node.remote
+            ])
             .map_err(db)?;
             conn.prepare_cached("DELETE FROM gpus WHERE node = ?1").map_err(db)?.execute([&node.name]).map_err(db)?;
             let mut insert = conn
@@ -865,9 +880,28 @@ impl Store for SqliteStore {
 
     fn nodes(&self) -> StoreFuture<'_, Vec<NodeRecord>> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached("SELECT name, cpus FROM nodes ORDER BY name").map_err(db)?;
-            let nodes: Vec<(String, u32)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT name, cpus, epoch, admin, tags, max_jobs, version, remote, last_seen \
+                     FROM nodes ORDER BY name",
+                )
+                .map_err(db)?;
+            let nodes: Vec<NodeRecord> = stmt
+                .query_map([], |r| {
+                    let tags: String = r.get(4)?;
+                    Ok(NodeRecord {
+                        name: r.get(0)?,
+                        cpus: r.get(1)?,
+                        gpus: vec![],
+                        epoch: r.get::<_, i64>(2)? as u64,
+                        admin: r.get(3)?,
+                        tags: serde_json::from_str(&tags).unwrap_or_default(),
+                        max_jobs: r.get(5)?,
+                        version: r.get(6)?,
+                        remote: r.get(7)?,
+                        last_seen: r.get(8)?,
+                    })
+                })
                 .map_err(db)?
                 .collect::<Result<_, _>>()
                 .map_err(db)?;
@@ -876,9 +910,9 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             nodes
                 .into_iter()
-                .map(|(name, cpus)| {
-                    let list = gpus
-                        .query_map([&name], |r| {
+                .map(|mut node| {
+                    node.gpus = gpus
+                        .query_map([&node.name], |r| {
                             Ok(GpuRecord {
                                 index: r.get(0)?,
                                 name: r.get(1)?,
@@ -889,9 +923,57 @@ impl Store for SqliteStore {
                         .map_err(db)?
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(db)?;
-                    Ok(NodeRecord { name, cpus, gpus: list })
+                    Ok(node)
                 })
                 .collect()
+        })
+    }
+
+    fn remove_node(&self, name: String) -> StoreFuture<'_, bool> {
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM gpus WHERE node = ?1").map_err(db)?.execute([&name]).map_err(db)?;
+            let n =
+                conn.prepare_cached("DELETE FROM nodes WHERE name = ?1").map_err(db)?.execute([&name]).map_err(db)?;
+            Ok(n > 0)
+        })
+    }
+
+    fn add_token(&self, t: TokenRecord) -> StoreFuture<'_, TokenRecord> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO tokens (name, role, hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(db)?
+            .execute(params![t.name, t.role, t.hash, t.created_at, t.expires_at])
+            .map_err(db)?;
+            Ok(TokenRecord { id: conn.last_insert_rowid() as u64, revoked_at: None, ..t })
+        })
+    }
+
+    fn tokens(&self) -> StoreFuture<'_, Vec<TokenRecord>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, name, role, hash, created_at, expires_at, revoked_at FROM tokens ORDER BY id",
+                )
+                .map_err(db)?;
+            stmt.query_map([], token_row).map_err(db)?.collect::<Result<_, _>>().map_err(db)
+        })
+    }
+
+    fn revoke_token(&self, id: u64, now: Millis) -> StoreFuture<'_, Option<TokenRecord>> {
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
+                .map_err(db)?
+                .execute(params![id as i64, now])
+                .map_err(db)?;
+            conn.prepare_cached(
+                "SELECT id, name, role, hash, created_at, expires_at, revoked_at FROM tokens WHERE id = ?1",
+            )
+            .map_err(db)?
+            .query_row([id as i64], token_row)
+            .optional()
+            .map_err(db)
         })
     }
 
@@ -927,6 +1009,18 @@ impl Store for SqliteStore {
             rows.collect::<Result<Vec<_>, _>>().map_err(db)
         })
     }
+}
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord {
+        id: r.get::<_, i64>(0)? as u64,
+        name: r.get(1)?,
+        role: r.get(2)?,
+        hash: r.get(3)?,
+        created_at: r.get(4)?,
+        expires_at: r.get(5)?,
+        revoked_at: r.get(6)?,
+    })
 }
 
 #[cfg(test)]
@@ -967,10 +1061,50 @@ mod tests {
     async fn nodes_and_their_gpus_are_recorded_and_replaced() {
         let (_dir, store) = open();
         let gpu = |index| GpuRecord { index, name: "Fake GPU".into(), uuid: None, memory_total_mib: 81920 };
-        store.register_node(NodeRecord { name: "a".into(), cpus: 8, gpus: vec![gpu(0), gpu(1)] }, 1).await.unwrap();
-        store.register_node(NodeRecord { name: "a".into(), cpus: 4, gpus: vec![gpu(0)] }, 2).await.unwrap();
+        let a = |cpus, gpus| NodeRecord { name: "a".into(), cpus, gpus, ..Default::default() };
+        store.register_node(a(8, vec![gpu(0), gpu(1)]), 1).await.unwrap();
+        let b = NodeRecord {
+            epoch: 7,
+            admin: "draining".into(),
+            tags: vec!["a100".into()],
+            max_jobs: Some(3),
+            version: "0.1.0".into(),
+            remote: true,
+            ..a(4, vec![gpu(0)])
+        };
+        store.register_node(b.clone(), 2).await.unwrap();
         let nodes = store.nodes().await.unwrap();
-        assert_eq!(nodes, vec![NodeRecord { name: "a".into(), cpus: 4, gpus: vec![gpu(0)] }]);
+        assert_eq!(nodes, vec![NodeRecord { last_seen: 2, ..b }]);
+        assert!(store.remove_node("a".into()).await.unwrap());
+        assert!(!store.remove_node("a".into()).await.unwrap());
+        assert!(store.nodes().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn tokens_are_kept_listed_and_revoked_once() {
+        let (_dir, store) = open();
+        let t = |name: &str, hash: &str| TokenRecord {
+            id: 0,
+            name: name.into(),
+            role: "user".into(),
+            hash: hash.into(),
+            created_at: 5,
+            expires_at: Some(50),
+            revoked_at: None,
+        };
+        let first = store.add_token(t("alice", "aa")).await.unwrap();
+        let second = store.add_token(t("bob", "bb")).await.unwrap();
+        assert!(second.id > first.id);
+        assert!(store.add_token(t("eve", "aa")).await.is_err(), "hashes are unique");
+        let revoked = store.revoke_token(first.id, 9).await.unwrap().unwrap();
+        assert_eq!(revoked.revoked_at, Some(9));
+        assert_eq!(store.revoke_token(first.id, 11).await.unwrap().unwrap().revoked_at, Some(9));
+        assert_eq!(store.revoke_token(999, 11).await.unwrap(), None);
+        let all = store.tokens().await.unwrap();
+        assert_eq!(
+            all.iter().map(|t| (t.name.as_str(), t.revoked_at)).collect::<Vec<_>>(),
+            [("alice", Some(9)), ("bob", None)]
+        );
     }
 
     #[tokio::test]

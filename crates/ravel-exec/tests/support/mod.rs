@@ -69,6 +69,7 @@ pub fn spec(command: &[&str], cwd: &Path) -> LaunchSpec {
         run_as: None,
         umask: None,
         cgroup: None,
+        lease_file: None,
     }
 }
 
