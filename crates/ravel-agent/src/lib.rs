@@ -4,6 +4,8 @@
 //! The agent decides nothing: the controller tells it what to launch or stop, and the agent
 //! reports each supervisor's end as an [`AgentEvent`]. In local mode it runs in-process.
 
+pub mod remote;
+
 use ravel_core::JobId;
 use ravel_exec::{ExitRecord, LaunchSpec, Launched, Standby, SupervisorRecord, Zygote};
 use ravel_gpu::{GpuInfo, GpuProbe, ProbeError};

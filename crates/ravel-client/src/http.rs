@@ -1,10 +1,103 @@
-//! Minimal HTTP/1.1 over a Unix socket: one request, `Connection: close`, read to EOF.
+//! Minimal HTTP/1.1: one request per connection, `Connection: close`, read to EOF; over the
+//! local Unix socket or a TLS connection to a controller.
 
 use crate::ClientError;
+use crate::tls::Remote;
+use rustls::{ClientConnection, StreamOwned};
 use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Where requests go.
+#[derive(Clone, Debug)]
+pub(crate) enum Target {
+    Unix(PathBuf),
+    Remote(Arc<Remote>),
+}
+
+impl Target {
+    /// Connects, with `timeout` for reads; nothing listening on a socket means no daemon.
+    pub(crate) fn connect(&self, timeout: Duration) -> Result<Conn, ClientError> {
+        match self {
+            Target::Unix(socket) => connect_unix(socket, timeout).map(Conn::Unix),
+            Target::Remote(r) => r.connect(timeout).map(|s| Conn::Tls(Box::new(s))),
+        }
+    }
+
+    /// The header lines every request carries: `Host:`, and for a controller `Authorization:`.
+    pub(crate) fn headers(&self) -> &str {
+        match self {
+            Target::Unix(_) => "host: localhost\r\n",
+            Target::Remote(r) => r.headers(),
+        }
+    }
+
+    /// What we talk to, for messages.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Target::Unix(socket) => format!("the daemon on {}", socket.display()),
+            Target::Remote(r) => format!("the controller at {}", r.url),
+        }
+    }
+
+    pub(crate) fn io_error(&self, e: std::io::Error) -> ClientError {
+        ClientError::Io { target: self.describe(), message: e.to_string() }
+    }
+
+    pub(crate) fn timed_out(&self, message: String) -> ClientError {
+        ClientError::Io { target: self.describe(), message }
+    }
+}
+
+/// One connection: the local socket, or TLS over TCP.
+pub(crate) enum Conn {
+    Unix(UnixStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Conn {
+    fn set_write_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.set_write_timeout(Some(timeout)),
+            // Set with the read timeout before the handshake.
+            Conn::Tls(_) => Ok(()),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.read(buf),
+            // A server that closes without TLS's close_notify ends the answer as a closed socket
+            // would; the HTTP framing (content length, the last chunk) still tells a cut answer.
+            Conn::Tls(s) => match s.read(buf) {
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(0),
+                r => r,
+            },
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Unix(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+        }
+    }
+
+    /// For TLS this sends what was written (rustls buffers it as records).
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Unix(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Response {
@@ -20,19 +113,20 @@ impl Response {
     }
 }
 
-pub fn request(
-    socket: &Path,
+pub(crate) fn request(
+    target: &Target,
     timeout: Duration,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<Response, ClientError> {
-    let io = |e: std::io::Error| ClientError::Io { socket: socket.to_path_buf(), message: e.to_string() };
-    let mut stream = connect(socket, timeout)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let io = |e: std::io::Error| target.io_error(e);
+    let mut stream = target.connect(timeout)?;
+    stream.set_write_timeout(timeout).map_err(io)?;
     let body = body.unwrap_or_default();
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\n{}connection: close\r\ncontent-length: {}\r\n",
+        target.headers(),
         body.len()
     );
     if !body.is_empty() {
@@ -42,13 +136,11 @@ pub fn request(
     let mut buf = req.into_bytes();
     buf.extend_from_slice(body);
     stream.write_all(&buf).map_err(io)?;
+    stream.flush().map_err(io)?;
     let mut raw = Vec::with_capacity(4096);
     stream.read_to_end(&mut raw).map_err(|e| {
         if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
-            ClientError::Io {
-                socket: socket.to_path_buf(),
-                message: format!("no answer within {}s", timeout.as_secs()),
-            }
+            target.timed_out(format!("no answer within {}s", timeout.as_secs()))
         } else {
             io(e)
         }
@@ -56,9 +148,12 @@ pub fn request(
     parse(&raw)
 }
 
-/// Connects, with `timeout` for reads; nothing listening means no daemon.
-pub(crate) fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
-    let io = |e: std::io::Error| ClientError::Io { socket: socket.to_path_buf(), message: e.to_string() };
+/// Connects to the local socket, with `timeout` for reads; nothing listening means no daemon.
+fn connect_unix(socket: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
+    let io = |e: std::io::Error| ClientError::Io {
+        target: format!("the daemon on {}", socket.display()),
+        message: e.to_string(),
+    };
     let stream = match UnixStream::connect(socket) {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
@@ -130,7 +225,8 @@ mod tests {
 
     #[test]
     fn a_missing_socket_means_not_running() {
-        let err = request(Path::new("/nonexistent/ravel.sock"), Duration::from_secs(1), "GET", "/", None).unwrap_err();
+        let target = Target::Unix("/nonexistent/ravel.sock".into());
+        let err = request(&target, Duration::from_secs(1), "GET", "/", None).unwrap_err();
         assert!(matches!(err, ClientError::NotRunning { .. }));
         assert!(err.to_string().contains("ravel daemon start"));
     }

@@ -1,35 +1,59 @@
-//! A typed, blocking client for the Ravel API over the local Unix socket.
+//! A typed, blocking client for the Ravel API: the local daemon over its Unix socket, or a
+//! cluster controller over HTTPS with a bearer token.
 //!
 //! The CLI's hot path (`ravel run`) goes through here, so it is deliberately small: one
-//! HTTP/1.1 request per connection on a std `UnixStream`, no async runtime, no TLS.
+//! HTTP/1.1 request per connection, no async runtime; a local client never touches TLS.
 
 mod http;
 mod stream;
+pub mod tls;
 
+use http::Target;
 use ravel_proto::ErrorBody;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use http::Response;
 pub use stream::SseEvent;
+pub use tls::Trust;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens on the socket: no daemon, or a stale socket file of a dead one.
     #[error("the ravel daemon is not running (no answer on {}); start it with `ravel daemon start`", socket.display())]
     NotRunning { socket: PathBuf },
+    /// No TCP connection to the controller (name not resolved, refused, timed out).
+    #[error("the controller at {url} does not answer ({message}); check the URL and that the controller runs")]
+    Unreachable { url: String, message: String },
+    /// The TLS handshake with the controller failed.
+    #[error("TLS with the controller at {url} failed: {message}")]
+    Tls { url: String, message: String },
+    /// The controller's certificate is not the pinned one.
+    #[error(
+        "the controller's certificate has fingerprint {seen}, not the pinned {pinned}: if the controller at {url} \
+made a new certificate, check its fingerprint (the controller prints it at start) and pin that one; \
+otherwise something else answers at that address"
+    )]
+    CertificateMismatch { url: String, seen: String, pinned: String },
     /// The daemon answered with an error.
     #[error("{}", body.error)]
     Api { status: u16, body: ErrorBody },
-    #[error("talking to the daemon on {}: {message}", socket.display())]
-    Io { socket: PathBuf, message: String },
+    /// `target` is "the daemon on SOCKET" or "the controller at URL".
+    #[error("talking to {target}: {message}")]
+    Io { target: String, message: String },
     #[error("unexpected answer from the daemon: {0}")]
     Protocol(String),
+    /// A client that cannot be made: a bad URL, token or trust setting.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl ClientError {
+    /// Only for the local daemon (which `ravel run` may start); an unreachable controller is
+    /// [`ClientError::Unreachable`].
     pub fn is_not_running(&self) -> bool {
         matches!(self, ClientError::NotRunning { .. })
     }
@@ -45,17 +69,41 @@ impl ClientError {
 
 #[derive(Clone, Debug)]
 pub struct Client {
-    socket: PathBuf,
+    target: Target,
     timeout: Duration,
 }
 
 impl Client {
+    /// The daemon listening on `socket`.
     pub fn local(socket: impl Into<PathBuf>) -> Client {
-        Client { socket: socket.into(), timeout: Duration::from_secs(60) }
+        Client { target: Target::Unix(socket.into()), timeout: Duration::from_secs(60) }
     }
 
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// A controller at `https://HOST[:PORT]`, sending `token` as `Authorization: Bearer` and
+    /// accepting the certificate `trust` says. Refuses `http://` URLs, and reads a CA file now.
+    pub fn remote(url: &str, token: Option<String>, trust: Trust) -> Result<Client, ClientError> {
+        let remote = tls::Remote::new(url, token, trust)?;
+        Ok(Client { target: Target::Remote(Arc::new(remote)), timeout: Duration::from_secs(60) })
+    }
+
+    pub fn is_remote(&self) -> bool {
+        matches!(self.target, Target::Remote(_))
+    }
+
+    /// The socket path or the controller's URL, for messages.
+    pub fn target(&self) -> String {
+        match &self.target {
+            Target::Unix(socket) => socket.display().to_string(),
+            Target::Remote(r) => r.url.clone(),
+        }
+    }
+
+    /// The local daemon's socket (None for a controller).
+    pub fn socket(&self) -> Option<&Path> {
+        match &self.target {
+            Target::Unix(socket) => Some(socket),
+            Target::Remote(_) => None,
+        }
     }
 
     /// How long one request may take (long polls pass their own, shorter, server timeout).
@@ -75,7 +123,7 @@ impl Client {
 
     /// One request; a non-2xx answer becomes `ClientError::Api`.
     pub fn raw(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, ClientError> {
-        let resp = http::request(&self.socket, self.timeout, method, path, body)?;
+        let resp = http::request(&self.target, self.timeout, method, path, body)?;
         if (200..300).contains(&resp.status) {
             return Ok(resp);
         }
@@ -93,7 +141,7 @@ impl Client {
         idle: Duration,
         on_event: impl FnMut(SseEvent) -> bool,
     ) -> Result<(), ClientError> {
-        streamed(stream::stream(&self.socket, idle, path, last_event_id, on_event)?)
+        streamed(stream::stream(&self.target, idle, path, last_event_id, on_event)?)
     }
 
     /// GETs a streamed answer (e.g. a followed log), handing its bytes to `on_bytes` as they
@@ -104,7 +152,7 @@ impl Client {
         idle: Duration,
         on_bytes: impl FnMut(&[u8]) -> bool,
     ) -> Result<(), ClientError> {
-        streamed(stream::body(&self.socket, idle, path, "", on_bytes)?)
+        streamed(stream::body(&self.target, idle, path, "", on_bytes)?)
     }
 
     /// Like [`Client::stream_body`], a line (without its `\n`) at a time, until the answer ends

@@ -4,8 +4,8 @@
 //! keep-alive comments).
 
 use crate::ClientError;
+use crate::http::Target;
 use std::io::{ErrorKind, Read, Write};
-use std::path::Path;
 use std::time::Duration;
 
 /// One event of the stream.
@@ -20,8 +20,8 @@ pub struct SseEvent {
 /// Opens `path` and calls `on_event` for each event until the stream ends or `on_event`
 /// returns false. `idle` bounds the wait for any byte (the daemon sends a keep-alive every
 /// 15 s). A non-2xx answer is returned as the raw response for the caller to turn into an error.
-pub fn stream(
-    socket: &Path,
+pub(crate) fn stream(
+    target: &Target,
     idle: Duration,
     path: &str,
     last_event_id: Option<&str>,
@@ -33,7 +33,7 @@ pub fn stream(
     };
     let mut lines = Lines::default();
     let mut ev = SseEvent::default();
-    body(socket, idle, path, &headers, |bytes| {
+    body(target, idle, path, &headers, |bytes| {
         lines.feed(bytes, |raw| {
             let line = String::from_utf8_lossy(raw);
             let line = line.trim_end_matches('\r');
@@ -91,17 +91,18 @@ impl Lines {
 /// GETs `path` and hands the body to `on_bytes` as it arrives (the chunked encoding undone),
 /// until it ends or `on_bytes` returns false. `extra_headers` are whole header lines. A non-2xx
 /// answer is read whole and returned for the caller to turn into an error.
-pub fn body(
-    socket: &Path,
+pub(crate) fn body(
+    target: &Target,
     idle: Duration,
     path: &str,
     extra_headers: &str,
     mut on_bytes: impl FnMut(&[u8]) -> bool,
 ) -> Result<Option<crate::Response>, ClientError> {
-    let io = |e: std::io::Error| ClientError::Io { socket: socket.to_path_buf(), message: e.to_string() };
-    let mut s = crate::http::connect(socket, idle)?;
-    let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n{extra_headers}\r\n");
+    let io = |e: std::io::Error| target.io_error(e);
+    let mut s = target.connect(idle)?;
+    let req = format!("GET {path} HTTP/1.1\r\n{}{extra_headers}\r\n", target.headers());
     s.write_all(req.as_bytes()).map_err(io)?;
+    s.flush().map_err(io)?;
 
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = [0u8; 8192];
@@ -112,10 +113,9 @@ pub fn body(
                 buf.extend_from_slice(&chunk[..n]);
                 Ok(true)
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Err(ClientError::Io {
-                socket: socket.to_path_buf(),
-                message: format!("the stream was silent for {}s", idle.as_secs()),
-            }),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Err(target.timed_out(format!("the stream was silent for {}s", idle.as_secs())))
+            }
             Err(e) => Err(io(e)),
         }
     };
@@ -124,7 +124,7 @@ pub fn body(
             break p;
         }
         if !fill(&mut buf)? {
-            return Err(ClientError::Protocol("the daemon closed the stream before answering".into()));
+            return Err(ClientError::Protocol("the connection closed before an answer came".into()));
         }
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();

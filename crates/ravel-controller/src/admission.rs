@@ -18,6 +18,11 @@ pub async fn admit(ctl: &Arc<Controller>, job: &Job) {
         return;
     }
     let user = ctl.user_id(job.spec.user.as_deref());
+    let spec = &job.spec;
+    if spec.node.is_some() || !spec.tags.is_empty() || spec.nodes > 1 {
+        let rule = ravel_core::policy::JobRule { node: spec.node.clone(), tags: spec.tags.clone(), nodes: spec.nodes };
+        ctl.lock().job_rules.insert(job.id, rule);
+    }
     let parked = Parked {
         job: queued_job(job, user),
         after: job.spec.after.clone(),

@@ -7,11 +7,13 @@
 
 use crate::Controller;
 use crate::api::ApiError;
+use crate::tokens::TokenIdentity;
 use axum::extract::FromRequestParts;
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::http::request::Parts;
 use axum::serve::IncomingStream;
 use ravel_core::Job;
+use ravel_proto::Role;
 use std::sync::Arc;
 use tokio::net::UnixListener;
 
@@ -40,18 +42,69 @@ pub struct Caller {
     pub gid: u32,
     pub name: String,
     pub admin: bool,
+    /// Set for a caller known by a bearer token (cluster mode): jobs are then theirs by name.
+    pub role: Option<Role>,
 }
 
 impl FromRequestParts<Arc<Controller>> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, ctl: &Arc<Controller>) -> Result<Caller, ApiError> {
-        let peer = parts
+        if let Some(peer) = parts.extensions.get::<ConnectInfo<Peer>>().map(|c| c.0) {
+            return Ok(ctl.caller(peer));
+        }
+        let token = parts
             .extensions
-            .get::<ConnectInfo<Peer>>()
-            .map(|c| c.0)
-            .ok_or_else(|| ApiError::internal("the connection has no peer credentials"))?;
-        Ok(ctl.caller(peer))
+            .get::<TokenIdentity>()
+            .ok_or_else(|| ApiError::unauthorized("the connection has neither peer credentials nor a token"))?;
+        Ok(Caller {
+            uid: u32::MAX,
+            gid: u32::MAX,
+            name: token.name.clone(),
+            admin: token.role == Role::Admin,
+            role: Some(token.role),
+        })
     }
+}
+
+/// Cluster mode's door: every request but the health checks needs a valid bearer token, and
+/// each role reaches only its part of the API (agents: `/v1/agent/...` only, and only they;
+/// tokens, node changes, shutdown and limits: admins only). Refusals are JSON, change nothing,
+/// and never echo the token.
+pub async fn require_token(
+    axum::extract::State(ctl): axum::extract::State<Arc<Controller>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path().to_string();
+    if path == "/healthz" || path == "/readyz" {
+        return next.run(req).await;
+    }
+    let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let secret = header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))).map(str::trim);
+    let who = match ctl.tokens.check(secret, crate::now_ms()) {
+        Ok(who) => who,
+        Err(refused) => return ApiError::unauthorized(refused.message()).into_response(),
+    };
+    let agent_route = path.starts_with("/v1/agent/");
+    let method = req.method().clone();
+    let admin_route = path.starts_with("/v1/tokens")
+        || path.starts_with("/v1/daemon/")
+        || path.starts_with("/v1/admin/")
+        || (path.starts_with("/v1/nodes/") && method != axum::http::Method::GET);
+    let refusal = match who.role {
+        Role::Agent if !agent_route => Some("an agent token may only sync (`/v1/agent/...`); use a user token"),
+        Role::Admin | Role::User if agent_route => Some("only agent tokens may use `/v1/agent/...`"),
+        Role::User if admin_route => Some("this needs an admin token"),
+        _ if path == "/v1/ui/session" => Some("the web UI is opened on the controller's host (`ravel ui` there)"),
+        _ => None,
+    };
+    if let Some(why) = refusal {
+        return ApiError::forbidden(format!("{why} (you are {} with a {} token)", who.name, who.role.as_str()))
+            .into_response();
+    }
+    req.extensions_mut().insert(who);
+    next.run(req).await
 }
 
 impl Controller {
@@ -64,7 +117,15 @@ impl Controller {
         let admin = peer.uid == 0
             || peer.uid == self.own_uid
             || self.admin_gid.is_some_and(|g| peer.gid == g || member_of(&name, peer.gid, g));
-        Caller { uid: peer.uid, gid: peer.gid, name, admin }
+        Caller { uid: peer.uid, gid: peer.gid, name, admin, role: None }
+    }
+
+    /// Whether `job` is the caller's own: by uid on a socket, by name for a token.
+    pub(crate) fn owns(&self, caller: &Caller, job: &Job) -> bool {
+        match caller.role {
+            Some(_) => job.spec.user.as_deref() == Some(caller.name.as_str()),
+            None => self.owner_of(job) == caller.uid,
+        }
     }
 
     /// The uid a job belongs to (jobs recorded before uids were kept belong to the daemon's user).
@@ -74,7 +135,7 @@ impl Controller {
 
     /// Refuses, with one clear line, a caller who may not `verb` (e.g. "cancel") `job`.
     pub(crate) fn check_owner(&self, caller: &Caller, job: &Job, verb: &str) -> Result<(), ApiError> {
-        if caller.admin || self.owner_of(job) == caller.uid {
+        if caller.admin || self.owns(caller, job) {
             return Ok(());
         }
         let owner = job.spec.user.as_deref().unwrap_or("another user");
@@ -86,7 +147,7 @@ impl Controller {
 
     /// Whether `caller` may see `job` at all (everyone may, unless the queue is private).
     pub(crate) fn may_see(&self, caller: &Caller, job: &Job) -> bool {
-        !self.cfg.private_queue || caller.admin || self.owner_of(job) == caller.uid
+        !self.cfg.private_queue || caller.admin || self.owns(caller, job)
     }
 }
 

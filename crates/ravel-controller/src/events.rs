@@ -28,7 +28,7 @@ pub async fn run(ctl: Arc<Controller>, mut rx: mpsc::UnboundedReceiver<AgentEven
 
 /// The attempt's supervisor ended before starting the job and without a status (its launcher
 /// died handing it the spec): nothing ran, so the job goes back to the queue as a new attempt.
-async fn never_started(ctl: &Arc<Controller>, id: JobId, n: u32) {
+pub(crate) async fn never_started(ctl: &Arc<Controller>, id: JobId, n: u32) {
     let reason = "the attempt ended before its job was started".to_string();
     match ctl.store.requeue(id, n, reason, now_ms()).await {
         Ok(job) => {
@@ -45,7 +45,7 @@ async fn never_started(ctl: &Arc<Controller>, id: JobId, n: u32) {
 }
 
 /// What an exit record means for the job.
-fn outcome(exit: Option<&ExitRecord>, cancel_requested: bool) -> Outcome {
+pub(crate) fn outcome(exit: Option<&ExitRecord>, cancel_requested: bool) -> Outcome {
     let Some(e) = exit else {
         // Its process is gone and nothing says how it ended (supervisor killed, machine
         // rebooted while the daemon was down): lost, and retried if it has retries.
@@ -90,9 +90,9 @@ pub async fn record_end(ctl: &Arc<Controller>, id: JobId, n: u32, outcome: Outco
             let half_life = ctl.half_life_ms();
             let mut st = ctl.lock();
             let held = st.active.get(&id).filter(|a| a.attempt == n && !a.gpus.is_empty());
-            if let Some((user, gpu_secs)) =
-                held.map(|a| (a.user, a.gpus.len() as f64 * (now - a.started_at).max(0) as f64 / 1000.0))
-            {
+            if let Some((user, gpu_secs)) = held.map(|a| {
+                (a.user, (a.gpus.len() * (1 + a.ranks.len())) as f64 * (now - a.started_at).max(0) as f64 / 1000.0)
+            }) {
                 st.users.charge(user, gpu_secs, now, half_life);
             }
             drop(st);

@@ -25,7 +25,9 @@ pub struct IdleSince(HashMap<(JobId, u32), Instant>);
 /// `st.flags`, so it is raised once). `session_of` gives the session of each GPU process, read
 /// from /proc by the probe (a process is a job's when its session is the job's supervisor's).
 pub fn check(st: &mut State, session_of: &HashMap<u32, i32>, idle_after: Option<Duration>) -> Vec<(JobId, u32, Flag)> {
-    let State { inventory, active, idle_since, flags, .. } = st;
+    let State { nodes, active, idle_since, flags, .. } = st;
+    // The local daemon's node (GPU checks need the processes' sessions, read here).
+    let Some(inventory) = nodes.first().map(|n| &n.inventory) else { return vec![] };
     let job_of_session: HashMap<i32, JobId> =
         active.iter().filter_map(|(id, a)| a.supervisor.map(|(pid, _)| (pid, *id))).collect();
     let mut seen = vec![];

@@ -8,6 +8,7 @@ mod admission;
 mod api;
 mod auth;
 mod clock;
+pub mod cluster;
 mod display;
 mod events;
 mod feed;
@@ -19,6 +20,8 @@ mod recovery;
 mod runjson;
 mod scheduler;
 mod state;
+pub mod tls;
+mod tokens;
 mod ui;
 
 use ravel_agent::{AgentEvent, LocalAgent};
@@ -81,6 +84,8 @@ pub struct Config {
     pub webhooks: Vec<String>,
     /// Daemon-wide alert rules (`--alert`).
     pub alerts: Vec<notify::Rule>,
+    /// Cluster mode (`ravel controller`): jobs run on agents' nodes, none on this host.
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -93,7 +98,12 @@ impl Config {
 pub struct Controller {
     pub(crate) cfg: Config,
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) agent: LocalAgent,
+    /// The local daemon's own agent; a controller of agents has none.
+    pub(crate) agent: Option<LocalAgent>,
+    /// This daemon's part of its attempts' cgroup names.
+    pub(crate) instance: String,
+    pub(crate) cluster: Option<cluster::ClusterConfig>,
+    pub(crate) tokens: tokens::Tokens,
     pub(crate) state: Mutex<State>,
     /// Wakes the scheduler loop (submit, exit, cancel).
     pub(crate) wake: Notify,
@@ -135,7 +145,12 @@ impl Controller {
             None => None,
         };
         let limits = limits::load(cfg.limits_file.as_deref())?;
-        let agent = LocalAgent::new(cfg.exe.clone(), ravel_agent::instance_of(&cfg.home), probe, tx);
+        let instance = ravel_agent::instance_of(&cfg.home);
+        let agent = cfg.cluster.is_none().then(|| LocalAgent::new(cfg.exe.clone(), instance.clone(), probe, tx));
+        let nodes = match &cfg.cluster {
+            None => vec![state::NodeState::local(cfg.node_name.clone(), cfg.cpus)],
+            Some(_) => cluster::nodes_from(store.nodes().await.map_err(|e| format!("cannot read the nodes: {e}"))?),
+        };
         std::fs::create_dir_all(cfg.runs_dir())
             .map_err(|e| format!("cannot create {}: {e}", cfg.runs_dir().display()))?;
         ravel_exec::spread_subdirectories(&cfg.runs_dir());
@@ -145,13 +160,17 @@ impl Controller {
         let feed = Arc::new(feed::Feed::new(start_id));
         let store: Arc<dyn Store> = Arc::new(feed::FeedStore::new(store, feed.clone()));
         let (notifier, notes) = notify::Notifier::start(Some(cfg.home.join("notifications.log")));
-        let mut state = State::new(cfg.cpus);
+        let mut state = State::new(nodes);
+        state.spread = cfg.cluster.as_ref().is_some_and(|c| c.spread);
         state.users.limits_cfg = limits;
         let ctl = Arc::new(Controller {
             state: Mutex::new(state),
+            cluster: cfg.cluster.clone(),
             cfg,
             store,
             agent,
+            instance,
+            tokens: Default::default(),
             wake: Notify::new(),
             finished: watch::channel(0).0,
             shutdown: watch::channel(false).0,
@@ -169,10 +188,17 @@ impl Controller {
             scheduler_tick: Mutex::new(std::time::Instant::now()),
         });
         scheduler::probe_now(&ctl).await;
-        ctl.register_node().await;
+        if ctl.agent.is_some() {
+            ctl.register_node().await;
+        }
         recovery::recover(&ctl).await?;
         // The first attempt need not wait for a supervisor to start.
-        ctl.agent.start_standby();
+        if let Some(agent) = &ctl.agent {
+            agent.start_standby();
+        }
+        if ctl.cluster.is_some() {
+            tokio::spawn(cluster::monitor(ctl.clone()));
+        }
         tokio::spawn(events::run(ctl.clone(), rx));
         tokio::spawn(notify::run(ctl.clone(), notes));
         tokio::spawn(scheduler::run(ctl.clone()));
@@ -191,14 +217,39 @@ impl Controller {
         let _ = rx.wait_for(|s| *s).await;
     }
 
+    /// Loads the tokens; on a controller's first start, makes the first admin token and returns
+    /// it (to be printed once), unless `admin_token` (`RAVEL_ADMIN_TOKEN`) gives it.
+    pub async fn init_tokens(&self, admin_token: Option<String>) -> Result<Option<String>, String> {
+        self.bootstrap_tokens(admin_token).await
+    }
+
+    /// Stops a running attempt: the local agent signals its supervisor; an agent's node is told
+    /// with its next sync (the job's `cancel_requested` is already set).
+    pub(crate) fn stop_attempt(&self, id: ravel_core::JobId, supervisor: Option<(i32, u64)>) {
+        let remote = {
+            let st = self.lock();
+            st.active
+                .get(&id)
+                .and_then(|a| st.nodes.get(a.node))
+                .and_then(|n| n.remote.as_ref().map(|r| r.wake.clone()))
+        };
+        match (remote, &self.agent, supervisor) {
+            (Some(wake), _, _) => wake.notify_one(),
+            (None, Some(agent), Some((pid, start))) => {
+                agent.stop(pid, start);
+            }
+            _ => {}
+        }
+    }
+
     /// Records this node and its GPUs in the store.
     async fn register_node(&self) {
         let node = {
             let st = self.lock();
             ravel_store::NodeRecord {
                 name: self.cfg.node_name.clone(),
-                cpus: st.cpus_total,
-                gpus: st
+                cpus: st.nodes[0].cpus_total,
+                gpus: st.nodes[0]
                     .inventory
                     .iter()
                     .map(|g| ravel_store::GpuRecord {
@@ -208,6 +259,7 @@ impl Controller {
                         memory_total_mib: g.memory_total_mib,
                     })
                     .collect(),
+                ..Default::default()
             }
         };
         if let Err(e) = self.store.register_node(node, now_ms()).await {
@@ -250,6 +302,19 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = api::router(ctl);
     axum::serve(listener, app.into_make_service_with_connect_info::<auth::Peer>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serves the API over HTTPS (cluster mode): every request needs a bearer token; bodies are
+/// capped at 1 MiB.
+pub async fn serve_tls(
+    ctl: Arc<Controller>,
+    listener: tls::TlsListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = api::tls_router(ctl);
+    axum::serve(listener, app.into_make_service_with_connect_info::<tls::RemoteAddr>())
         .with_graceful_shutdown(shutdown)
         .await
 }

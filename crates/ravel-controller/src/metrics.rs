@@ -120,7 +120,6 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
 pub fn render(ctl: &Controller) -> String {
     let m = &ctl.metrics;
     let mut out = String::with_capacity(8192);
-    let node = esc(&ctl.cfg.node_name);
     {
         let st = ctl.lock();
         head(
@@ -132,34 +131,46 @@ pub fn render(ctl: &Controller) -> String {
         let _ = writeln!(out, "ravel_jobs{{state=\"queued\"}} {}", st.queue.len());
         let _ = writeln!(out, "ravel_jobs{{state=\"waiting\"}} {}", st.parked.len());
         let _ = writeln!(out, "ravel_jobs{{state=\"running\"}} {}", st.active.len());
-        let gpu_use = st.gpu_use();
-        let allocated = gpu_use.len();
-        let busy = st
-            .inventory
-            .iter()
-            .filter(|g| !gpu_use.contains_key(&g.index) && g.foreign_busy(&ctl.cfg.thresholds).is_some())
-            .count();
-        let free = st.inventory.len() - allocated - busy;
         head(
             &mut out,
             "ravel_gpus",
             "gauge",
             "GPUs of each node: allocated to jobs, free, or busy with use outside Ravel.",
         );
-        for (state, n) in [("allocated", allocated), ("free", free), ("foreign_busy", busy)] {
-            let _ = writeln!(out, "ravel_gpus{{node=\"{node}\",state=\"{state}\"}} {n}");
+        for (i, n) in st.nodes.iter().enumerate() {
+            let node = esc(&n.name);
+            let gpu_use = st.gpu_use(i);
+            let allocated = gpu_use.len().min(n.inventory.len());
+            let busy = n
+                .inventory
+                .iter()
+                .filter(|g| !gpu_use.contains_key(&g.index) && g.foreign_busy(&ctl.cfg.thresholds).is_some())
+                .count();
+            let free = n.inventory.len() - allocated - busy;
+            for (state, n) in [("allocated", allocated), ("free", free), ("foreign_busy", busy)] {
+                let _ = writeln!(out, "ravel_gpus{{node=\"{node}\",state=\"{state}\"}} {n}");
+            }
         }
         head(&mut out, "ravel_cpus", "gauge", "CPU slots of each node, and how many jobs hold.");
-        let _ = writeln!(out, "ravel_cpus{{node=\"{node}\",state=\"total\"}} {}", st.cpus_total);
-        let _ = writeln!(out, "ravel_cpus{{node=\"{node}\",state=\"used\"}} {}", st.cpus_used());
+        for (i, n) in st.nodes.iter().enumerate() {
+            let node = esc(&n.name);
+            let _ = writeln!(out, "ravel_cpus{{node=\"{node}\",state=\"total\"}} {}", n.cpus_total);
+            let _ = writeln!(out, "ravel_cpus{{node=\"{node}\",state=\"used\"}} {}", st.cpus_used(i));
+        }
         head(
             &mut out,
             "ravel_agent_last_seen_seconds",
             "gauge",
             "Seconds since each node's agent last reported (its last GPU probe).",
         );
-        let seen = st.last_probe.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64());
-        let _ = writeln!(out, "ravel_agent_last_seen_seconds{{node=\"{node}\"}} {}", fmt_f64(seen));
+        for n in &st.nodes {
+            let node = esc(&n.name);
+            let seen = match &n.remote {
+                None => st.last_probe.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64()),
+                Some(r) => r.last_seen.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64()),
+            };
+            let _ = writeln!(out, "ravel_agent_last_seen_seconds{{node=\"{node}\"}} {}", fmt_f64(seen));
+        }
     }
     head(&mut out, "ravel_jobs_submitted_total", "counter", "Jobs accepted.");
     let _ = writeln!(out, "ravel_jobs_submitted_total {}", m.submitted.load(Ordering::Relaxed));

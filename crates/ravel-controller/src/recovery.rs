@@ -32,9 +32,22 @@ pub async fn recover(ctl: &Arc<Controller>) -> Result<(), String> {
         let known = a.supervisor_pid.zip(a.supervisor_start);
         let user = ctl.user_id(job.spec.user.as_deref());
         let started_at = a.started_at.unwrap_or(a.created_at);
+        let (node, ranks) = {
+            let mut st = ctl.lock();
+            let mut index = |name: &str| match st.node_index(name) {
+                Some(i) => i,
+                None if ctl.cluster.is_some() => crate::cluster::unknown_node(&mut st, name),
+                // The local daemon's node was renamed: its attempts are still its own.
+                None => 0,
+            };
+            let node = index(&a.node);
+            let ranks: Vec<(usize, Vec<u32>)> = a.ranks.iter().map(|(n, g)| (index(n), g.clone())).collect();
+            (node, ranks)
+        };
         ctl.lock().hold(
             job.id,
             Active {
+                node,
                 attempt: a.n,
                 gpus: a.gpus.clone(),
                 gpu_mem_mib: job.spec.gpu_mem_mib,
@@ -46,9 +59,21 @@ pub async fn recover(ctl: &Arc<Controller>) -> Result<(), String> {
                 ends_by: job.spec.timeout_ms.map(|t| started_at + t as i64),
                 array: job.array_id,
                 started_at,
+                ranks,
+                ranks_ended: Vec::new(),
             },
         );
-        match ctl.agent.adopt(job.id, a.n, &run_dir, known) {
+        // An agent's attempt is the agent's to report: it keeps running while the node syncs
+        // within the node timeout, which starts now. One never seen running may never have
+        // reached its node: its launch order is sent again (an agent that has it ignores it).
+        let Some(agent) = ctl.agent.as_ref() else {
+            if a.state == JobState::Allocated {
+                crate::cluster::placed(ctl, &job, &a);
+            }
+            adopted += 1;
+            continue;
+        };
+        match agent.adopt(job.id, a.n, &run_dir, known) {
             Adoption::Watching { pid, start_time } => {
                 adopted += 1;
                 if let Some(act) = ctl.lock().active.get_mut(&job.id) {
@@ -58,7 +83,7 @@ pub async fn recover(ctl: &Arc<Controller>) -> Result<(), String> {
                     let _ = ctl.store.mark_running(job.id, a.n, pid, start_time, now_ms()).await;
                 }
                 if job.cancel_requested {
-                    ctl.agent.stop(pid, start_time);
+                    agent.stop(pid, start_time);
                 }
             }
             Adoption::Ended => {}

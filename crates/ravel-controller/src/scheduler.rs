@@ -36,11 +36,13 @@ pub async fn run(ctl: Arc<Controller>) {
 /// Reads the GPU inventory into the state, and which part of each GPU's memory is used by
 /// processes outside Ravel. A failed probe keeps the last good inventory.
 pub async fn probe_now(ctl: &Controller) {
-    let result = ctl.agent.inventory().await;
+    // A controller of agents has no GPUs of its own: its nodes report theirs.
+    let Some(agent) = &ctl.agent else { return };
+    let result = agent.inventory().await;
     let (sessions, in_use) = {
         let st = ctl.lock();
         let sessions: Vec<i32> = st.active.values().filter_map(|a| a.supervisor.map(|s| s.0)).collect();
-        (sessions, st.gpu_use())
+        (sessions, st.gpu_use(0))
     };
     // Each GPU process's session, read once from /proc and outside the lock: it tells our jobs'
     // processes from foreign ones, and which job a process belongs to (the GPU checks).
@@ -71,10 +73,8 @@ pub async fn probe_now(ctl: &Controller) {
     match result {
         Ok(gpus) => {
             let foreign = foreign.unwrap_or_default();
-            if st.inventory != gpus || st.foreign_used_mib != foreign {
-                st.generation += 1;
-                st.leftover = None;
-                st.dirty = true;
+            if st.nodes[0].inventory != gpus || st.nodes[0].foreign_used_mib != foreign {
+                st.nodes_changed();
             }
             // Five minutes of samples at the usual probe interval.
             let sample: Vec<u32> = gpus.iter().map(|g| g.utilization_pct).collect();
@@ -82,8 +82,8 @@ pub async fn probe_now(ctl: &Controller) {
             while st.gpu_history.len() > 300 {
                 st.gpu_history.pop_front();
             }
-            st.inventory = gpus;
-            st.foreign_used_mib = foreign;
+            st.nodes[0].inventory = gpus;
+            st.nodes[0].foreign_used_mib = foreign;
             st.probe_error = None;
             let raised = crate::gputruth::check(&mut st, &session_of, ctl.cfg.idle_gpu_after);
             drop(st);
@@ -112,7 +112,7 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
     // submit changes nothing held: it is simply considered by the next pass).
     let placed: Vec<(Placement, QueuedJob)> = loop {
         let now = now_ms();
-        let (node, queue, users, limits, generation) = {
+        let (nodes, ids, queue, users, limits, generation, rules) = {
             let mut st = ctl.lock();
             // The periodic pass only looks again when something changed (probes included).
             if !st.accepting || st.queue.is_empty() || !(woken || st.dirty) {
@@ -120,12 +120,22 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
             }
             st.dirty = false;
             st.users.decay(now, ctl.half_life_ms());
-            let node = st.node_view(&ctl.cfg.node_name, &ctl.cfg.thresholds);
+            let (nodes, ids) = st.node_views(&ctl.cfg.thresholds);
             let queue: Vec<QueuedJob> = st.queue.values().cloned().collect();
             st.arrived.clear();
-            (node, queue, st.users.shares.clone(), st.users.limits.clone(), st.generation)
+            let rules = (ctl.cluster.is_some()).then(|| ravel_core::policy::Rules {
+                node_tags: ids
+                    .iter()
+                    .map(|i| st.nodes[*i].remote.as_ref().map(|r| r.tags.clone()).unwrap_or_default())
+                    .collect(),
+                max_jobs: ids.iter().map(|i| st.nodes[*i].remote.as_ref().and_then(|r| r.max_jobs)).collect(),
+                spread: st.spread,
+                jobs: st.job_rules.clone(),
+            });
+            (nodes, ids, queue, st.users.shares.clone(), st.users.limits.clone(), st.generation, rules)
         };
-        let snap = Snapshot { now, nodes: std::slice::from_ref(&node), queue: &queue, users: &users, limits: &limits };
+        let snap =
+            Snapshot { now, nodes: &nodes, queue: &queue, users: &users, limits: &limits, rules: rules.as_ref() };
         let started = Instant::now();
         let d = ravel_core::policy::schedule(&snap);
         ctl.metrics.pass.observe(started.elapsed());
@@ -142,14 +152,24 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
         }
         st.set_pending(d.pending);
         st.estimates = d.estimated_start.into_iter().collect();
-        let mut placed = Vec::with_capacity(d.placements.len());
-        for p in d.placements {
+        let mut placed: Vec<(Placement, QueuedJob)> = Vec::with_capacity(d.placements.len());
+        for mut p in d.placements {
+            p.node = ids[p.node];
+            // A gang's further ranks follow its first placement.
+            if let Some((first, _)) = placed.last().filter(|(f, _)| f.job == p.job) {
+                let id = first.job;
+                if let Some(a) = st.active.get_mut(&id) {
+                    a.ranks.push((p.node, p.gpus));
+                }
+                continue;
+            }
             let Some(q) = st.dequeue(p.job) else { continue };
             st.hold(p.job, Active::placed(&p, &q, now));
             placed.push((p, q));
         }
         // Set after the placements: the leftover already accounts for them.
         st.leftover = Some(d.leftover);
+        st.leftover_nodes = ids;
         // Jobs submitted while this pass ran are new to it: its leftover may take them now,
         // in arrival order, up to the first that does not fit (which then waits for a pass).
         for id in std::mem::take(&mut st.arrived) {
@@ -175,18 +195,30 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
 }
 
 /// Records the placement (queued → allocated), launches the supervisor, records it running.
+/// On an agent's node, the launch is the agent's: it gets the attempt with its next sync.
 pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJob) {
     let id = p.job;
+    let (node, remote, ranks) = {
+        let st = ctl.lock();
+        let n = &st.nodes[p.node];
+        let ranks: Vec<(String, Vec<u32>)> = st
+            .active
+            .get(&id)
+            .map(|a| a.ranks.iter().map(|(i, g)| (st.nodes[*i].name.clone(), g.clone())).collect())
+            .unwrap_or_default();
+        (n.name.clone(), n.remote.is_some(), ranks)
+    };
     let template = ctl.cfg.runs_dir().join(id.to_string()).join("{attempt}");
     // A supervisor started ahead takes the attempt if one is ready; who it is goes into the
     // store with the placement, before it is handed anything.
-    let standby = ctl.agent.take_standby();
+    let standby = if remote { None } else { ctl.agent.as_ref().and_then(|a| a.take_standby()) };
     let new = NewAttempt {
-        node: ctl.cfg.node_name.clone(),
+        node,
         gpus: p.gpus.clone(),
         cpus: p.cpus,
         run_dir_template: template.to_string_lossy().into_owned(),
         supervisor: standby.as_ref().map(|s| (s.launched().pid, s.launched().start_time)),
+        ranks,
     };
     let t = Instant::now();
     let allocated = ctl.store.allocate(id, new, now_ms()).await;
@@ -194,7 +226,9 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
     let (job, attempt) = match allocated {
         Ok(r) => r,
         Err(e) => {
-            ctl.agent.put_back(standby);
+            if let Some(agent) = &ctl.agent {
+                agent.put_back(standby);
+            }
             let mut st = ctl.lock();
             st.release(id);
             if !matches!(e, StoreError::Conflict { .. } | StoreError::NotFound(_)) {
@@ -207,6 +241,11 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
             return;
         }
     };
+    if remote {
+        crate::cluster::placed(&ctl, &job, &attempt);
+        return;
+    }
+    let Some(agent) = ctl.agent.as_ref() else { return };
     failpoint(&ctl, "after_allocate");
     let run_dir = PathBuf::from(&attempt.run_dir);
     if let Some(a) = ctl.lock().active.get_mut(&id) {
@@ -214,7 +253,7 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
         a.run_dir = run_dir.clone();
     }
     let spec = launch_spec(&ctl, &job, &attempt.gpus, attempt.n, &run_dir);
-    match ctl.agent.launch(id, attempt.n, run_dir, spec, standby).await {
+    match agent.launch(id, attempt.n, run_dir, spec, standby).await {
         Ok(l) => {
             failpoint(&ctl, "after_launch");
             ctl.metrics.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -228,7 +267,7 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
                 })
             };
             if cancel == Some(true) {
-                ctl.agent.stop(l.pid, l.start_time);
+                agent.stop(l.pid, l.start_time);
             }
             // run.json is written once, when the attempt ends: each file created on the
             // dispatch path costs an inode allocation, and the store answers `ravel show` now.
@@ -261,8 +300,9 @@ fn failpoint(ctl: &Controller, name: &str) {
     }
 }
 
-/// The job's complete environment: the submitter's, then Ravel's own variables.
-fn launch_spec(ctl: &Controller, job: &Job, gpus: &[u32], n: u32, run_dir: &std::path::Path) -> LaunchSpec {
+/// The job's complete environment: the submitter's, then Ravel's own variables. An agent sets
+/// the run dir variables, the lease and the cgroup to its own.
+pub(crate) fn launch_spec(ctl: &Controller, job: &Job, gpus: &[u32], n: u32, run_dir: &std::path::Path) -> LaunchSpec {
     const OURS: [&str; 6] = [
         "CUDA_VISIBLE_DEVICES",
         "CUDA_DEVICE_ORDER",
@@ -299,7 +339,7 @@ fn launch_spec(ctl: &Controller, job: &Job, gpus: &[u32], n: u32, run_dir: &std:
         // A shared box contains every job; elsewhere only a job with a memory limit needs one.
         cgroup: (ctl.cfg.cgroups.available() && (ctl.cfg.system || job.spec.mem_mib.is_some())).then(|| {
             ravel_exec::CgroupSpec {
-                name: ctl.agent.cgroup_name(job.id, n),
+                name: ravel_agent::cgroup_name(&ctl.instance, job.id, n),
                 memory_max_bytes: job.spec.mem_mib.map(|m| m << 20),
                 pids_max: None,
             }

@@ -14,9 +14,43 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// A job that holds an attempt on the node.
+/// A node jobs run on: the local daemon's own, or one whose agent syncs with this controller.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    pub name: String,
+    pub cpus_total: u32,
+    pub inventory: Vec<GpuInfo>,
+    /// Per inventory entry: MiB used by processes that are not Ravel jobs.
+    pub foreign_used_mib: Vec<u64>,
+    /// `ready`, `draining` or `cordoned` (an admin's choice, kept in the store).
+    pub admin: String,
+    /// Set for a node run by an agent (cluster mode).
+    pub remote: Option<crate::cluster::Remote>,
+}
+
+impl NodeState {
+    pub fn local(name: String, cpus_total: u32) -> NodeState {
+        NodeState {
+            name,
+            cpus_total,
+            inventory: Vec::new(),
+            foreign_used_mib: Vec::new(),
+            admin: "ready".into(),
+            remote: None,
+        }
+    }
+
+    /// Whether new jobs may be placed here.
+    pub fn schedulable(&self) -> bool {
+        self.admin == "ready" && self.remote.as_ref().is_none_or(|r| r.connected())
+    }
+}
+
+/// A job that holds an attempt on a node.
 #[derive(Debug, Clone)]
 pub struct Active {
+    /// Index of its node in `State::nodes`.
+    pub node: usize,
     pub attempt: u32,
     pub gpus: Vec<u32>,
     pub gpu_mem_mib: Option<u64>,
@@ -30,9 +64,34 @@ pub struct Active {
     pub ends_by: Option<Millis>,
     pub array: Option<JobId>,
     pub started_at: Millis,
+    /// A gang's other ranks (rank 1, 2, ...): node index and GPUs each. Rank 0 is `node`/`gpus`.
+    pub ranks: Vec<(usize, Vec<u32>)>,
+    /// Ranks whose end was reported (a gang succeeds once all of them did).
+    pub ranks_ended: Vec<usize>,
 }
 
 impl Active {
+    /// What it holds on `node`: the GPUs of each of its ranks there (one for all but gangs).
+    pub fn on(&self, node: usize) -> impl Iterator<Item = &[u32]> + '_ {
+        std::iter::once((self.node, &self.gpus[..]))
+            .chain(self.ranks.iter().map(|(n, g)| (*n, &g[..])))
+            .filter(move |(n, _)| *n == node)
+            .map(|(_, g)| g)
+    }
+
+    /// The rank it runs on `node`, if any.
+    pub fn rank_on(&self, node: usize) -> Option<usize> {
+        if self.node == node {
+            return Some(0);
+        }
+        self.ranks.iter().position(|(n, _)| *n == node).map(|i| i + 1)
+    }
+
+    /// Every node it holds something on.
+    pub fn nodes(&self) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(self.node).chain(self.ranks.iter().map(|(n, _)| *n))
+    }
+
     /// The scheduler's view of it.
     pub fn running(&self, id: JobId) -> RunningJob {
         RunningJob {
@@ -46,9 +105,11 @@ impl Active {
         }
     }
 
-    /// What a job holds once placed, before its attempt is recorded.
+    /// What a job holds once placed (`p.node` is the state's node index), before its attempt is
+    /// recorded.
     pub fn placed(p: &Placement, q: &QueuedJob, now: Millis) -> Active {
         Active {
+            node: p.node,
             attempt: 0,
             gpus: p.gpus.clone(),
             gpu_mem_mib: p.gpu_mem_mib,
@@ -60,6 +121,8 @@ impl Active {
             ends_by: q.timeout_ms.map(|t| now + t as i64),
             array: q.array.map(|(a, _)| a),
             started_at: now,
+            ranks: Vec::new(),
+            ranks_ended: Vec::new(),
         }
     }
 }
@@ -168,6 +231,8 @@ pub struct State {
     /// once (`policy::place_fast`). Gone when anything else changes: a job ends, a job enters
     /// the queue without being placed, the inventory changes.
     pub leftover: Option<Leftover>,
+    /// The state's node index of each node of the leftover (the pass saw schedulable nodes only).
+    pub leftover_nodes: Vec<usize>,
     /// Jobs that entered the queue since the running pass took its snapshot: to that pass they
     /// are new jobs, which its leftover may place at once when it ends.
     pub arrived: Vec<JobId>,
@@ -176,10 +241,13 @@ pub struct State {
     pub dirty: bool,
     pub estimates: HashMap<JobId, Millis>,
     pub active: HashMap<JobId, Active>,
-    pub cpus_total: u32,
-    pub inventory: Vec<GpuInfo>,
-    /// Per inventory entry: MiB used by processes that are not Ravel jobs.
-    pub foreign_used_mib: Vec<u64>,
+    /// Node choices of waiting jobs that made one (`--node`, `--tags`, `--nodes`).
+    pub job_rules: HashMap<JobId, ravel_core::policy::JobRule>,
+    /// Cluster mode: spread jobs over nodes instead of packing them.
+    pub spread: bool,
+    /// The nodes: in local mode just the daemon's own (index 0); in cluster mode the agents'.
+    /// Never shrinks while the controller runs (a removed node stays, empty and unschedulable).
+    pub nodes: Vec<NodeState>,
     pub probe_error: Option<String>,
     pub last_probe: Option<Instant>,
     /// A GPU was released since the last probe: its last reading may show the finished job's
@@ -199,7 +267,7 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(cpus_total: u32) -> State {
+    pub fn new(nodes: Vec<NodeState>) -> State {
         State {
             queue: BTreeMap::new(),
             queued_keys: HashMap::new(),
@@ -210,13 +278,14 @@ impl State {
             pending_index: std::sync::OnceLock::new(),
             generation: 0,
             leftover: None,
+            leftover_nodes: Vec::new(),
             arrived: Vec::new(),
             dirty: false,
             estimates: HashMap::new(),
             active: HashMap::new(),
-            cpus_total,
-            inventory: Vec::new(),
-            foreign_used_mib: Vec::new(),
+            job_rules: HashMap::new(),
+            spread: false,
+            nodes,
             probe_error: None,
             last_probe: None,
             released_since_probe: false,
@@ -276,6 +345,7 @@ impl State {
 
     /// Takes a job out of wherever it waits (eligible queue or parked).
     pub fn forget_waiting(&mut self, id: JobId) -> Option<QueuedJob> {
+        self.job_rules.remove(&id);
         self.dequeue(id).or_else(|| self.unpark(id).map(|p| p.job))
     }
 
@@ -292,27 +362,37 @@ impl State {
         // What it frees may go straight back to the leftover when provably no waiting job
         // could use it (`policy::credit_end`); otherwise the next pass decides.
         // A job of a user with jobs waiting on that user's limit: those may start now.
+        self.job_rules.remove(&id);
+        // A gang's ranks are not credited: the next pass looks again.
+        let seen_as = self.leftover_nodes.iter().position(|n| *n == a.node).filter(|_| a.ranks.is_empty());
         let credited = !self.limited_users.contains(&a.user)
-            && self.leftover.as_mut().is_some_and(|l| ravel_core::policy::credit_end(l, &a.running(id), 0));
+            && seen_as.is_some_and(|i| {
+                self.leftover.as_mut().is_some_and(|l| ravel_core::policy::credit_end(l, &a.running(id), i))
+            });
         if !credited {
             self.leftover = None;
         }
-        if !a.gpus.is_empty() {
+        if !a.gpus.is_empty() && a.node == 0 {
             self.released_since_probe = true;
         }
         self.flags.remove(&id);
         Some(a)
     }
 
-    pub fn cpus_used(&self) -> u32 {
-        self.active.values().map(|a| a.cpus).sum()
+    pub fn cpus_used(&self, node: usize) -> u32 {
+        self.active.values().map(|a| a.on(node).count() as u32 * a.cpus).sum()
     }
 
-    /// Jobs on each GPU index (GPUs without any are absent).
-    pub fn gpu_use(&self) -> HashMap<u32, GpuUse> {
+    /// Jobs (ranks) holding something on `node`.
+    pub fn jobs_on(&self, node: usize) -> usize {
+        self.active.values().map(|a| a.on(node).count()).sum()
+    }
+
+    /// Jobs on each GPU index of `node` (GPUs without any are absent).
+    pub fn gpu_use(&self, node: usize) -> HashMap<u32, GpuUse> {
         let mut m: HashMap<u32, GpuUse> = HashMap::new();
         for (id, a) in &self.active {
-            for g in &a.gpus {
+            for g in a.on(node).flatten() {
                 let e = m.entry(*g).or_default();
                 match a.gpu_mem_mib {
                     Some(mib) => e.1.push((*id, mib)),
@@ -326,10 +406,17 @@ impl State {
         m
     }
 
-    /// The node as the scheduler sees it.
-    pub fn node_view(&self, name: &str, t: &Thresholds) -> NodeView {
-        let mut used = self.gpu_use();
-        let gpus = self
+    /// The schedulable nodes as the scheduler sees them, and each one's index in `nodes`.
+    pub fn node_views(&self, t: &Thresholds) -> (Vec<NodeView>, Vec<usize>) {
+        let ids: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].schedulable()).collect();
+        (ids.iter().map(|i| self.node_view(*i, t)).collect(), ids)
+    }
+
+    /// One node as the scheduler sees it.
+    pub fn node_view(&self, node: usize, t: &Thresholds) -> NodeView {
+        let n = &self.nodes[node];
+        let mut used = self.gpu_use(node);
+        let gpus = n
             .inventory
             .iter()
             .enumerate()
@@ -339,16 +426,33 @@ impl State {
                 GpuSlot {
                     index: g.index,
                     memory_total_mib: g.memory_total_mib,
-                    foreign_used_mib: self.foreign_used_mib.get(i).copied().unwrap_or(0),
+                    foreign_used_mib: n.foreign_used_mib.get(i).copied().unwrap_or(0),
                     foreign_busy: !ours && g.foreign_busy(t).is_some(),
                     whole,
                     shared,
                 }
             })
             .collect();
-        let mut running: Vec<RunningJob> = self.active.iter().map(|(id, a)| a.running(*id)).collect();
+        let mut running: Vec<RunningJob> = self
+            .active
+            .iter()
+            .flat_map(|(id, a)| a.on(node).map(move |g| RunningJob { gpus: g.to_vec(), ..a.running(*id) }))
+            .collect();
         running.sort_by_key(|r| r.job);
-        NodeView { name: name.to_string(), gpus, cpus_total: self.cpus_total, cpus_used: self.cpus_used(), running }
+        NodeView { name: n.name.clone(), gpus, cpus_total: n.cpus_total, cpus_used: self.cpus_used(node), running }
+    }
+
+    /// The index of the node called `name`.
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Something about the nodes changed (one joined, left, was drained, or its inventory
+    /// changed): placements computed before are void.
+    pub fn nodes_changed(&mut self) {
+        self.generation += 1;
+        self.leftover = None;
+        self.dirty = true;
     }
 
     /// The Ravel job a GPU process belongs to: the one whose supervisor leads its session.
@@ -357,9 +461,9 @@ impl State {
         self.active.iter().find(|(_, a)| a.supervisor.is_some_and(|(s, _)| s == session)).map(|(id, _)| *id)
     }
 
-    /// GPUs with at least one Ravel job on them.
+    /// GPUs with at least one Ravel job on them, over all nodes.
     pub fn gpus_in_use(&self) -> usize {
-        self.gpu_use().len()
+        (0..self.nodes.len()).map(|n| self.gpu_use(n).len()).sum()
     }
 
     pub fn is_idle(&self) -> bool {
@@ -397,8 +501,9 @@ impl State {
             PendingReason::UserLimit { user, hit } => format!("User limit: {} {hit}", self.users.name(*user)),
             PendingReason::GpuBusy { index, need_gpus, free_gpus } => {
                 let why = self
-                    .inventory
+                    .nodes
                     .iter()
+                    .flat_map(|n| &n.inventory)
                     .find(|g| g.index == *index)
                     .and_then(|g| g.foreign_busy(thresholds).or(Some("foreign use".into())))
                     .unwrap_or_default();
@@ -415,6 +520,9 @@ impl State {
         // A limited user's job may start without a pass only within the user's limits; a full
         // pass, seeing the same use, would then place it too (the leftover keeps anything an
         // older waiting job could take).
+        if self.job_rules.contains_key(&q.id) {
+            return None;
+        }
         if let Some(limits) = self.users.limits_of(q.user) {
             let mine = self.active.values().filter(|a| a.user == q.user);
             let (gpus, jobs) = mine.fold((0, 0), |(g, j), a| (g + a.gpus.len() as u32, j + 1));
@@ -422,7 +530,9 @@ impl State {
                 return None;
             }
         }
-        ravel_core::policy::place_fast(self.leftover.as_mut()?, q)
+        let mut p = ravel_core::policy::place_fast(self.leftover.as_mut()?, q)?;
+        p.node = self.leftover_nodes[p.node];
+        Some(p)
     }
 
     /// Records a pass's reasons.

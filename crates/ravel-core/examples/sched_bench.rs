@@ -120,7 +120,7 @@ fn main() {
     let users: Vec<UserShare> = (0..USERS)
         .map(|_| UserShare { weight: rng.pick(&[1.0, 1.0, 2.0]), usage: rng.below(100_000) as f64 })
         .collect();
-    let snap = Snapshot { now: NOW, nodes: &nodes, queue: &queue, users: &users, limits: &[] };
+    let snap = Snapshot { now: NOW, nodes: &nodes, queue: &queue, users: &users, limits: &[], rules: None };
 
     let first = schedule(&snap);
     let mut ms: Vec<f64> = (0..RUNS)

@@ -82,6 +82,20 @@ pub struct JobSpec {
     /// A webhook of the job's own for it, besides the daemon's (`--notify-url`).
     #[serde(default)]
     pub notify_url: Option<String>,
+    /// Cluster mode: run only on this node (`--node`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Cluster mode: run only on nodes with all of these tags (`--tags a,b`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Cluster mode: one rank on each of this many nodes, started together (`--nodes N`, a gang);
+    /// each rank gets `gpus` GPUs and `cpus` CPUs. 0 or 1: one node.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub nodes: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// When a job's end is worth a notification.
@@ -133,6 +147,9 @@ impl Default for JobSpec {
             mem_mib: None,
             notify: None,
             notify_url: None,
+            node: None,
+            tags: Vec::new(),
+            nodes: 0,
         }
     }
 }
@@ -211,6 +228,18 @@ impl JobSpec {
         }
         if self.timeout_ms == Some(0) {
             return err("--timeout must be more than 0".into());
+        }
+        if self.nodes > 1024 {
+            return err(format!("--nodes {} is more than 1024", self.nodes));
+        }
+        if self.tags.len() > 64 || self.tags.iter().any(|t| t.is_empty() || t.len() > 64 || t.contains(',')) {
+            return err("--tags takes up to 64 comma-separated tags of 1 to 64 characters".into());
+        }
+        if self.node.as_ref().is_some_and(|n| n.is_empty() || n.len() > 64) {
+            return err("--node takes a node name (see `ravel nodes`)".into());
+        }
+        if self.nodes > 1 && self.node.is_some() {
+            return err("--nodes N spans N nodes: it cannot be pinned to one --node (use --tags)".into());
         }
         if let Some(u) = &self.notify_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
@@ -412,6 +441,10 @@ pub struct Attempt {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub reason: Option<String>,
+    /// A gang's other ranks (rank 1, 2, ...): each one's node and GPUs. Rank 0 is `node`/`gpus`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub ranks: Vec<(String, Vec<u32>)>,
 }
 
 /// How an attempt ended, as observed by its supervisor.

@@ -11,6 +11,7 @@ pub const API_VERSION: &str = "v1";
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     pub spec: JobSpec,
     /// Submit a job array: one job per index, at most `limit` running at once.
@@ -342,6 +343,9 @@ pub struct GpuView {
     /// it idle.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
+    /// The node it is on (a controller's GPUs; absent for a local daemon's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
@@ -445,7 +449,7 @@ impl std::str::FromStr for Role {
 pub struct TokenCreateRequest {
     pub role: Role,
     /// Who the token is for: a user token's jobs belong to this name; an agent token's node
-    /// is named by the agent itself. Default: `<role>-<id>`.
+    /// is named by the agent itself. Default: the role's name.
     #[serde(default)]
     pub name: Option<String>,
     /// Valid for this long from now (ms). None: until revoked.

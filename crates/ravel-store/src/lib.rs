@@ -40,6 +40,8 @@ pub struct NewAttempt {
     /// The supervisor's pid and start time when it is known before the attempt is handed to
     /// it (a standby supervisor): recorded with the placement, so that a restart finds it.
     pub supervisor: Option<(i32, u64)>,
+    /// A gang's other ranks: (node, GPUs) each.
+    pub ranks: Vec<(String, Vec<u32>)>,
 }
 
 /// A node and its GPUs as last seen, for the `nodes` and `gpus` tables.
@@ -89,7 +91,7 @@ pub enum CancelEffect {
     /// It had not started and is now canceled.
     Canceled(Job),
     /// It holds an attempt; `cancel_requested` is now set and the caller must stop the attempt.
-    MustStop(Job, Attempt),
+    MustStop(Job, Box<Attempt>),
     AlreadyFinished(Job),
 }
 

@@ -100,7 +100,8 @@ pub const SQLITE: &[&str] = &[
     CREATE INDEX jobs_state ON jobs(state, id);
     "#,
     // 6: cluster mode: bearer tokens (only their SHA-256 is kept), and what a controller keeps
-    // of each node: its lease epoch, whether it is drained or cordoned, tags, limits, version.
+    // of each node: its lease epoch, whether it is drained or cordoned, tags, limits, version; a
+    // gang attempt's other ranks.
     r#"
     CREATE TABLE tokens (
         id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -117,5 +118,6 @@ pub const SQLITE: &[&str] = &[
     ALTER TABLE nodes ADD COLUMN max_jobs INTEGER;
     ALTER TABLE nodes ADD COLUMN version TEXT NOT NULL DEFAULT '';
     ALTER TABLE nodes ADD COLUMN remote INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE attempts ADD COLUMN ranks TEXT NOT NULL DEFAULT '[]';
     "#,
 ];

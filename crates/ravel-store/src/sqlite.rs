@@ -304,7 +304,7 @@ fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
 }
 
 const ATTEMPT_COLUMNS: &str = "job_id, n, node, gpus, cpus, state, run_dir, supervisor_pid, supervisor_start, \
-                               created_at, started_at, finished_at, exit_code, signal, reason";
+                               created_at, started_at, finished_at, exit_code, signal, reason, ranks";
 
 fn row_to_attempt(r: &Row<'_>) -> rusqlite::Result<Attempt> {
     let gpus: String = r.get(3)?;
@@ -326,6 +326,7 @@ fn row_to_attempt(r: &Row<'_>) -> rusqlite::Result<Attempt> {
         exit_code: r.get(12)?,
         signal: r.get(13)?,
         reason: r.get(14)?,
+        ranks: serde_json::from_str(&r.get::<_, String>(15)?).unwrap_or_default(),
     })
 }
 
@@ -571,7 +572,7 @@ impl Store for SqliteStore {
             .map_err(db)?;
             conn.prepare_cached(
                 "INSERT INTO attempts (job_id, n, node, gpus, cpus, state, run_dir, created_at, supervisor_pid, \
-                 supervisor_start) VALUES (?1, ?2, ?3, ?4, ?5, 'allocated', ?6, ?7, ?8, ?9)",
+                 supervisor_start, ranks) VALUES (?1, ?2, ?3, ?4, ?5, 'allocated', ?6, ?7, ?8, ?9, ?10)",
             )
             .map_err(db)?
             .execute(params![
@@ -583,7 +584,8 @@ impl Store for SqliteStore {
                 run_dir,
                 now,
                 new.supervisor.map(|s| s.0),
-                new.supervisor.map(|s| s.1 as i64)
+                new.supervisor.map(|s| s.1 as i64),
+                to_json(&new.ranks)
             ])
             .map_err(db)?;
             job.state = JobState::Allocated;
@@ -611,6 +613,7 @@ impl Store for SqliteStore {
                 exit_code: None,
                 signal: None,
                 reason: None,
+                ranks: new.ranks,
             };
             Ok((job, attempt))
         })
@@ -741,7 +744,7 @@ impl Store for SqliteStore {
                     job.cancel_requested = true;
                     let attempt = get_attempt(conn, id, job.attempt)?
                         .ok_or_else(|| StoreError::Db(format!("job {id} has no attempt {}", job.attempt)))?;
-                    Ok(CancelEffect::MustStop(job, attempt))
+                    Ok(CancelEffect::MustStop(job, Box::new(attempt)))
                 }
             }
         })
@@ -1236,6 +1239,7 @@ mod tests {
             cpus: 1,
             run_dir_template: "/runs/x/{attempt}".into(),
             supervisor: None,
+            ranks: vec![],
         }
     }
 

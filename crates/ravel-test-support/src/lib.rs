@@ -130,6 +130,13 @@ impl TestDaemon {
             .env("RAVEL_FAKE_GPUS", &self.fake)
             .env_remove("RAVEL_DB_PATH")
             .env_remove("RAVEL_NO_GPU")
+            // Never a controller the developer's shell or contexts point at.
+            .env("XDG_CONFIG_HOME", self.home.path().join(".config"))
+            .env_remove("RAVEL_CONTROLLER")
+            .env_remove("RAVEL_CONTEXT")
+            .env_remove("RAVEL_TOKEN")
+            .env_remove("RAVEL_FINGERPRINT")
+            .env_remove("RAVEL_CA_CERT")
             .stdin(Stdio::null());
         c
     }

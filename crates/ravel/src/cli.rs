@@ -16,6 +16,9 @@ the daemon's log daemon.log, and each attempt's run dir under runs/<job>/<attemp
     after_help = "Examples:\n  ravel run --gpus 2 -- python train.py --lr 3e-4\n  ravel queue\n  ravel logs -f 12\n  ravel cancel 12 13"
 )]
 pub struct Cli {
+    /// Talk to the controller of this context (`ravel context ls`); `local`: the local daemon
+    #[arg(long, global = true, env = "RAVEL_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -99,6 +102,110 @@ login link, valid 5 minutes, that signs your browser in as you. Nothing listens 
     /// Administer a shared daemon: per-user limits
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Name cluster controllers and choose the one commands talk to
+    #[command(subcommand)]
+    Context(crate::commands::cluster_cli::ContextCommand),
+    /// Create, list and revoke a controller's bearer tokens (admins)
+    #[command(subcommand)]
+    Token(crate::commands::cluster_cli::TokenCommand),
+    /// List a controller's nodes: state, free GPUs, CPU slots in use, jobs, last contact
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain, undrain, cordon or remove a controller's node (admins)
+    #[command(subcommand)]
+    Node(crate::commands::cluster_cli::NodeCommand),
+    /// Run a cluster controller: the API over HTTPS with bearer tokens; jobs run on agents' nodes
+    #[command(
+        long_about = "Runs the controller of a cluster in this terminal (use the systemd unit in deploy/ to keep it \
+running). It serves the same API as a local daemon over HTTPS, with bearer tokens, and places jobs on the nodes whose \
+agents (`ravel agent`) sync with it. Its first start prints a one-time admin token (or takes RAVEL_ADMIN_TOKEN).",
+        after_help = "Examples:\n  ravel controller --listen 0.0.0.0:8443 --tls-self-signed\n  \
+ravel controller --listen 0.0.0.0:8443 --tls-cert /etc/ravel/cert.pem --tls-key /etc/ravel/key.pem\n\nSee docs/cluster.md."
+    )]
+    Controller(ControllerArgs),
+    /// Run a node's agent: reports its GPUs to a controller and runs the jobs it is given
+    #[command(
+        after_help = "Example:\n  ravel agent --controller https://ctl:8443 --token-file /etc/ravel/agent.token \\\n    \
+--fingerprint AB:CD:... --tags a100,nvlink\n\nSee docs/cluster.md."
+    )]
+    Agent(AgentArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    /// Address to serve HTTPS on
+    #[arg(long, default_value = "0.0.0.0:8443", value_name = "ADDR")]
+    pub listen: String,
+    /// The store: sqlite:///path/to/ravel.db (default: ravel.db in the controller's home)
+    #[arg(long, value_name = "URL")]
+    pub db: Option<String>,
+    /// The controller's state directory (default: $RAVEL_HOME, else ~/.local/share/ravel-controller)
+    #[arg(long, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// TLS certificate (PEM); with --tls-key
+    #[arg(long, value_name = "FILE", requires = "tls_key", conflicts_with = "tls_self_signed")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Make (on first start) and keep a self-signed certificate in the home's tls/ dir, and print
+    /// its SHA-256 fingerprint for `ravel context add --fingerprint`
+    #[arg(long)]
+    pub tls_self_signed: bool,
+    /// Extra names (DNS or IP) for the self-signed certificate (repeatable)
+    #[arg(long, value_name = "NAME")]
+    pub tls_san: Vec<String>,
+    /// A node silent this long is lost: its jobs end `lost` and are retried elsewhere if they have
+    /// retries. Its agent kills its jobs after two thirds of it without contact
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub node_timeout: String,
+    /// Time a canceled job gets between SIGTERM and SIGKILL, in seconds
+    #[arg(long, value_name = "SECONDS")]
+    pub kill_grace: Option<f64>,
+    /// Where jobs go among the nodes that fit: pack (the first, keeping whole nodes free for big
+    /// jobs) or spread (the one with the most free GPUs)
+    #[arg(long, value_enum, default_value = "pack")]
+    pub placement: PlacementArg,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlacementArg {
+    Pack,
+    Spread,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The controller's URL
+    #[arg(long, env = "RAVEL_CONTROLLER", value_name = "URL")]
+    pub controller: String,
+    /// File holding an agent token (`ravel token create --role agent`)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// The controller certificate's SHA-256 fingerprint (as `ravel controller` prints it)
+    #[arg(long, env = "RAVEL_FINGERPRINT", value_name = "SHA256", conflicts_with = "ca_cert")]
+    pub fingerprint: Option<String>,
+    /// Trust the controller's certificate through this CA (PEM) instead of a fingerprint
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// This node's name (default: the host name)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Node tags jobs can ask for (comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// CPU slots of this node (default: the number of cores)
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Most jobs at once on this node
+    #[arg(long, value_name = "N")]
+    pub max_jobs: Option<u32>,
+    /// The agent's state directory: run dirs, its lease (default: $RAVEL_HOME, else
+    /// ~/.local/share/ravel-agent)
+    #[arg(long, value_name = "DIR")]
+    pub home: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,6 +278,16 @@ pub struct RunArgs {
     /// Reserve the memory of a tag from the daemon's --memory-limits (e.g. small)
     #[arg(long, value_name = "TAG", conflicts_with = "gpu_mem", help_heading = "GPU memory")]
     pub memory_tag: Option<String>,
+    /// Cluster: run only on this node (see `ravel nodes`)
+    #[arg(long, value_name = "NAME", help_heading = "Cluster")]
+    pub node: Option<String>,
+    /// Cluster: run only on nodes with all of these tags (comma-separated)
+    #[arg(long, value_name = "TAG,...", value_delimiter = ',', help_heading = "Cluster")]
+    pub tags: Vec<String>,
+    /// Cluster: one rank on each of N nodes, all started together or none (torchrun-style); each
+    /// rank gets --gpus GPUs and sees MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NODE_RANK, RAVEL_NODELIST
+    #[arg(long, value_name = "N", help_heading = "Cluster")]
+    pub nodes: Option<u32>,
     /// Start only after these jobs succeeded (ids, comma-separated or repeated)
     #[arg(long, value_name = "ID,...", value_delimiter = ',', help_heading = "Ordering")]
     pub after: Vec<JobId>,

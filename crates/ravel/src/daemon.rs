@@ -351,7 +351,7 @@ pub fn run_foreground(home: &Home, opts: &DaemonOpts) -> anyhow::Result<()> {
     result
 }
 
-fn log_level() -> tracing::Level {
+pub fn log_level() -> tracing::Level {
     match std::env::var("RAVEL_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
         "trace" => tracing::Level::TRACE,
         "debug" => tracing::Level::DEBUG,
@@ -396,6 +396,7 @@ async fn serve(home: &Home, saved: &Saved) -> anyhow::Result<()> {
         idle_gpu_after: saved.idle_gpu_after()?,
         webhooks: saved.webhooks.clone(),
         alerts: saved.alert_rules()?,
+        cluster: None,
     };
     match &cfg.cgroups {
         ravel_exec::cgroup::CgroupSupport::Unavailable(why) => tracing::warn!(
@@ -468,13 +469,13 @@ async fn serve(home: &Home, saved: &Saved) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+pub fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {}", path.display()))
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "local".into())

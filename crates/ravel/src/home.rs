@@ -5,8 +5,10 @@
 //! `/run/ravel/ravel.sock` (`RAVEL_SYSTEM_HOME` and `RAVEL_SYSTEM_SOCKET` move them, for tests
 //! and packagers). Commands find their daemon in this order: `RAVEL_HOME` if set; else the
 //! user's own daemon if it runs; else the system daemon if its socket exists; else the user's own
-//! (which `ravel run` starts).
+//! (which `ravel run` starts). Before all of these, a cluster controller (`target.rs`) wins when
+//! one is chosen: `Home::resolve` says which.
 
+use crate::target::{self, Remote};
 use std::path::PathBuf;
 
 #[derive(Clone)]
@@ -17,13 +19,29 @@ pub struct Home {
     pub system: bool,
     /// Why commands talk to this daemon (shown by `ravel daemon status`).
     pub why: &'static str,
+    /// A cluster controller that commands talk to instead of the daemon above.
+    pub remote: Option<Remote>,
 }
 
 const SYSTEM_HOME: &str = "/var/lib/ravel";
 const SYSTEM_SOCKET: &str = "/run/ravel/ravel.sock";
 
 impl Home {
-    /// The daemon commands talk to, in the documented order.
+    /// What commands talk to: a controller when `--context` (`context`), `RAVEL_CONTROLLER` or
+    /// the current context names one, else the local daemon [`Home::target`] finds.
+    pub fn resolve(context: Option<&str>) -> anyhow::Result<Home> {
+        match target::remote(context)? {
+            // Paths of the local home still serve what is only local (none of it is used for
+            // talking to the controller), so a missing HOME is no error here.
+            Some(remote) => {
+                let local = Home::from_env().unwrap_or_else(|_| Home::own(PathBuf::new()));
+                Ok(Home { why: "a controller", remote: Some(remote), ..local })
+            }
+            None => Home::target(),
+        }
+    }
+
+    /// The local daemon commands talk to, in the documented order.
     pub fn target() -> anyhow::Result<Home> {
         let own = Home::from_env()?;
         if std::env::var_os("RAVEL_HOME").is_some_and(|v| !v.is_empty()) {
@@ -49,6 +67,7 @@ impl Home {
             socket: var("RAVEL_SYSTEM_SOCKET", SYSTEM_SOCKET),
             system: true,
             why: "the system daemon",
+            remote: None,
         }
     }
 
@@ -70,7 +89,7 @@ impl Home {
     }
 
     fn own(dir: PathBuf) -> Home {
-        Home { socket: dir.join("ravel.sock"), dir, system: false, why: "your own daemon" }
+        Home { socket: dir.join("ravel.sock"), dir, system: false, why: "your own daemon", remote: None }
     }
 
     /// `RAVEL_DB_PATH` overrides the database file (kept from the seed, for tests).
@@ -104,8 +123,12 @@ impl Home {
         self.dir.join("limits.json")
     }
 
+    /// A client of the controller, or of the local daemon.
     pub fn client(&self) -> ravel_client::Client {
-        ravel_client::Client::local(self.socket.clone())
+        match &self.remote {
+            Some(r) => r.client.clone(),
+            None => ravel_client::Client::local(self.socket.clone()),
+        }
     }
 
     /// Creates the state dir (and the socket's dir): private for a user's daemon; readable for

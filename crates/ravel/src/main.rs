@@ -8,6 +8,7 @@ mod commands;
 mod daemon;
 mod home;
 mod output;
+mod target;
 mod when;
 
 use clap::Parser;

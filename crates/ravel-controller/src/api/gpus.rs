@@ -8,11 +8,14 @@ use std::sync::Arc;
 #[utoipa::path(get, path = "/v1/gpus", tag = "gpus", operation_id = "list_gpus", responses((status = 200, description = "GPUs and who uses them", body = ravel_proto::GpusResponse)))]
 pub async fn list(State(ctl): State<Arc<Controller>>) -> axum::Json<GpusResponse> {
     let st = ctl.lock();
-    let mut in_use = st.gpu_use();
-    let gpus = st
-        .inventory
-        .iter()
-        .map(|g| {
+    let mut gpus = vec![];
+    for (i, node) in st.nodes.iter().enumerate() {
+        let mut in_use = st.gpu_use(i);
+        let remote = node.remote.is_some();
+        if node.remote.as_ref().is_some_and(|r| r.removed) {
+            continue;
+        }
+        gpus.extend(node.inventory.iter().map(|g| {
             let (allocated_to, shared) = in_use.remove(&g.index).unwrap_or_default();
             let on_gpu = allocated_to.or(shared.first().map(|(j, _)| *j));
             GpuView {
@@ -31,13 +34,25 @@ pub async fn list(State(ctl): State<Arc<Controller>>) -> axum::Json<GpusResponse
                     .map(|p| GpuProcessView {
                         pid: p.pid,
                         used_memory_mib: p.used_memory_mib,
-                        user: ravel_exec::users::process_uid(p.pid).map(ravel_exec::users::user_name),
-                        job: st.job_of_process(p.pid),
+                        // A node's processes are its own to name; it sends only foreign ones.
+                        user: if remote {
+                            None
+                        } else {
+                            ravel_exec::users::process_uid(p.pid).map(ravel_exec::users::user_name)
+                        },
+                        job: if remote { None } else { st.job_of_process(p.pid) },
                     })
                     .collect(),
-                flags: st.flags.values().flatten().filter(|f| f.gpu == g.index).map(|f| f.message.clone()).collect(),
+                flags: st
+                    .flags
+                    .values()
+                    .flatten()
+                    .filter(|f| f.gpu == g.index && !remote)
+                    .map(|f| f.message.clone())
+                    .collect(),
+                node: remote.then(|| node.name.clone()),
             }
-        })
-        .collect();
+        }));
+    }
     axum::Json(GpusResponse { probe: ctl.probe_kind.to_string(), gpus, probe_error: st.probe_error.clone() })
 }

@@ -34,7 +34,13 @@ pub async fn readyz(State(ctl): State<Arc<Controller>>) -> Response {
     let scheduler = age_check("scheduler loop last ran", Some(tick), allowed);
     let (agent, accepting) = {
         let st = ctl.lock();
-        (age_check("GPU inventory last read", st.last_probe, allowed), st.accepting)
+        // A controller of agents reads no GPUs itself: its nodes report theirs (`ravel nodes`).
+        let agent = if ctl.cluster.is_some() {
+            "ok".to_string()
+        } else {
+            age_check("GPU inventory last read", st.last_probe, allowed)
+        };
+        (agent, st.accepting)
     };
     let accepting = if accepting { "ok".to_string() } else { "shutting down".to_string() };
     let checks = [("store", store), ("scheduler", scheduler), ("agent", agent), ("accepting", accepting)];

@@ -60,7 +60,9 @@ pub async fn submit(
             }
         })?;
     }
+    // A controller's jobs run on its nodes: the node checks the directory there.
     match std::fs::metadata(&spec.cwd) {
+        _ if ctl.cluster.is_some() => {}
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(ApiError::bad_request(format!("working directory {} is not a directory", spec.cwd))),
         Err(_) => return Err(missing()),
@@ -126,6 +128,20 @@ pub async fn submit(
 /// Makes the job the caller's: user, uid and gid come from the socket's peer credentials. A body
 /// that claims someone else is refused, as is root on a shared box (unless allowed).
 fn identify(ctl: &Controller, caller: &Caller, spec: &mut ravel_core::JobSpec) -> Result<(), ApiError> {
+    if caller.role.is_some() {
+        // Known by token: the job is theirs by name; there is no local uid to run it as.
+        if let Some(claimed) = spec.user.as_deref().filter(|u| *u != caller.name) {
+            return Err(ApiError::forbidden(format!(
+                "you are {}: a job cannot be submitted as another user ({claimed})",
+                caller.name
+            )));
+        }
+        if spec.uid.is_some() || spec.gid.is_some() {
+            return Err(ApiError::bad_request("uid and gid are not given by clients of a controller"));
+        }
+        spec.user = Some(caller.name.clone());
+        return Ok(());
+    }
     if let Some(claimed) = spec.user.as_deref().filter(|u| *u != caller.name) {
         return Err(ApiError::forbidden(format!(
             "you are {}: a job cannot be submitted as another user ({claimed})",
@@ -150,29 +166,45 @@ fn identify(ctl: &Controller, caller: &Caller, spec: &mut ravel_core::JobSpec) -
     Ok(())
 }
 
-/// Refuses what this node can never run.
+/// Refuses what no node can ever run (a controller that knows no node yet takes the job: it
+/// waits for one).
 fn check_resources(ctl: &Controller, spec: &ravel_core::JobSpec) -> Result<(), ApiError> {
     let st = ctl.lock();
-    let have = st.inventory.len() as u32;
+    if ctl.cluster.is_none() {
+        let here = &ctl.cfg.node_name;
+        if spec.nodes > 1 || !spec.tags.is_empty() || spec.node.as_ref().is_some_and(|n| n != here) {
+            return Err(ApiError::bad_request(format!(
+                "--nodes, --tags and --node choose among a controller's nodes; this daemon is the single node {here} \
+                 (see docs/cluster.md)"
+            )));
+        }
+    }
+    if st.nodes.is_empty() {
+        return Ok(());
+    }
+    let (here, see) =
+        if ctl.cluster.is_some() { ("the largest node", "ravel nodes") } else { ("this node", "ravel gpus") };
+    let have = st.nodes.iter().map(|n| n.inventory.len() as u32).max().unwrap_or(0);
     if spec.gpus > have {
         return Err(ApiError::bad_request(format!(
-            "this node has {have} GPU{}; the job asks for {} (see `ravel gpus`)",
+            "{here} has {have} GPU{}; the job asks for {} (see `{see}`)",
             if have == 1 { "" } else { "s" },
             spec.gpus
         )));
     }
     if let Some(mib) = spec.gpu_mem_mib {
-        let biggest = st.inventory.iter().map(|g| g.memory_total_mib).max().unwrap_or(0);
+        let biggest = st.nodes.iter().flat_map(|n| &n.inventory).map(|g| g.memory_total_mib).max().unwrap_or(0);
         if mib > biggest {
             return Err(ApiError::bad_request(format!(
                 "--gpu-mem {mib} MiB is more than any GPU here has ({biggest} MiB)"
             )));
         }
     }
-    if spec.cpus > st.cpus_total {
+    let cpus_total = st.nodes.iter().map(|n| n.cpus_total).max().unwrap_or(0);
+    if spec.cpus > cpus_total {
         return Err(ApiError::bad_request(format!(
-            "this node has {} CPU slots; the job asks for {} (start the daemon with --cpus to change the slots)",
-            st.cpus_total, spec.cpus
+            "{here} has {cpus_total} CPU slots; the job asks for {} (start the daemon with --cpus to change the slots)",
+            spec.cpus
         )));
     }
     Ok(())
@@ -286,7 +318,7 @@ pub async fn show(
             "job {id} is another user's (this daemon shows users their own jobs)"
         )));
     }
-    if !caller.admin && ctl.owner_of(&job) != caller.uid {
+    if !caller.admin && !ctl.owns(&caller, &job) {
         // Another user's environment may hold their secrets.
         job.spec.env = Vec::new();
     }
@@ -364,10 +396,9 @@ pub async fn cancel_one(ctl: &Arc<Controller>, id: JobId) -> Result<CancelResult
                     a.supervisor
                 })
             };
-            // Without a supervisor yet, the launch path sees `cancel_requested` and stops it.
-            if let Some((pid, start)) = supervisor {
-                ctl.agent.stop(pid, start);
-            }
+            // Without a supervisor yet, the launch path sees `cancel_requested` and stops it;
+            // an agent's node is told with its next sync.
+            ctl.stop_attempt(id, supervisor);
             CancelResult { id, outcome: CancelOutcome::Terminating, state: Some(job.state), message: None }
         }
         CancelEffect::AlreadyFinished(job) => {

@@ -1,13 +1,16 @@
 //! HTTP/JSON API, one file per resource. Every error is an `ErrorBody` with a stable code.
 
 mod admin;
+mod agent;
 mod daemon;
 mod feed;
 mod gpus;
 mod health;
 mod jobs;
 mod logs;
+mod nodes;
 mod openapi;
+mod tokens;
 
 use crate::Controller;
 use axum::Router;
@@ -26,9 +29,23 @@ pub fn router(ctl: Arc<Controller>) -> Router {
     routes(&ctl).with_state(ctl)
 }
 
+/// Largest request body a controller takes over HTTPS.
+pub const MAX_REMOTE_BODY_BYTES: usize = 1 << 20;
+
+/// The API over HTTPS: the same routes behind the bearer-token check.
+pub fn tls_router(ctl: Arc<Controller>) -> Router {
+    routes_limited(&ctl, MAX_REMOTE_BODY_BYTES)
+        .layer(axum::middleware::from_fn_with_state(ctl.clone(), crate::auth::require_token))
+        .with_state(ctl)
+}
+
 /// The API's routes, without state: the socket serves them, and so does the web UI's listener
 /// (behind its session check).
 pub fn routes(ctl: &Arc<Controller>) -> Router<Arc<Controller>> {
+    routes_limited(ctl, MAX_BODY_BYTES)
+}
+
+fn routes_limited(ctl: &Arc<Controller>, body_limit: usize) -> Router<Arc<Controller>> {
     Router::new()
         .route("/v1/status", get(daemon::status))
         .route("/v1/daemon/shutdown", post(daemon::shutdown))
@@ -47,6 +64,13 @@ pub fn routes(ctl: &Arc<Controller>) -> Router<Arc<Controller>> {
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/ui/session", post(crate::ui::session))
         .route("/v1/admin/limits", get(admin::limits).post(admin::set_limits))
+        .route("/v1/agent/sync", post(agent::sync))
+        .route("/v1/agent/logs", post(agent::logs))
+        .route("/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/v1/tokens/{id}/revoke", post(tokens::revoke))
+        .route("/v1/nodes", get(nodes::list))
+        .route("/v1/nodes/{name}", axum::routing::delete(nodes::remove))
+        .route("/v1/nodes/{name}/{action}", post(nodes::act))
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -59,7 +83,7 @@ pub fn routes(ctl: &Arc<Controller>) -> Router<Arc<Controller>> {
             }
         })
         .layer(axum::middleware::from_fn_with_state(ctl.clone(), health::track))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(body_limit))
 }
 
 #[derive(Debug)]
@@ -91,6 +115,13 @@ impl ApiError {
     }
     pub fn conflict(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::CONFLICT, code: "conflict", message: message.into() }
+    }
+    /// A conflict with its own code (`stale_epoch`, `stale_attempt`, `log_gap`) for agents to act on.
+    pub fn conflict_code(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::CONFLICT, code, message: message.into() }
+    }
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::UNAUTHORIZED, code: "unauthorized", message: message.into() }
     }
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: message.into() }
@@ -129,7 +160,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> 
             Err(JsonRejection::BytesRejection(_)) => Err(ApiError {
                 status: StatusCode::PAYLOAD_TOO_LARGE,
                 code: "too_large",
-                message: format!("request body is larger than the {} MiB limit", MAX_BODY_BYTES >> 20),
+                message: "request body is larger than the server's limit (4 MiB on a socket, 1 MiB over HTTPS)".into(),
             }),
             Err(e) => Err(ApiError::bad_request(format!("bad request body: {}", e.body_text()))),
         }

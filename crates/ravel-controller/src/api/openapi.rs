@@ -1,7 +1,7 @@
 //! `GET /v1/openapi.json`: the API described by the handlers themselves (`#[utoipa::path]` on
 //! each, schemas derived from the wire types), so the document cannot drift from the code.
 
-use super::{admin, daemon, feed, gpus, health, jobs, logs};
+use super::{admin, agent, daemon, feed, gpus, health, jobs, logs, nodes, tokens};
 use ravel_core::{Attempt, Job, JobSpec, JobState, NotifyOn};
 use ravel_proto::*;
 use utoipa::OpenApi;
@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "Ravel API",
-        description = "The API of a Ravel daemon: on its Unix socket (who asks is the socket peer), or behind the web UI's session. See docs/api.md."
+        description = "The API of a Ravel daemon: on its Unix socket (who asks is the socket peer), or behind the web UI's session; of a controller, over HTTPS with bearer tokens. See docs/api.md and docs/cluster.md."
     ),
     paths(
         daemon::status,
@@ -34,6 +34,14 @@ use utoipa::OpenApi;
         health::readyz,
         health::notifications,
         crate::ui::session,
+        agent::sync,
+        agent::logs,
+        tokens::create,
+        tokens::list,
+        tokens::revoke,
+        nodes::list,
+        nodes::act,
+        nodes::remove,
     ),
     components(schemas(
         Job,
@@ -68,6 +76,20 @@ use utoipa::OpenApi;
         crate::notify::Delivery,
         crate::ui::SessionRequest,
         crate::ui::SessionResponse,
+        Role,
+        TokenCreateRequest,
+        TokenInfo,
+        TokenCreated,
+        TokensResponse,
+        NodeInfo,
+        NodesResponse,
+        NodeResponse,
+        AgentGpu,
+        ObservedAttempt,
+        AttemptEnd,
+        AgentSyncRequest,
+        DesiredAttempt,
+        AgentSyncResponse,
     ))
 )]
 struct Doc;

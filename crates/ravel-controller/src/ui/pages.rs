@@ -222,7 +222,7 @@ pub async fn job(State(ctl): State<Arc<Controller>>, caller: Caller, Path(id): P
             }
         })
     };
-    let mine = caller.admin || ctl.owner_of(&job) == caller.uid;
+    let mine = caller.admin || ctl.owns(&caller, &job);
     let mut b = String::with_capacity(16 * 1024);
     let state = job.state.to_string();
     let _ = write!(
@@ -322,11 +322,12 @@ pub async fn job(State(ctl): State<Arc<Controller>>, caller: Caller, Path(id): P
 pub async fn gpus(State(ctl): State<Arc<Controller>>) -> Response {
     let started = Instant::now();
     let st = ctl.lock();
-    let mut in_use = st.gpu_use();
+    let mut in_use = st.gpu_use(0);
     let mut b = String::from(
         "<h1>GPUs</h1><div class=\"scroll\"><table><thead><tr><th scope=\"col\">GPU</th><th scope=\"col\">Name</th><th scope=\"col\">Utilization</th><th scope=\"col\">Memory</th><th scope=\"col\">Used by</th><th scope=\"col\" class=\"opt\">Last minutes</th></tr></thead><tbody>",
     );
-    for (i, g) in st.inventory.iter().enumerate() {
+    let local: &[ravel_gpu::GpuInfo] = st.nodes.first().map_or(&[], |n| &n.inventory);
+    for (i, g) in local.iter().enumerate() {
         let (whole, shared) = in_use.remove(&g.index).unwrap_or_default();
         let who = match (whole, shared.first(), g.foreign_busy(&ctl.cfg.thresholds)) {
             (Some(j), _, _) => format!("<a href=\"/jobs/{j}\">job {j}</a>"),

@@ -168,6 +168,41 @@ pub struct Snapshot<'a> {
     pub users: &'a [UserShare],
     /// Per-user limits, indexed by `UserId`; a user past the end has none.
     pub limits: &'a [UserLimits],
+    /// Node selection (cluster mode); None: any job may go on any node, first fit.
+    pub rules: Option<&'a Rules>,
+}
+
+/// Where jobs may go, beyond resources (cluster mode).
+#[derive(Clone, Debug, Default)]
+pub struct Rules {
+    /// Per node of the snapshot, in its order: the node's tags.
+    pub node_tags: Vec<Vec<String>>,
+    /// Per node of the snapshot: the most jobs it runs at once.
+    pub max_jobs: Vec<Option<u32>>,
+    /// Put each job on the fitting node with the most free GPUs (then CPUs) instead of the first
+    /// that fits (packing keeps whole nodes free for big jobs).
+    pub spread: bool,
+    /// Jobs that choose their nodes, or span several (gangs).
+    pub jobs: std::collections::HashMap<JobId, JobRule>,
+}
+
+/// A job's choice of nodes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobRule {
+    /// Only this node.
+    pub node: Option<String>,
+    /// Only nodes with all of these tags.
+    pub tags: Vec<String>,
+    /// Ranks on this many distinct nodes, placed all at once or not at all (a gang); each rank
+    /// gets the job's GPUs and CPUs. 0 or 1: one node.
+    pub nodes: u32,
+}
+
+impl Rules {
+    /// Whether anything here changes where jobs go (if not, the fast path may place jobs).
+    pub fn is_plain(&self) -> bool {
+        !self.spread && self.max_jobs.iter().all(Option::is_none) && self.jobs.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,6 +244,9 @@ pub enum PendingReason {
     Dependency { job: JobId },
     /// The scheduler has not looked at it yet.
     NotYetScheduled,
+    /// It chose its nodes (`--node`, `--tags`, `--nodes`): `matching` nodes may take it, `fitting`
+    /// of them have room now, and it needs `need_nodes` of them at once.
+    Nodes { need_nodes: u32, matching: u32, fitting: u32 },
 }
 
 impl fmt::Display for PendingReason {
@@ -239,6 +277,14 @@ impl fmt::Display for PendingReason {
             PendingReason::BeginTime { at } => write!(f, "Begin time: not before {at}"),
             PendingReason::Dependency { job } => write!(f, "Dependency {job}"),
             PendingReason::NotYetScheduled => f.write_str("Queued"),
+            PendingReason::Nodes { need_nodes, matching: 0, .. } => {
+                write!(f, "Nodes: no node matches its --node/--tags (needs {need_nodes})")
+            }
+            PendingReason::Nodes { need_nodes, matching, fitting } => write!(
+                f,
+                "Nodes: needs {need_nodes} node{} with room, {fitting} of {matching} matching have it",
+                s(*need_nodes)
+            ),
         }
     }
 }

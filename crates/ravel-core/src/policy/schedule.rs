@@ -38,6 +38,10 @@ use std::collections::HashMap;
 pub fn schedule(snap: &Snapshot) -> Decisions {
     let mut pass = run(snap);
     pass.out.leftover = pass.leftover();
+    if pass.constrained_waiting || snap.rules.is_some_and(|r| r.spread || r.max_jobs.iter().any(Option::is_some)) {
+        // The fast path knows nothing of node choices, spreading or per-node job limits.
+        pass.out.leftover.fast_path_ok = false;
+    }
     pass.out
 }
 
@@ -79,6 +83,10 @@ struct Pass<'s> {
     limits: &'s [UserLimits],
     /// GPUs and jobs each limited user holds, running or placed by this pass.
     user_use: HashMap<UserId, (u32, u32)>,
+    rules: Option<&'s super::Rules>,
+    /// Some job that chose its nodes was left waiting: it reserves nothing, so the leftover
+    /// cannot be trusted to be what a full pass would give a newcomer.
+    constrained_waiting: bool,
 }
 
 impl<'s> Pass<'s> {
@@ -96,12 +104,22 @@ impl<'s> Pass<'s> {
                 u.1 += 1;
             }
         }
+        let mut nodes: Vec<Node> = snap.nodes.iter().map(Node::new).collect();
+        if let Some(r) = snap.rules {
+            for (i, n) in nodes.iter_mut().enumerate() {
+                if let Some(Some(max)) = r.max_jobs.get(i) {
+                    n.set_jobs_left(max.saturating_sub(snap.nodes[i].running.len() as u32));
+                }
+            }
+        }
         Pass {
+            rules: snap.rules,
+            constrained_waiting: false,
             limits: snap.limits,
             user_use,
             now: snap.now,
             views: snap.nodes,
-            nodes: snap.nodes.iter().map(Node::new).collect(),
+            nodes,
             out: Decisions::default(),
             arrays,
             misfits: Misfits::default(),
@@ -131,13 +149,22 @@ impl<'s> Pass<'s> {
             self.out.pending.push((job.id, PendingReason::ArrayLimit { array, limit }));
             return None;
         }
+        if let Some(rule) = self.rules.and_then(|r| r.jobs.get(&job.id)) {
+            return self.consider_chosen(job, rule);
+        }
         let need = Need::of(job);
         let end = end_of(self.now, job.timeout_ms);
         if !self.misfits.rules_out(need, end) {
-            let found = self.nodes.iter().enumerate().find_map(|(i, n)| {
+            let spread = self.rules.is_some_and(|r| r.spread);
+            let fitting = self.nodes.iter().enumerate().filter_map(|(i, n)| {
                 let backfill = n.may_backfill(end);
                 n.fits(need, backfill).then_some((i, backfill))
             });
+            let found = if spread {
+                fitting.max_by_key(|&(i, _)| (self.nodes[i].room(), Reverse(i)))
+            } else {
+                fitting.into_iter().next()
+            };
             if let Some((i, backfill)) = found {
                 self.place(job, need, end, i, backfill);
                 return Some(need.gpus);
@@ -145,6 +172,49 @@ impl<'s> Pass<'s> {
             self.misfits.add(need, end);
         }
         self.block(job, need);
+        None
+    }
+
+    /// A job that chose its nodes: placed on nodes that match, never backfilled, all its ranks
+    /// at once; it reserves nothing (so it cannot hold up others, and may wait behind them).
+    fn consider_chosen(&mut self, job: &QueuedJob, rule: &super::JobRule) -> Option<u32> {
+        let need = Need::of(job);
+        let end = end_of(self.now, job.timeout_ms);
+        let want = rule.nodes.max(1);
+        let tags = self.rules.map(|r| &r.node_tags);
+        let matching: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| rule.node.as_ref().is_none_or(|n| *n == self.views[i].name))
+            .filter(|&i| {
+                let have = tags.and_then(|t| t.get(i)).map_or(&[][..], |t| &t[..]);
+                rule.tags.iter().all(|t| have.contains(t))
+            })
+            .collect();
+        let mut fitting: Vec<usize> = matching.iter().copied().filter(|&i| self.nodes[i].fits(need, false)).collect();
+        if self.rules.is_some_and(|r| r.spread) {
+            fitting.sort_by_key(|&i| (Reverse(self.nodes[i].room()), i));
+        }
+        if fitting.len() as u32 >= want {
+            for &i in fitting.iter().take(want as usize) {
+                self.place(job, need, end, i, false);
+            }
+            return Some(need.gpus * want);
+        }
+        self.constrained_waiting = true;
+        let reason = if want == 1 && !matching.is_empty() {
+            let best = matching.iter().max_by_key(|&&i| {
+                (self.nodes[i].count_fitting(need, false).min(need.gpus), self.nodes[i].cpus_avail(false))
+            });
+            let n = &self.nodes[*best.unwrap_or(&matching[0])];
+            PendingReason::Resources {
+                need_gpus: need.gpus,
+                free_gpus: n.count_fitting(need, false),
+                need_cpus: need.cpus,
+                free_cpus: n.cpus_avail(false),
+            }
+        } else {
+            PendingReason::Nodes { need_nodes: want, matching: matching.len() as u32, fitting: fitting.len() as u32 }
+        };
+        self.out.pending.push((job.id, reason));
         None
     }
 

@@ -2,6 +2,7 @@
 
 use super::print_json;
 use crate::home::Home;
+use ravel_client::ClientError;
 use ravel_controller::now_ms;
 use ravel_proto::{GpusResponse, StatusResponse};
 use serde::Serialize;
@@ -53,8 +54,11 @@ pub fn doctor(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
 fn run_checks(home: &Home) -> Vec<Check> {
     let mut out = vec![];
     let client = home.client().with_timeout(std::time::Duration::from_secs(5));
-    let status: Option<StatusResponse> = client.get("/v1/status").ok();
-    let Some(s) = status else {
+    let status: Result<StatusResponse, ClientError> = client.get("/v1/status");
+    if let Some(remote) = &home.remote {
+        return remote_checks(&client, &remote.why, status);
+    }
+    let Ok(s) = status else {
         let (level, fix) = if home.system {
             (
                 Level::Fail,
@@ -78,6 +82,35 @@ fn run_checks(home: &Home) -> Vec<Check> {
         format!("ravel {} daemon (pid {}) on {} ({})", s.mode, s.pid, s.socket, home.why),
         None,
     ));
+    out.extend(version_and_clock(&s, false));
+    out.extend(socket_check(home));
+    out.extend(service_checks(&client, &s));
+    out.extend(store_check(home, &s));
+    out.extend(disk_check(home));
+    out
+}
+
+/// A controller: only what its API says (its socket, store and disk are on another machine).
+fn remote_checks(client: &ravel_client::Client, why: &str, status: Result<StatusResponse, ClientError>) -> Vec<Check> {
+    match status {
+        Ok(s) => {
+            let mut out =
+                vec![check("controller", Level::Ok, format!("ravel {} at {} ({why})", s.mode, client.target()), None)];
+            out.extend(version_and_clock(&s, true));
+            out.extend(service_checks(client, &s));
+            out
+        }
+        Err(e) => vec![check(
+            "controller",
+            Level::Fail,
+            format!("{e} (commands talk to it: {why})"),
+            Some("check the context (`ravel context ls`), or use `--context local` for the local daemon"),
+        )],
+    }
+}
+
+fn version_and_clock(s: &StatusResponse, remote: bool) -> Vec<Check> {
+    let mut out = vec![];
     let mine = env!("CARGO_PKG_VERSION");
     out.push(if s.version == mine {
         check("version", Level::Ok, format!("{mine} here and in the daemon"), None)
@@ -86,7 +119,9 @@ fn run_checks(home: &Home) -> Vec<Check> {
             "version",
             Level::Warn,
             format!("this ravel is {mine}, the daemon runs {}", s.version),
-            Some(if s.mode == "system" {
+            Some(if remote {
+                "ask the controller's admin which version to use, or upgrade it"
+            } else if s.mode == "system" {
                 "ask an admin to restart the system daemon after upgrading"
             } else {
                 "restart it with the new binary: `ravel daemon restart` (running jobs keep running)"
@@ -104,7 +139,12 @@ fn run_checks(home: &Home) -> Vec<Check> {
             Some("synchronise clocks (e.g. `timedatectl set-ntp true`): begin times and durations depend on them"),
         )
     });
-    out.extend(socket_check(home));
+    out
+}
+
+/// Readiness, GPUs and cgroups, as the API tells them.
+fn service_checks(client: &ravel_client::Client, s: &StatusResponse) -> Vec<Check> {
+    let mut out = vec![];
     match client.raw("GET", "/readyz", None) {
         Ok(_) => out.push(check("ready", Level::Ok, "store, scheduler and GPU probe answer", None)),
         Err(e) => out.push(check(
@@ -140,8 +180,6 @@ fn run_checks(home: &Home) -> Vec<Check> {
             (s.mode == "system").then_some("give the system daemon a writable cgroup hierarchy (it runs as root)"),
         )
     });
-    out.extend(store_check(home, &s));
-    out.extend(disk_check(home));
     out
 }
 

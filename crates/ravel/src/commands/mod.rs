@@ -5,6 +5,8 @@
 //! job's own code (128+N if a signal N killed it, 130 if it was canceled).
 
 mod admin;
+mod cluster;
+pub(crate) mod cluster_cli;
 mod daemon;
 mod dash;
 mod doctor;
@@ -20,12 +22,22 @@ use std::process::ExitCode;
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     // Starting and stopping concern the user's own daemon unless --system says otherwise; every
-    // other command talks to the daemon `Home::target` finds.
+    // other command talks to the controller or daemon `Home::resolve` finds.
     if let Command::Daemon(cmd) = cli.command {
+        crate::target::note_daemon_is_local(cli.context.as_deref());
         return daemon::daemon(cmd);
     }
-    let home = Home::target()?;
+    // Contexts are this machine's settings: no daemon or controller is involved.
+    if let Command::Context(cmd) = cli.command {
+        return cluster_cli::context(cmd, cli.context.as_deref());
+    }
     match cli.command {
+        Command::Controller(args) => return cluster::controller(args),
+        Command::Agent(args) => return cluster::agent(args),
+        _ => {}
+    }
+    let home = Home::resolve(cli.context.as_deref())?;
+    let result = match cli.command {
         Command::Run(args) => run::run(&home, args),
         Command::Queue(args) => jobs::queue(&home, args),
         Command::Show { id, json } => jobs::show(&home, id, json),
@@ -40,6 +52,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::events(&home, args),
         Command::Doctor { json } => doctor::doctor(&home, json),
         Command::Dash => dash::dash(&home),
+        Command::Ui { .. } if home.remote.is_some() => Err(anyhow::anyhow!(
+            "`ravel ui` opens the local daemon's web UI on this machine; it cannot be opened through a controller \
+(commands talk to {}: use `--context local` for the local daemon)",
+            home.client().target()
+        )),
         Command::Ui { port, json } => {
             let v: serde_json::Value = home.client().post("/v1/ui/session", &serde_json::json!({ "port": port }))?;
             if json {
@@ -51,8 +68,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin(crate::cli::AdminCommand::Limits(args)) => admin::limits(&home, args),
-        Command::Daemon(_) => unreachable!("handled above"),
-    }
+        Command::Token(cmd) => cluster_cli::token(&home, cmd),
+        Command::Nodes { json } => cluster_cli::nodes(&home, json),
+        Command::Node(cmd) => cluster_cli::node(&home, cmd),
+        Command::Daemon(_) | Command::Context(_) | Command::Controller(_) | Command::Agent(_) => {
+            unreachable!("handled above")
+        }
+    };
+    result.map_err(|e| crate::target::explain(e, home.remote.as_ref()))
 }
 
 /// A mistake in how ravel was called (exit code 2, like clap's own usage errors).

@@ -1,5 +1,6 @@
 //! `ravel run`: build the spec from the command line and the caller's environment, submit it
-//! (starting the daemon if none answers), print the id; with `--wait`, stream and exit like the job.
+//! (starting the local daemon if none answers; never for a controller), print the id; with
+//! `--wait`, stream and exit like the job.
 
 use super::{print_json, usage};
 use crate::cli::RunArgs;
@@ -20,20 +21,28 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
     let cwd = match &args.cwd {
         Some(dir) => {
             let dir = if dir.is_absolute() { dir.clone() } else { std::env::current_dir()?.join(dir) };
-            // What we cannot look at ourselves (permission) is the daemon's to judge and explain.
-            match std::fs::metadata(&dir) {
-                Ok(m) if !m.is_dir() => bail!("working directory {} is not a directory", dir.display()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    bail!("working directory {} does not exist", dir.display())
+            // What we cannot look at ourselves (permission) is the daemon's to judge and explain;
+            // a controller's job runs on a node, where the directory must exist, not here.
+            if home.remote.is_none() {
+                match std::fs::metadata(&dir) {
+                    Ok(m) if !m.is_dir() => bail!("working directory {} is not a directory", dir.display()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        bail!("working directory {} does not exist", dir.display())
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
             dir
         }
         None => std::env::current_dir().map_err(|e| anyhow!("cannot read the current directory ({e}): pass --cwd"))?,
     };
-    let mut env: Vec<(String, String)> =
-        std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
+    // The job gets the caller's environment, but not the caller's controller token (`--env
+    // RAVEL_TOKEN=...` passes one on purpose): it would be kept with the job for anyone who can
+    // read the job to see.
+    let mut env: Vec<(String, String)> = std::env::vars_os()
+        .filter(|(k, _)| k != "RAVEL_TOKEN")
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
     for kv in &args.env {
         let Some((k, v)) = kv.split_once('=') else {
             usage!("--env {kv:?} is not KEY=VALUE");
@@ -100,6 +109,9 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
             crate::cli::NotifyArg::Always => ravel_core::NotifyOn::Always,
         }),
         notify_url: args.notify_url.clone(),
+        node: args.node.clone(),
+        tags: args.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        nodes: args.nodes.unwrap_or(0),
         gpu_mem_mib,
         memory_tag: args.memory_tag.clone(),
         after: args.after.clone(),
@@ -116,8 +128,9 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
     let req = SubmitRequest { spec, array };
     let client = home.client();
     let resp: SubmitResponse = match client.post("/v1/jobs", &req) {
-        // Only a user's own daemon is started on demand; a system daemon is the admin's.
-        Err(e) if e.is_not_running() && !home.system => {
+        // Only a user's own daemon is started on demand; a system daemon is the admin's, and a
+        // controller never reports "not running" (it is unreachable, an error as it is).
+        Err(e) if e.is_not_running() && !home.system && home.remote.is_none() => {
             daemon::ensure_running(home)?;
             client.post("/v1/jobs", &req)?
         }

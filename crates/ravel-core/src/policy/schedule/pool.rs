@@ -136,6 +136,8 @@ pub(super) struct Node {
     /// their GPUs: free whole GPUs, and the most MiB any one GPU offers.
     whole_free: [u32; 2],
     max_room: [Option<u64>; 2],
+    /// Jobs it may still take (its `max_jobs` less what runs); None: no limit.
+    jobs_left: Option<u32>,
 }
 
 impl Node {
@@ -153,6 +155,7 @@ impl Node {
             placed: Vec::new(),
             whole_free: [0; 2],
             max_room: [None; 2],
+            jobs_left: None,
         };
         node.refresh();
         node
@@ -204,8 +207,17 @@ impl Node {
         }
     }
 
+    pub fn set_jobs_left(&mut self, n: u32) {
+        self.jobs_left = Some(n);
+    }
+
+    /// How much is free, for spreading: whole GPUs, then CPUs.
+    pub fn room(&self) -> (u32, u32) {
+        (self.whole_free[0], self.cpus_avail(false))
+    }
+
     pub fn fits(&self, need: Need, backfill: bool) -> bool {
-        if self.cpus_avail(backfill) < need.cpus {
+        if self.cpus_avail(backfill) < need.cpus || self.jobs_left == Some(0) {
             return false;
         }
         let v = backfill as usize;
@@ -264,6 +276,9 @@ impl Node {
             self.cpus_held -= self.cpus_held.min(need.cpus);
         }
         self.cpus_free -= need.cpus;
+        if let Some(n) = self.jobs_left.as_mut() {
+            *n = n.saturating_sub(1);
+        }
         self.refresh();
         let mut indices: Vec<u32> = picks.iter().map(|&p| self.gpus[p].index).collect();
         indices.sort_unstable();

@@ -133,7 +133,7 @@ fn arb_users() -> impl Strategy<Value = Vec<UserShare>> {
     prop::collection::vec((weight, usage).prop_map(|(weight, usage)| UserShare { weight, usage }), 4)
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct World {
     nodes: Vec<NodeView>,
     queue: Vec<QueuedJob>,
@@ -162,7 +162,14 @@ fn arb_tight_world() -> impl Strategy<Value = World> {
 
 impl World {
     fn snapshot(&self) -> Snapshot<'_> {
-        Snapshot { now: NOW, nodes: &self.nodes, queue: &self.queue, users: &self.users, limits: &self.limits }
+        Snapshot {
+            now: NOW,
+            nodes: &self.nodes,
+            queue: &self.queue,
+            users: &self.users,
+            limits: &self.limits,
+            rules: None,
+        }
     }
 
     fn job(&self, id: JobId) -> &QueuedJob {
@@ -758,5 +765,87 @@ fn credited_ends_happen_often_enough_to_test_them() {
         eprintln!("{name}: {credited} of {cases} cases credited an end, {placed} placed a job after one");
         assert!(credited * 100 >= cases * 15, "{name}: only {credited} of {cases} cases credited an end");
         assert!(placed * 100 >= cases * 5, "{name}: only {placed} of {cases} cases placed after a credit");
+    }
+}
+
+/// Random node rules for a world: tags per node, per-node job limits, spreading, and choices
+/// (a node, tags, or a gang) for some of the jobs.
+fn arb_rules(w: &World) -> impl Strategy<Value = crate::policy::Rules> + use<> {
+    let n = w.nodes.len();
+    let ids: Vec<JobId> = w.queue.iter().map(|j| j.id).collect();
+    let tag = prop::sample::select(vec!["a", "b"]);
+    let node_tags = prop::collection::vec(prop::collection::vec(tag.clone(), 0..3), n);
+    let max_jobs = prop::collection::vec(prop::option::weighted(0.4, 0u32..3), n);
+    let choice = (prop::option::weighted(0.3, 0..n), prop::collection::vec(tag, 0..2), 0u32..4);
+    let choices = prop::collection::vec(prop::option::weighted(0.5, choice), ids.len());
+    (node_tags, max_jobs, any::<bool>(), choices).prop_map(move |(node_tags, max_jobs, spread, choices)| {
+        let mut jobs = std::collections::HashMap::new();
+        for (id, c) in ids.iter().zip(choices) {
+            if let Some((node, tags, nodes)) = c {
+                let node = node.filter(|_| nodes <= 1).map(|k| format!("n{k}"));
+                let tags = tags.iter().map(|t| t.to_string()).collect();
+                jobs.insert(*id, crate::policy::JobRule { node, tags, nodes });
+            }
+        }
+        let node_tags = node_tags.into_iter().map(|t| t.into_iter().map(str::to_string).collect()).collect();
+        crate::policy::Rules { node_tags, max_jobs, spread, jobs }
+    })
+}
+
+fn check_rules(w: &World, rules: &crate::policy::Rules) -> Result<(), TestCaseError> {
+    let snap = Snapshot { rules: Some(rules), ..w.snapshot() };
+    let d = schedule(&snap);
+    prop_assert_eq!(&d, &schedule(&snap), "not deterministic");
+    // Each rank against what was free: no GPU or CPU is over-committed.
+    let placements: Vec<&Placement> = d.placements.iter().collect();
+    let mut by_job: BTreeMap<JobId, Vec<usize>> = BTreeMap::new();
+    for p in &placements {
+        by_job.entry(p.job).or_default().push(p.node);
+    }
+    let after = apply(&w.nodes, w, &placements)?;
+    for (i, n) in after.iter().enumerate() {
+        if let Some(Some(max)) = rules.max_jobs.get(i) {
+            let before = w.nodes[i].running.len() as u32;
+            let added = n.running.len() as u32 - before;
+            prop_assert!(added == 0 || before + added <= *max, "node {} past its max_jobs", i);
+        }
+    }
+    for (job, nodes) in &by_job {
+        let want = rules.jobs.get(job).map_or(1, |r| r.nodes.max(1)) as usize;
+        prop_assert_eq!(nodes.len(), want, "job {} placed on {:?}: all its ranks or none", job, nodes);
+        let mut distinct = nodes.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        prop_assert_eq!(distinct.len(), nodes.len(), "job {}'s ranks share a node", job);
+        if let Some(r) = rules.jobs.get(job) {
+            for &k in nodes {
+                prop_assert!(r.node.as_ref().is_none_or(|name| *name == w.nodes[k].name), "job {} off its node", job);
+                prop_assert!(
+                    r.tags.iter().all(|t| rules.node_tags[k].contains(t)),
+                    "job {} on a node without its tags",
+                    job
+                );
+            }
+        }
+    }
+    // Every job is placed or told why not, once.
+    let pending: Vec<JobId> = d.pending.iter().map(|(j, _)| *j).collect();
+    for j in &w.queue {
+        prop_assert_eq!(by_job.contains_key(&j.id) as usize + pending.iter().filter(|p| **p == j.id).count(), 1);
+    }
+    if !rules.jobs.is_empty() && d.pending.iter().any(|(j, _)| rules.jobs.contains_key(j)) {
+        prop_assert!(!d.leftover.fast_path_ok, "a waiting job with a node choice leaves no fast path");
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn node_rules_hold(
+        (w, rules) in arb_tight_world().prop_flat_map(|w| { let r = arb_rules(&w); (Just(w), r) })
+    ) {
+        check_rules(&w, &rules)?;
     }
 }

@@ -66,7 +66,7 @@ fn users(n: usize) -> Vec<UserShare> {
 
 fn run_users(nodes: &[NodeView], mut queue: Vec<QueuedJob>, users: &[UserShare]) -> Decisions {
     queue.sort_by_key(|j| j.order_key());
-    schedule(&Snapshot { now: NOW, nodes, queue: &queue, users, limits: &[] })
+    schedule(&Snapshot { now: NOW, nodes, queue: &queue, users, limits: &[], rules: None })
 }
 
 fn run(nodes: &[NodeView], queue: Vec<QueuedJob>) -> Decisions {
@@ -240,7 +240,14 @@ fn user_limits_cap_gpus_and_running_jobs_without_reserving() {
     let bob = |id, gpus| QueuedJob { user: 1, ..job(id, gpus, 1) };
     let mut q = vec![alice(1, 1), alice(2, 2), alice(3, 1), alice(4, 0), bob(5, 3)];
     q.sort_by_key(|j| j.order_key());
-    let d = schedule(&Snapshot { now: NOW, nodes: &[n.clone()], queue: &q, users: &users(2), limits: &limits });
+    let d = schedule(&Snapshot {
+        now: NOW,
+        nodes: &[n.clone()],
+        queue: &q,
+        users: &users(2),
+        limits: &limits,
+        rules: None,
+    });
     let mut ids = placed(&d);
     ids.sort();
     assert_eq!(ids, vec![1, 3, 4, 5], "alice stops at 4 GPUs; her CPU job and bob's run");
@@ -250,7 +257,7 @@ fn user_limits_cap_gpus_and_running_jobs_without_reserving() {
 
     let limits = [UserLimits { max_gpus: None, max_running: Some(2) }];
     let q = vec![alice(1, 1), alice(2, 1), alice(3, 1)];
-    let d = schedule(&Snapshot { now: NOW, nodes: &[n], queue: &q, users: &users(1), limits: &limits });
+    let d = schedule(&Snapshot { now: NOW, nodes: &[n], queue: &q, users: &users(1), limits: &limits, rules: None });
     assert_eq!(placed(&d), vec![1]);
     assert_eq!(reason(&d, 2).to_string(), "User limit: runs 2 of 2 jobs");
 }
@@ -832,4 +839,74 @@ fn no_credit_without_a_pass() {
     let r = RunningJob { job: 1, user: 0, gpus: vec![], gpu_mem_mib: None, cpus: 1, ends_by: None, array: None };
     assert!(!credit_end(&mut Leftover::default(), &r, 0));
     assert!(!credit_end(&mut run(&[node(0, 4)], vec![]).leftover, &r, 1), "no such node");
+}
+
+fn run_rules(nodes: &[NodeView], mut queue: Vec<QueuedJob>, rules: &crate::policy::Rules) -> Decisions {
+    queue.sort_by_key(|j| j.order_key());
+    schedule(&Snapshot { now: NOW, nodes, queue: &queue, users: &users(4), limits: &[], rules: Some(rules) })
+}
+
+fn named(name: &str, gpus: u32) -> NodeView {
+    NodeView { name: name.into(), ..node(gpus, 8) }
+}
+
+fn rule(node: Option<&str>, tags: &[&str], nodes: u32) -> crate::policy::JobRule {
+    crate::policy::JobRule { node: node.map(str::to_string), tags: tags.iter().map(|t| t.to_string()).collect(), nodes }
+}
+
+#[test]
+fn jobs_that_choose_their_nodes_go_only_there() {
+    let nodes = [named("a", 2), named("b", 2), named("c", 2)];
+    let mut rules = crate::policy::Rules {
+        node_tags: vec![vec![], vec!["a100".into()], vec!["a100".into(), "nvlink".into()]],
+        ..Default::default()
+    };
+    rules.jobs.insert(1, rule(Some("c"), &[], 1));
+    rules.jobs.insert(2, rule(None, &["a100", "nvlink"], 1));
+    rules.jobs.insert(3, rule(None, &["a100"], 1));
+    rules.jobs.insert(4, rule(None, &["h100"], 1));
+    let d = run_rules(&nodes, vec![job(1, 1, 1), job(2, 1, 1), job(3, 2, 1), job(4, 1, 1)], &rules);
+    let on = |id| d.placements.iter().find(|p| p.job == id).map(|p| p.node);
+    assert_eq!((on(1), on(2), on(3), on(4)), (Some(2), Some(2), Some(1), None));
+    let (_, why) = d.pending.iter().find(|(j, _)| *j == 4).unwrap();
+    assert_eq!(*why, PendingReason::Nodes { need_nodes: 1, matching: 0, fitting: 0 });
+    assert!(why.to_string().contains("no node matches"), "{why}");
+    assert!(!d.leftover.fast_path_ok, "a chosen-node job waits: no fast path");
+}
+
+#[test]
+fn a_gang_is_placed_on_distinct_nodes_all_at_once_or_not_at_all() {
+    let nodes = [named("a", 2), named("b", 1), named("c", 2)];
+    let mut rules = crate::policy::Rules { node_tags: vec![vec![]; 3], ..Default::default() };
+    rules.jobs.insert(1, rule(None, &[], 2));
+    rules.jobs.insert(2, rule(None, &[], 3));
+    let d = run_rules(&nodes, vec![job(1, 2, 1), job(2, 1, 1)], &rules);
+    let ranks: Vec<(usize, Vec<u32>)> =
+        d.placements.iter().filter(|p| p.job == 1).map(|p| (p.node, p.gpus.clone())).collect();
+    assert_eq!(ranks, vec![(0, vec![0, 1]), (2, vec![0, 1])], "two ranks with 2 GPUs each, on a and c");
+    // Three nodes with a GPU each are needed; only b has one left.
+    assert!(d.placements.iter().all(|p| p.job != 2), "no partial gang: {:?}", d.placements);
+    let (_, why) = d.pending.iter().find(|(j, _)| *j == 2).unwrap();
+    assert_eq!(*why, PendingReason::Nodes { need_nodes: 3, matching: 3, fitting: 1 });
+}
+
+#[test]
+fn per_node_job_limits_and_spreading() {
+    let nodes = [named("a", 4), named("b", 4)];
+    let rules = crate::policy::Rules {
+        node_tags: vec![vec![]; 2],
+        max_jobs: vec![Some(1), None],
+        spread: false,
+        jobs: Default::default(),
+    };
+    let d = run_rules(&nodes, vec![job(1, 1, 1), job(2, 1, 1), job(3, 1, 1)], &rules);
+    let on: Vec<usize> = d.placements.iter().map(|p| p.node).collect();
+    assert_eq!(on, vec![0, 1, 1], "node a takes one job at most");
+    assert!(!d.leftover.fast_path_ok);
+    let spread = crate::policy::Rules { node_tags: vec![vec![]; 2], spread: true, ..Default::default() };
+    let d = run_rules(&nodes, vec![job(1, 1, 1), job(2, 1, 1), job(3, 1, 1), job(4, 1, 1)], &spread);
+    let on: Vec<usize> = d.placements.iter().map(|p| p.node).collect();
+    assert_eq!(on, vec![0, 1, 0, 1], "spread: each job to the node with the most free GPUs");
+    let d = run(&nodes, vec![job(1, 1, 1), job(2, 1, 1)]);
+    assert_eq!(d.placements.iter().map(|p| p.node).collect::<Vec<_>>(), vec![0, 0], "pack by default");
 }
