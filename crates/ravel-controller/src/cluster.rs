@@ -49,6 +49,8 @@ pub struct Remote {
     pub wake: Arc<Notify>,
     /// Launch orders not yet taken up: (job, attempt) → what to run.
     pub launches: HashMap<(JobId, u32), serde_json::Value>,
+    /// Launch orders handed to the agent (the attempt is then `starting`).
+    pub offered: HashSet<(JobId, u32)>,
     /// Removed by an admin: kept (empty) so that node indices stay valid, but not shown.
     pub removed: bool,
     /// The address its agent connects from (a gang's MASTER_ADDR when it runs rank 0).
@@ -71,6 +73,7 @@ impl Remote {
             max_jobs: None,
             wake: Arc::new(Notify::new()),
             launches: HashMap::new(),
+            offered: HashSet::new(),
             removed: false,
             addr: None,
         }
@@ -267,7 +270,7 @@ pub async fn sync(
     }
     resp.acked = acked;
     // The answer is contact too: the agent renews its lease when it gets it.
-    {
+    let handed: Vec<(JobId, u32)> = {
         let mut st = ctl.lock();
         let Some(r) = st.nodes[node].remote.as_mut() else { return Err(ApiError::internal("node is not remote")) };
         if (r.epoch != req.epoch && req.epoch != 0) || r.lost || r.removed {
@@ -276,6 +279,24 @@ pub async fn sync(
         r.last_seen = Some(Instant::now());
         r.last_seen_ms = Some(now_ms());
         resp.epoch = r.epoch;
+        let handed: Vec<(JobId, u32)> = resp
+            .desired
+            .iter()
+            .filter(|d| d.launch.is_some())
+            .map(|d| (d.job, d.attempt))
+            .filter(|k| !r.offered.contains(k))
+            .collect();
+        r.offered.extend(handed.iter().copied());
+        handed
+    };
+    // Handed to its agent: `starting` (a gang: once its first rank's order goes out). Recorded
+    // before the answer leaves, so that it always comes before the agent's `running`.
+    let marked = futures_util::future::join_all(handed.iter().map(|(id, n)| ctl.store.mark_starting(*id, *n))).await;
+    for ((id, _), r) in handed.iter().zip(marked) {
+        match r {
+            Ok(_) | Err(ravel_store::StoreError::Conflict { .. }) => {}
+            Err(e) => tracing::warn!(job = id, error = %e, "cannot record the start of a launch"),
+        }
     }
     Ok(resp)
 }
@@ -316,6 +337,7 @@ async fn session(ctl: &Arc<Controller>, req: &AgentSyncRequest) -> Result<usize,
             r.lost = false;
             r.removed = false;
             r.launches.clear();
+            r.offered.clear();
         }
         let was_connected = r.last_seen.is_some();
         r.last_seen = Some(Instant::now());
@@ -444,6 +466,7 @@ async fn started(ctl: &Arc<Controller>, node: usize, id: JobId, n: u32, pid: i32
         let mut st = ctl.lock();
         if let Some(r) = st.nodes[node].remote.as_mut() {
             r.launches.remove(&(id, n));
+            r.offered.remove(&(id, n));
         }
         match st.active.get_mut(&id) {
             Some(a) if a.supervisor.is_none() => {
@@ -473,6 +496,7 @@ async fn ended(ctl: &Arc<Controller>, node: usize, id: JobId, n: u32, end: &Atte
         let mut st = ctl.lock();
         if let Some(r) = st.nodes[node].remote.as_mut() {
             r.launches.remove(&(id, n));
+            r.offered.remove(&(id, n));
         }
         // A gang succeeds once every rank did; the first rank to end otherwise ends it (and
         // its other ranks are then killed: they are no longer wanted on their nodes).
@@ -598,6 +622,7 @@ async fn node_lost(ctl: &Arc<Controller>, node: usize, timeout: Duration) {
         r.lost = true;
         r.epoch += 1;
         r.launches.clear();
+        r.offered.clear();
         r.wake.notify_waiters();
         let attempts: Vec<(JobId, u32)> =
             st.active.iter().filter(|(_, a)| a.node == node && a.attempt > 0).map(|(id, a)| (*id, a.attempt)).collect();

@@ -168,6 +168,9 @@ impl Store for FeedStore {
     fn allocate(&self, id: JobId, attempt: NewAttempt, now: Millis) -> StoreFuture<'_, (Job, Attempt)> {
         self.publish(Some(id), move || self.inner.allocate(id, attempt, now), |(j, _)| vec![j])
     }
+    fn mark_starting(&self, id: JobId, n: u32) -> StoreFuture<'_, Job> {
+        self.publish(Some(id), move || self.inner.mark_starting(id, n), |j| vec![j])
+    }
     fn mark_running(&self, id: JobId, n: u32, pid: i32, start: u64, now: Millis) -> StoreFuture<'_, Job> {
         self.publish(Some(id), move || self.inner.mark_running(id, n, pid, start, now), |j| vec![j])
     }

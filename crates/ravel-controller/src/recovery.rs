@@ -67,7 +67,7 @@ pub async fn recover(ctl: &Arc<Controller>) -> Result<(), String> {
         // within the node timeout, which starts now. One never seen running may never have
         // reached its node: its launch order is sent again (an agent that has it ignores it).
         let Some(agent) = ctl.agent.as_ref() else {
-            if a.state == JobState::Allocated {
+            if matches!(a.state, JobState::Allocated | JobState::Starting) {
                 crate::cluster::placed(ctl, &job, &a);
             }
             adopted += 1;

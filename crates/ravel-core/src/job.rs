@@ -339,6 +339,7 @@ impl JobState {
                 | (Starting, Running)
                 | (Starting, Queued)
                 | (Running, Queued)
+                | (Starting, Succeeded)
                 | (Starting, Failed)
                 | (Starting, Canceled)
                 | (Starting, Lost)

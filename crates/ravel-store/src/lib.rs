@@ -159,6 +159,8 @@ pub trait Store: Send + Sync + 'static {
     fn counts(&self) -> StoreFuture<'_, Vec<(JobState, u64)>>;
     /// queued → allocated, creating attempt n+1.
     fn allocate(&self, id: JobId, attempt: NewAttempt, now: Millis) -> StoreFuture<'_, (Job, Attempt)>;
+    /// allocated → starting: attempt `n` was handed to its node's agent (cluster mode).
+    fn mark_starting(&self, id: JobId, n: u32) -> StoreFuture<'_, Job>;
     /// allocated|starting → running, recording the supervisor that runs attempt `n`.
     fn mark_running(
         &self,

@@ -619,6 +619,23 @@ impl Store for SqliteStore {
         })
     }
 
+    fn mark_starting(&self, id: JobId, n: u32) -> StoreFuture<'_, Job> {
+        self.write(move |conn| {
+            let mut job = job_in(conn, id, &[JobState::Allocated])?;
+            check_attempt(&job, n)?;
+            conn.prepare_cached("UPDATE jobs SET state = 'starting' WHERE id = ?1")
+                .map_err(db)?
+                .execute([id])
+                .map_err(db)?;
+            conn.prepare_cached("UPDATE attempts SET state = 'starting' WHERE job_id = ?1 AND n = ?2")
+                .map_err(db)?
+                .execute(params![id, n])
+                .map_err(db)?;
+            job.state = JobState::Starting;
+            Ok(job)
+        })
+    }
+
     fn mark_running(&self, id: JobId, n: u32, pid: i32, start: u64, now: Millis) -> StoreFuture<'_, Job> {
         self.write(move |conn| {
             let mut job = job_in(conn, id, &[JobState::Allocated, JobState::Starting])?;
@@ -1081,6 +1098,20 @@ mod tests {
         assert!(store.remove_node("a".into()).await.unwrap());
         assert!(!store.remove_node("a".into()).await.unwrap());
         assert!(store.nodes().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_attempt_is_starting_then_running_and_gang_ranks_are_kept() {
+        let (_dir, store) = open();
+        let job = submit(&store, spec("true"), 1).await;
+        let ranks = vec![("b".to_string(), vec![0, 1])];
+        let (_, a) = store.allocate(job.id, NewAttempt { ranks: ranks.clone(), ..new_attempt() }, 2).await.unwrap();
+        assert!(matches!(store.mark_starting(job.id, a.n + 1).await, Err(StoreError::Conflict { .. }) | Err(_)));
+        assert_eq!(store.mark_starting(job.id, a.n).await.unwrap().state, JobState::Starting);
+        assert!(store.mark_starting(job.id, a.n).await.is_err(), "only from allocated");
+        assert_eq!(store.mark_running(job.id, a.n, 10, 20, 3).await.unwrap().state, JobState::Running);
+        let kept = store.attempts(job.id).await.unwrap();
+        assert_eq!((kept[0].state, &kept[0].ranks), (JobState::Running, &ranks));
     }
 
     #[tokio::test]

@@ -241,6 +241,16 @@ fn jobs_spread_over_the_nodes_with_their_gpus_and_logs_come_back() {
         let log = c.ok(&["logs", &id.to_string()]);
         assert_eq!(log.trim(), format!("gpu={gpu} job={i}"), "job {id}");
     }
+    // Every attempt went queued → allocated → starting (handed to its agent) → running → succeeded.
+    let events = c.ok(&["events", "--json"]);
+    let states: Vec<String> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .flat_map(|v| if v.is_array() { v.as_array().unwrap().clone() } else { vec![v] })
+        .filter(|e| e["job"] == ids[0])
+        .map(|e| e["state"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(states, ["queued", "allocated", "starting", "running", "succeeded"], "{events}");
     // Followed logs of a job on another node stream until it ends.
     let id = c.submit(&["--", "sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.3; done"]);
     let followed = c.ok(&["logs", "-f", &id.to_string()]);
