@@ -62,6 +62,8 @@ struct Shared {
 
 struct Agent {
     cfg: AgentConfig,
+    /// What this node can contain jobs in (detected once).
+    cgroups: ravel_exec::cgroup::CgroupSupport,
     local: LocalAgent,
     probe: Arc<dyn GpuProbe>,
     shared: Mutex<Shared>,
@@ -85,7 +87,8 @@ pub async fn run(
     let probe: Arc<dyn GpuProbe> = Arc::from(probe);
     let local =
         LocalAgent::new(cfg.exe.clone(), crate::instance_of(&cfg.home), Box::new(SharedProbe(probe.clone())), tx);
-    let agent = Arc::new(Agent { cfg, local, probe, shared: Mutex::default(), urgent: Notify::new() });
+    let cgroups = ravel_exec::cgroup::detect();
+    let agent = Arc::new(Agent { cfg, cgroups, local, probe, shared: Mutex::default(), urgent: Notify::new() });
     agent.adopt();
     {
         let agent = agent.clone();
@@ -102,13 +105,22 @@ pub async fn run(
         tokio::spawn(async move {
             loop {
                 agent.urgent.notified().await;
-                let _ = agent.clone().sync(0).await;
+                // While (re)registering, the main loop's sync is the only one: two registrations
+                // would make two sessions.
+                if lock(&agent).epoch != 0 {
+                    let _ = agent.clone().sync(0).await;
+                }
             }
         });
     }
     let main = async {
+        // The first answer comes at once: a restarted agent renews its jobs' lease before it
+        // runs out.
+        let mut wait_ms = 0;
         loop {
-            match agent.clone().sync(5_000).await {
+            let sent = agent.clone().sync(wait_ms).await;
+            wait_ms = 5_000;
+            match sent {
                 Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "sync with the controller failed; retrying");
@@ -146,8 +158,24 @@ struct Saved {
 }
 
 impl Agent {
-    fn lease_file(&self) -> PathBuf {
-        self.cfg.home.join("lease")
+    /// The lease of one session (epoch): supervisors started in it watch this file. A new
+    /// session writes a new one, so jobs of an earlier session (say, the agent lost its state
+    /// file) fence themselves instead of running on unmanaged.
+    fn lease_file(&self, epoch: u64) -> PathBuf {
+        self.cfg.home.join(format!("lease.{epoch}"))
+    }
+
+    /// Ends every lease but the current one's: their jobs die within a moment.
+    fn drop_other_leases(&self, epoch: u64) {
+        let Ok(dir) = std::fs::read_dir(&self.cfg.home) else { return };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(n) = name.strip_prefix("lease.").and_then(|n| n.parse::<u64>().ok())
+                && n != epoch
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Takes back the attempts an earlier run of this agent left (their supervisors outlive
@@ -266,8 +294,12 @@ impl Agent {
                 Ok(())
             }
             Err(ClientError::Api { body, .. }) if body.code == "stale_epoch" => {
-                tracing::warn!(error = %body.error, "the controller declared this node lost: killing its jobs");
-                self.fence_now();
+                // Only if it is still the session that sent it: a late answer to a sync of an
+                // earlier session says nothing of the current one.
+                if lock(&self).epoch == sent_epoch {
+                    tracing::warn!(error = %body.error, "the controller declared this node lost: killing its jobs");
+                    self.fence_now();
+                }
                 Ok(())
             }
             Err(e) => Err(e.to_string()),
@@ -277,8 +309,8 @@ impl Agent {
     /// Kills every job at once (their supervisors see an expired lease) and forgets them: the
     /// controller has ended them already. The next sync registers anew.
     fn fence_now(&self) {
-        let _ = std::fs::write(self.lease_file(), "0");
         let mut sh = lock(self);
+        let _ = write_lease(&self.lease_file(sh.epoch), 0);
         for a in sh.attempts.values() {
             if let Some((pid, start)) = a.supervisor {
                 self.local.stop(pid, start);
@@ -298,13 +330,17 @@ impl Agent {
                 // Fenced while this answer was on its way.
                 return;
             }
+            let new_session = sh.epoch != resp.epoch;
             sh.epoch = resp.epoch;
             sh.last_ok = Some(Instant::now());
             if resp.node_timeout_ms > 0 {
                 let fence = Duration::from_millis(resp.node_timeout_ms * 2 / 3);
                 sh.fence_after = Some(fence);
                 let deadline = now_ms() + fence.as_millis() as i64;
-                let _ = write_lease(&self.lease_file(), deadline);
+                let _ = write_lease(&self.lease_file(resp.epoch), deadline);
+            }
+            if new_session {
+                self.drop_other_leases(resp.epoch);
             }
             for key in &resp.acked {
                 sh.attempts.remove(key);
@@ -342,7 +378,7 @@ impl Agent {
             self.save(&sh);
         }
         for (job, n, run_dir, order) in launches {
-            let result = self.launch(job, n, &run_dir, order).await;
+            let result = self.launch(job, n, &run_dir, order, resp.epoch).await;
             let mut sh = lock(self);
             match result {
                 Ok(sup) => {
@@ -361,7 +397,14 @@ impl Agent {
         }
     }
 
-    async fn launch(&self, job: JobId, n: u32, run_dir: &Path, order: serde_json::Value) -> Result<(i32, u64), String> {
+    async fn launch(
+        &self,
+        job: JobId,
+        n: u32,
+        run_dir: &Path,
+        order: serde_json::Value,
+        epoch: u64,
+    ) -> Result<(i32, u64), String> {
         let mut spec: LaunchSpec = serde_json::from_value(order).map_err(|e| format!("bad launch order: {e}"))?;
         if !Path::new(&spec.cwd).is_dir() {
             return Err(format!("cwd {} not found on node {}", spec.cwd, self.cfg.name));
@@ -375,9 +418,15 @@ impl Agent {
                 *v = run_dir.join(ravel_exec::OUTPUTS_DIR).display().to_string();
             }
         }
-        spec.lease_file = Some(self.lease_file().display().to_string());
+        spec.lease_file = Some(self.lease_file(epoch).display().to_string());
         if let Some(c) = spec.cgroup.as_mut() {
             c.name = self.local.cgroup_name(job, n);
+        }
+        if let (Some(c), ravel_exec::cgroup::CgroupSupport::Unavailable(why)) = (&spec.cgroup, &self.cgroups) {
+            if c.memory_max_bytes.is_some() {
+                return Err(format!("--mem needs a cgroup, and node {} has none ({why})", self.cfg.name));
+            }
+            spec.cgroup = None;
         }
         let launched = self.local.launch(job, n, run_dir.to_path_buf(), spec, None).await?;
         Ok((launched.pid, launched.start_time))
@@ -450,6 +499,13 @@ impl Agent {
                     Ok(_) => offset += bytes.len() as u64,
                     // The controller no longer holds this attempt here: nothing to ship to.
                     Err(ClientError::Api { body, .. }) if body.code == "stale_attempt" => return true,
+                    // Its copy is shorter than what was shipped (restored, or cut): all again.
+                    Err(ClientError::Api { body, .. }) if body.code == "log_gap" => {
+                        if let Some(a) = lock(self).attempts.get_mut(&key) {
+                            a.shipped[i] = 0;
+                        }
+                        return false;
+                    }
                     Err(e) => {
                         tracing::debug!(job = key.0, error = %e, "cannot ship logs");
                         return false;
@@ -517,14 +573,14 @@ async fn watch_lease(agent: Arc<Agent>) {
     let mut fenced = false;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let (last_ok, fence_after, running) = {
+        let (last_ok, fence_after, running, epoch) = {
             let sh = lock(&agent);
-            (sh.last_ok, sh.fence_after, sh.attempts.values().filter(|a| a.ended.is_none()).count())
+            (sh.last_ok, sh.fence_after, sh.attempts.values().filter(|a| a.ended.is_none()).count(), sh.epoch)
         };
         let cut_off = matches!((last_ok, fence_after), (Some(t), Some(f)) if t.elapsed() >= f);
         if cut_off && !fenced && running > 0 {
             tracing::warn!(jobs = running, "no contact with the controller for the lease time: jobs are being killed");
-            let _ = std::fs::write(agent.lease_file(), "0");
+            let _ = write_lease(&agent.lease_file(epoch), 0);
         }
         fenced = cut_off;
     }

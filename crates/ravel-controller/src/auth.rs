@@ -90,7 +90,7 @@ pub async fn require_token(
     let method = req.method().clone();
     let admin_route = path.starts_with("/v1/tokens")
         || path.starts_with("/v1/daemon/")
-        || path.starts_with("/v1/admin/")
+        || (path.starts_with("/v1/admin/") && method != axum::http::Method::GET)
         || (path.starts_with("/v1/nodes/") && method != axum::http::Method::GET);
     let refusal = match who.role {
         Role::Agent if !agent_route => Some("an agent token may only sync (`/v1/agent/...`); use a user token"),
@@ -100,7 +100,8 @@ pub async fn require_token(
         _ => None,
     };
     if let Some(why) = refusal {
-        return ApiError::forbidden(format!("{why} (you are {} with a {} token)", who.name, who.role.as_str()))
+        let article = if who.role == Role::User { "a" } else { "an" };
+        return ApiError::forbidden(format!("{why} (you are {} with {article} {} token)", who.name, who.role.as_str()))
             .into_response();
     }
     req.extensions_mut().insert(who);

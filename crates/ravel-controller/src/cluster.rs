@@ -51,6 +51,9 @@ pub struct Remote {
     pub launches: HashMap<(JobId, u32), serde_json::Value>,
     /// Launch orders handed to the agent (the attempt is then `starting`).
     pub offered: HashSet<(JobId, u32)>,
+    /// What the last answer wanted on the node (`answer_key`): a sync that would be told the same
+    /// again is held until something changes.
+    pub last_answer: u64,
     /// Removed by an admin: kept (empty) so that node indices stay valid, but not shown.
     pub removed: bool,
     /// The address its agent connects from (a gang's MASTER_ADDR when it runs rank 0).
@@ -74,6 +77,7 @@ impl Remote {
             wake: Arc::new(Notify::new()),
             launches: HashMap::new(),
             offered: HashSet::new(),
+            last_answer: 0,
             removed: false,
             addr: None,
         }
@@ -191,8 +195,18 @@ pub async fn sync(
     ctl: &Arc<Controller>,
     req: AgentSyncRequest,
     addr: Option<std::net::IpAddr>,
+    token_name: &str,
 ) -> Result<AgentSyncResponse, ApiError> {
     let cfg = ctl.cluster.as_ref().ok_or_else(|| ApiError::not_found("this daemon runs no agents"))?;
+    // An agent token named after a node is that node's alone; one named "agent" (the default)
+    // may sync as any node.
+    if token_name != "agent" && token_name != req.name {
+        return Err(ApiError::forbidden(format!(
+            "this agent token belongs to node {token_name}: it cannot sync as {} (give each node its own token, \
+             `ravel token create --role agent --name NODE`)",
+            req.name
+        )));
+    }
     if !valid_name(&req.name) {
         return Err(ApiError::bad_request(format!(
             "bad node name {:?}: use 1 to 64 letters, digits, '.', '_' or '-'",
@@ -254,9 +268,10 @@ pub async fn sync(
     let wake = ctl.lock().nodes[node].remote.as_ref().map(|r| r.wake.clone());
     let hold = Duration::from_millis(req.wait_ms).min(MAX_HOLD).min(cfg.node_timeout / 3);
     let mut resp = desired(ctl, node, &reported);
-    let settled = acked.is_empty() && resp.desired.iter().all(|d| d.launch.is_none() && !d.kill);
-    let settled = settled && resp.desired.iter().all(|d| reported.contains(&(d.job, d.attempt)));
-    let settled = settled && reported.iter().all(|r| resp.desired.iter().any(|d| (d.job, d.attempt) == *r));
+    // Nothing new to say: no ack, no launch order, and the same desired set (kill flags included)
+    // as the last answer, which the agent acts on (it kills what is not in it, once).
+    let last = ctl.lock().nodes[node].remote.as_ref().map_or(0, |r| r.last_answer);
+    let settled = acked.is_empty() && resp.desired.iter().all(|d| d.launch.is_none()) && answer_key(&resp) == last;
     if settled
         && !hold.is_zero()
         && let Some(wake) = wake
@@ -279,6 +294,7 @@ pub async fn sync(
         r.last_seen = Some(Instant::now());
         r.last_seen_ms = Some(now_ms());
         resp.epoch = r.epoch;
+        r.last_answer = answer_key(&resp);
         let handed: Vec<(JobId, u32)> = resp
             .desired
             .iter()
@@ -299,6 +315,17 @@ pub async fn sync(
         }
     }
     Ok(resp)
+}
+
+/// A digest of the desired set of an answer: its attempts and their kill flags.
+fn answer_key(resp: &AgentSyncResponse) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for d in &resp.desired {
+        (d.job, d.attempt, d.kill).hash(&mut h);
+    }
+    // Never 0, which means "nothing answered yet".
+    h.finish() | 1
 }
 
 fn stale(got: u64, current: u64, name: &str) -> ApiError {
@@ -624,8 +651,13 @@ async fn node_lost(ctl: &Arc<Controller>, node: usize, timeout: Duration) {
         r.launches.clear();
         r.offered.clear();
         r.wake.notify_waiters();
-        let attempts: Vec<(JobId, u32)> =
-            st.active.iter().filter(|(_, a)| a.node == node && a.attempt > 0).map(|(id, a)| (*id, a.attempt)).collect();
+        // Every job with a rank there (a gang ends with any of its nodes).
+        let attempts: Vec<(JobId, u32)> = st
+            .active
+            .iter()
+            .filter(|(_, a)| a.attempt > 0 && a.nodes().any(|n| n == node))
+            .map(|(id, a)| (*id, a.attempt))
+            .collect();
         st.nodes_changed();
         (st.nodes[node].name.clone(), attempts)
     };

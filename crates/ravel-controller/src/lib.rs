@@ -282,7 +282,11 @@ impl Controller {
 
     /// The daemon's mode, as `ravel daemon status` shows it.
     pub(crate) fn mode(&self) -> &'static str {
-        if self.cfg.system { "system" } else { "user" }
+        match (self.cluster.is_some(), self.cfg.system) {
+            (true, _) => "controller",
+            (false, true) => "system",
+            (false, false) => "user",
+        }
     }
 
     pub(crate) fn half_life_ms(&self) -> f64 {

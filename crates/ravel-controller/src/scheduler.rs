@@ -337,12 +337,13 @@ pub(crate) fn launch_spec(ctl: &Controller, job: &Job, gpus: &[u32], n: u32, run
         run_as: run_as(ctl, job),
         umask: job.spec.umask,
         // A shared box contains every job; elsewhere only a job with a memory limit needs one.
-        cgroup: (ctl.cfg.cgroups.available() && (ctl.cfg.system || job.spec.mem_mib.is_some())).then(|| {
-            ravel_exec::CgroupSpec {
-                name: ravel_agent::cgroup_name(&ctl.instance, job.id, n),
-                memory_max_bytes: job.spec.mem_mib.map(|m| m << 20),
-                pids_max: None,
-            }
+        // An agent's node decides for itself whether it can (`ravel-agent`'s remote launch).
+        cgroup: ((ctl.cluster.is_some() && job.spec.mem_mib.is_some())
+            || (ctl.cfg.cgroups.available() && (ctl.cfg.system || job.spec.mem_mib.is_some())))
+        .then(|| ravel_exec::CgroupSpec {
+            name: ravel_agent::cgroup_name(&ctl.instance, job.id, n),
+            memory_max_bytes: job.spec.mem_mib.map(|m| m << 20),
+            pids_max: None,
         }),
         lease_file: None,
     }

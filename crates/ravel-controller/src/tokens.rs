@@ -107,9 +107,10 @@ impl Tokens {
         Ok(TokenIdentity { id: t.id, name: t.name.clone(), role })
     }
 
-    fn has_admin(&self) -> bool {
+    /// Whether some admin token still opens the door (not revoked, not expired).
+    fn has_admin(&self, now: i64) -> bool {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        kept.iter().any(|t| t.role == "admin" && t.revoked_at.is_none())
+        kept.iter().any(|t| t.role == "admin" && t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now))
     }
 
     fn has_hash(&self, h: &str) -> bool {
@@ -118,9 +119,9 @@ impl Tokens {
 }
 
 impl Controller {
-    /// Loads the tokens; on a controller's first start makes the first admin token: the one in
-    /// `RAVEL_ADMIN_TOKEN` if given (kept from then on), else a new one, returned to be printed
-    /// once.
+    /// Loads the tokens; on a controller's first start (or when no admin token is valid any
+    /// more) makes an admin token: the one in `RAVEL_ADMIN_TOKEN` if given (kept from then on),
+    /// else a new one, returned to be printed once.
     pub(crate) async fn bootstrap_tokens(&self, from_env: Option<String>) -> Result<Option<String>, String> {
         let all = self.store.tokens().await.map_err(|e| format!("cannot read tokens: {e}"))?;
         self.tokens.set(all);
@@ -133,7 +134,7 @@ impl Controller {
             }
             return Ok(None);
         }
-        if self.tokens.has_admin() {
+        if self.tokens.has_admin(now_ms()) {
             return Ok(None);
         }
         let secret = new_secret()?;

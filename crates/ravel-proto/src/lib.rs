@@ -488,8 +488,8 @@ pub struct TokensResponse {
 pub struct NodeInfo {
     pub name: String,
     /// `ready`, `draining` (no new jobs; running ones finish), `drained` (draining, none left),
-    /// `cordoned` (no new jobs), `lost` (no contact for the node timeout), `local` (the
-    /// local daemon's own node).
+    /// `cordoned` (no new jobs), `lost` (no contact for the node timeout), `unknown` (not heard
+    /// from since the controller started), `local` (the local daemon's own node).
     pub state: String,
     pub gpus_total: u32,
     pub gpus_free: u32,

@@ -88,7 +88,7 @@ impl Home {
         Ok(Home::own(base.join("ravel")))
     }
 
-    fn own(dir: PathBuf) -> Home {
+    pub fn own(dir: PathBuf) -> Home {
         Home { socket: dir.join("ravel.sock"), dir, system: false, why: "your own daemon", remote: None }
     }
 

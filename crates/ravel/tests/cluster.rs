@@ -43,9 +43,9 @@ impl Cluster {
         let (controller, fingerprint) = start_controller(dir.path(), port, node_timeout);
         let mut c =
             Cluster { dir, node_timeout, port, fingerprint, controller, agents: vec![], agent_token: String::new() };
+        // One token for all the agents: unnamed ("agent"), it may sync as any node.
         let token: Value =
-            serde_json::from_str(&c.ok(&["token", "create", "--role", "agent", "--name", "nodes", "--json"]))
-                .expect("token JSON");
+            serde_json::from_str(&c.ok(&["token", "create", "--role", "agent", "--json"])).expect("token JSON");
         c.agent_token = token["token"].as_str().unwrap().to_string();
         std::fs::write(c.dir.path().join("agent.token"), &c.agent_token).unwrap();
         for (i, extra) in agents.iter().enumerate() {
@@ -154,9 +154,15 @@ impl Drop for Cluster {
         }
         let _ = self.controller.kill();
         let _ = self.controller.wait();
-        // Jobs outlive their agents: end them (their leases would, within seconds).
+        // Jobs outlive their agents: end them (their leases would, within seconds) by taking
+        // their lease files away.
         for i in 0..self.agents.len() {
-            let _ = std::fs::write(self.dir.path().join(format!("agent{i}/lease")), "0");
+            let home = self.dir.path().join(format!("agent{i}"));
+            for e in std::fs::read_dir(&home).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with("lease.") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(400));
     }
@@ -456,6 +462,14 @@ fn tokens_open_only_their_part_of_the_api() {
         sync.as_str(),
     ]);
     assert_eq!(curl(&c, &args).0, 400);
+    // An agent token named after a node syncs as that node only.
+    let bound = token("agent", &["--name", "node7"]);
+    let bound_bearer = bearer(&bound);
+    let body = "{\"name\": \"node8\", \"epoch\": 0, \"version\": \"1\", \"cpus\": 1, \"gpus\": [], \"attempts\": []}";
+    let args = ["-H", bound_bearer.as_str(), "-H", "content-type: application/json", "-d", body, sync.as_str()];
+    let (code, text) = curl(&c, &args);
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("belongs to node node7"), "{text}");
     // Plain HTTP to the TLS port is refused cleanly.
     let plain = Command::new("curl")
         .args(["-sS", "-o", "-", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{}/v1/jobs", c.port)])
@@ -531,4 +545,23 @@ fn a_gang_starts_on_distinct_nodes_and_stops_together() {
     });
     assert!(v["pending_reason"].as_str().unwrap().contains("needs 4 nodes"), "{v:#}");
     assert!(attempts(&v).is_empty());
+}
+
+#[test]
+fn a_restarted_agent_takes_back_its_jobs() {
+    let mut c = Cluster::start_timed(&[&[]], "6s");
+    let id = c.submit(&["--", "sh", "-c", "sleep 5; echo finished"]);
+    c.wait_job(id, Duration::from_secs(20), |v| v["state"] == "running");
+    // Wait until the agent is in a long poll, so that its lease is as old as it gets.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut old = c.agents[0].take().unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(old.id() as i32, libc::SIGKILL) };
+    let _ = old.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    c.agents[0] = Some(c.start_agent(0, &[]));
+    let v = c.wait_job(id, Duration::from_secs(30), |v| v["state"] == "succeeded" || v["state"] == "lost");
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(attempts(&v).len(), 1, "the job kept running under the restarted agent: {v:#}");
+    assert_eq!(c.ok(&["logs", &id.to_string()]), "finished\n");
 }

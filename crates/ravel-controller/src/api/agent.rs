@@ -12,10 +12,11 @@ use std::sync::Arc;
 /// Reports the node and its attempts; long-polls for what the controller wants on it.
 pub async fn sync(
     State(ctl): State<Arc<Controller>>,
+    caller: crate::auth::Caller,
     from: PeerAddr,
     Json(req): Json<AgentSyncRequest>,
 ) -> Result<axum::Json<AgentSyncResponse>, ApiError> {
-    crate::cluster::sync(&ctl, req, from.0).await.map(axum::Json)
+    crate::cluster::sync(&ctl, req, from.0, &caller.name).await.map(axum::Json)
 }
 
 /// The address an HTTPS request comes from (none on the Unix socket).
@@ -34,8 +35,9 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PeerAddr {
 pub async fn logs(
     State(ctl): State<Arc<Controller>>,
     Query(q): Query<AgentLogsQuery>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let body = body.map_err(|_| ApiError::too_large())?;
     let size = crate::cluster::logs(&ctl, q, body.to_vec()).await?;
     Ok(axum::Json(serde_json::json!({ "size": size })))
 }

@@ -67,7 +67,9 @@ pub async fn submit(
         Ok(_) => return Err(ApiError::bad_request(format!("working directory {} is not a directory", spec.cwd))),
         Err(_) => return Err(missing()),
     }
+    // A controller's jobs are contained by their nodes, which refuse --mem if they cannot.
     if spec.mem_mib.is_some()
+        && ctl.cluster.is_none()
         && let ravel_exec::cgroup::CgroupSupport::Unavailable(why) = &ctl.cfg.cgroups
     {
         return Err(ApiError::bad_request(format!(

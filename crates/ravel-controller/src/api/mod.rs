@@ -120,6 +120,13 @@ impl ApiError {
     pub fn conflict_code(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::CONFLICT, code, message: message.into() }
     }
+    pub fn too_large() -> ApiError {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "too_large",
+            message: "request body is larger than the server's limit (4 MiB on a socket, 1 MiB over HTTPS)".into(),
+        }
+    }
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::UNAUTHORIZED, code: "unauthorized", message: message.into() }
     }
@@ -157,11 +164,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(JsonRejection::BytesRejection(_)) => Err(ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                code: "too_large",
-                message: "request body is larger than the server's limit (4 MiB on a socket, 1 MiB over HTTPS)".into(),
-            }),
+            Err(JsonRejection::BytesRejection(_)) => Err(ApiError::too_large()),
             Err(e) => Err(ApiError::bad_request(format!("bad request body: {}", e.body_text()))),
         }
     }

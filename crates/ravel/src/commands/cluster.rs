@@ -21,6 +21,23 @@ fn state_dir(given: Option<PathBuf>, default_name: &str) -> anyhow::Result<PathB
     Ok(base.join(default_name))
 }
 
+/// Holds `<home>/<name>.lock` for the process's life: one controller (or agent) per home.
+fn lock_home(home: &std::path::Path, name: &str) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = home.join(format!("{name}.lock"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!("another ravel {name} already uses {} (see {})", home.display(), path.display());
+    }
+    Ok(f)
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
@@ -39,6 +56,10 @@ pub fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let home = state_dir(args.home.clone(), "ravel-controller")?;
     std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
     set_mode(&home, 0o700)?;
+    if home.join("ravel.pid").exists() && crate::daemon::running_pid(&crate::home::Home::own(home.clone())).is_some() {
+        bail!("{} is a running local daemon's home: give the controller its own (--home)", home.display());
+    }
+    let _lock = lock_home(&home, "controller")?;
     let db_path = match args.db.as_deref() {
         None => home.join("ravel.db"),
         Some(url) => match url.strip_prefix("sqlite://") {
@@ -139,6 +160,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let home = state_dir(args.home.clone(), "ravel-agent")?;
     std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
     set_mode(&home, 0o700)?;
+    let _lock = lock_home(&home, "agent")?;
     let token = std::fs::read_to_string(&args.token_file)
         .with_context(|| format!("cannot read the token file {}", args.token_file.display()))?
         .trim()

@@ -19,6 +19,8 @@ pub fn gpus(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
         println!("no GPUs found (probe: {}). Set RAVEL_FAKE_GPUS=N to try ravel with fake GPUs.", resp.probe);
         return Ok(ExitCode::SUCCESS);
     }
+    // A controller's GPUs are on its nodes: a NODE column first.
+    let on_nodes = resp.gpus.iter().any(|g| g.node.is_some());
     let rows: Vec<Vec<String>> = resp
         .gpus
         .iter()
@@ -39,17 +41,25 @@ pub fn gpus(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
                 .map(|p| format!("{}({}, {} MiB)", p.pid, p.user.as_deref().unwrap_or("?"), p.used_memory_mib))
                 .collect::<Vec<_>>()
                 .join(" ");
-            vec![
+            let mut row = vec![
                 g.index.to_string(),
                 g.name.clone(),
                 format!("{}/{} MiB", g.memory_used_mib, g.memory_total_mib),
                 format!("{}%", g.utilization_pct),
                 who,
                 if procs.is_empty() { "-".into() } else { procs },
-            ]
+            ];
+            if on_nodes {
+                row.insert(0, g.node.clone().unwrap_or_default());
+            }
+            row
         })
         .collect();
-    print!("{}", table(&["GPU", "NAME", "MEMORY", "UTIL", "STATUS", "PROCESSES"], &rows));
+    let mut head = vec!["GPU", "NAME", "MEMORY", "UTIL", "STATUS", "PROCESSES"];
+    if on_nodes {
+        head.insert(0, "NODE");
+    }
+    print!("{}", table(&head, &rows));
     let flags: Vec<(u32, &String)> = resp.gpus.iter().flat_map(|g| g.flags.iter().map(move |f| (g.index, f))).collect();
     if !flags.is_empty() {
         println!();
