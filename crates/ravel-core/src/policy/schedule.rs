@@ -132,9 +132,11 @@ impl<'s> Pass<'s> {
 
     /// Places the job or records why not; returns the GPUs it took if placed.
     fn consider(&mut self, job: &QueuedJob) -> Option<u32> {
+        let chosen = self.rules.and_then(|r| r.jobs.get(&job.id));
         if let Some(limits) = self.limits.get(job.user as usize).filter(|l| !l.is_none()) {
             let (gpus, jobs) = self.user_use.get(&job.user).copied().unwrap_or((0, 0));
             if let Some(hit) = limits.exceeded_by(gpus, jobs, job.gpus) {
+                self.constrained_waiting |= chosen.is_some();
                 // Like an array limit: it waits on its own user's jobs and reserves nothing.
                 self.out.pending.push((job.id, PendingReason::UserLimit { user: job.user, hit }));
                 return None;
@@ -144,12 +146,13 @@ impl<'s> Pass<'s> {
             && self.arrays.get(&array).copied().unwrap_or(0) >= limit
         {
             // Waiting on its own siblings, not on resources: it reserves nothing.
+            self.constrained_waiting |= chosen.is_some();
             let floor = self.limited_arrays.entry(array).or_insert(0);
             *floor = (*floor).max(limit);
             self.out.pending.push((job.id, PendingReason::ArrayLimit { array, limit }));
             return None;
         }
-        if let Some(rule) = self.rules.and_then(|r| r.jobs.get(&job.id)) {
+        if let Some(rule) = chosen {
             return self.consider_chosen(job, rule);
         }
         let need = Need::of(job);
