@@ -442,16 +442,7 @@ pub async fn persist(ctl: &Arc<Controller>, node: usize) {
         ravel_store::NodeRecord {
             name: n.name.clone(),
             cpus: n.cpus_total,
-            gpus: n
-                .inventory
-                .iter()
-                .map(|g| ravel_store::GpuRecord {
-                    index: g.index,
-                    name: g.name.clone(),
-                    uuid: g.uuid.clone(),
-                    memory_total_mib: g.memory_total_mib,
-                })
-                .collect(),
+            gpus: n.gpu_records(),
             epoch: r.epoch,
             admin: n.admin.clone(),
             tags: r.tags.clone(),

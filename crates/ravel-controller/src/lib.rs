@@ -249,16 +249,7 @@ impl Controller {
             ravel_store::NodeRecord {
                 name: self.cfg.node_name.clone(),
                 cpus: st.nodes[0].cpus_total,
-                gpus: st.nodes[0]
-                    .inventory
-                    .iter()
-                    .map(|g| ravel_store::GpuRecord {
-                        index: g.index,
-                        name: g.name.clone(),
-                        uuid: g.uuid.clone(),
-                        memory_total_mib: g.memory_total_mib,
-                    })
-                    .collect(),
+                gpus: st.nodes[0].gpu_records(),
                 ..Default::default()
             }
         };

@@ -40,6 +40,19 @@ impl NodeState {
         }
     }
 
+    /// Its GPUs as the store keeps them.
+    pub fn gpu_records(&self) -> Vec<ravel_store::GpuRecord> {
+        self.inventory
+            .iter()
+            .map(|g| ravel_store::GpuRecord {
+                index: g.index,
+                name: g.name.clone(),
+                uuid: g.uuid.clone(),
+                memory_total_mib: g.memory_total_mib,
+            })
+            .collect()
+    }
+
     /// Whether new jobs may be placed here.
     pub fn schedulable(&self) -> bool {
         self.admin == "ready" && self.remote.as_ref().is_none_or(|r| r.connected())

@@ -972,11 +972,8 @@ impl Store for SqliteStore {
 
     fn tokens(&self) -> StoreFuture<'_, Vec<TokenRecord>> {
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, name, role, hash, created_at, expires_at, revoked_at FROM tokens ORDER BY id",
-                )
-                .map_err(db)?;
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY id")).map_err(db)?;
             stmt.query_map([], token_row).map_err(db)?.collect::<Result<_, _>>().map_err(db)
         })
     }
@@ -987,13 +984,11 @@ impl Store for SqliteStore {
                 .map_err(db)?
                 .execute(params![id as i64, now])
                 .map_err(db)?;
-            conn.prepare_cached(
-                "SELECT id, name, role, hash, created_at, expires_at, revoked_at FROM tokens WHERE id = ?1",
-            )
-            .map_err(db)?
-            .query_row([id as i64], token_row)
-            .optional()
-            .map_err(db)
+            conn.prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"))
+                .map_err(db)?
+                .query_row([id as i64], token_row)
+                .optional()
+                .map_err(db)
         })
     }
 
@@ -1030,6 +1025,8 @@ impl Store for SqliteStore {
         })
     }
 }
+
+const TOKEN_COLUMNS: &str = "id, name, role, hash, created_at, expires_at, revoked_at";
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
     Ok(TokenRecord {
