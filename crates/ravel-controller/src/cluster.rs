@@ -51,6 +51,10 @@ pub struct Remote {
     pub launches: HashMap<(JobId, u32), serde_json::Value>,
     /// Launch orders handed to the agent (the attempt is then `starting`).
     pub offered: HashSet<(JobId, u32)>,
+    /// Ends being recorded (acknowledged by the first sync after).
+    pub ending: HashSet<(JobId, u32)>,
+    /// Attempts whose `starting` is being recorded.
+    pub marking: HashSet<(JobId, u32)>,
     /// What the last answer wanted on the node (`answer_key`): a sync that would be told the same
     /// again is held until something changes.
     pub last_answer: u64,
@@ -77,6 +81,8 @@ impl Remote {
             wake: Arc::new(Notify::new()),
             launches: HashMap::new(),
             offered: HashSet::new(),
+            ending: HashSet::new(),
+            marking: HashSet::new(),
             last_answer: 0,
             removed: false,
             addr: None,
@@ -222,28 +228,48 @@ pub async fn sync(
     }
     let mut acked = Vec::new();
     let mut reported: HashSet<(JobId, u32)> = HashSet::new();
-    for o in &req.attempts {
-        reported.insert((o.job, o.attempt));
-        let ours = {
-            let st = ctl.lock();
+    // What each report means, decided under one lock; the writes then run side by side, so
+    // that a sync's ends and starts share the store's group commits.
+    let mut ends = Vec::new();
+    let mut starts = Vec::new();
+    {
+        let st = ctl.lock();
+        for o in &req.attempts {
+            reported.insert((o.job, o.attempt));
             let a = st.active.get(&o.job).filter(|a| a.attempt == o.attempt && a.rank_on(node).is_some());
-            a.map(|a| a.cancel_requested)
-        };
-        match (&o.ended, ours) {
-            (Some(end), Some(requested)) => {
-                ended(ctl, node, o.job, o.attempt, end, requested).await;
-                acked.push((o.job, o.attempt));
-            }
-            // Recorded before, or not this node's any more: nothing to do but let it go.
-            (Some(_), None) => acked.push((o.job, o.attempt)),
-            (None, Some(_)) => {
-                if let Some((pid, start)) = o.supervisor {
-                    started(ctl, node, o.job, o.attempt, pid, start).await;
+            match (&o.ended, a.map(|a| a.cancel_requested)) {
+                (Some(end), Some(requested)) => ends.push((o.job, o.attempt, end, requested)),
+                // Recorded before, or not this node's any more: nothing to do but let it go.
+                (Some(_), None) => acked.push((o.job, o.attempt)),
+                (None, Some(_)) => {
+                    if let Some((pid, start)) = o.supervisor {
+                        starts.push((o.job, o.attempt, pid, start));
+                    }
                 }
+                // Not wanted here: left out of the desired set, so the agent kills it.
+                (None, None) => {}
             }
-            // Not wanted here: left out of the desired set, so the agent kills it.
-            (None, None) => {}
         }
+    }
+    // Recorded in the background: the answer does not wait for their commits. An end is
+    // acknowledged by a later sync, once recorded (the agent reports it until then); one being
+    // recorded is not started again.
+    for (job, n, pid, start) in starts {
+        let ctl = ctl.clone();
+        tokio::spawn(async move { started(&ctl, node, job, n, pid, start).await });
+    }
+    for (job, n, end, requested) in ends {
+        let fresh = ctl.lock().nodes[node].remote.as_mut().is_some_and(|r| r.ending.insert((job, n)));
+        if !fresh {
+            continue;
+        }
+        let (ctl, end) = (ctl.clone(), end.clone());
+        tokio::spawn(async move {
+            ended(&ctl, node, job, n, &end, requested).await;
+            if let Some(r) = ctl.lock().nodes[node].remote.as_mut() {
+                r.ending.remove(&(job, n));
+            }
+        });
     }
     // An attempt the node reported running before but no longer reports is gone from it (its
     // supervisor ended unseen, or the agent lost its state): lost, and retried if it may be.
@@ -306,13 +332,22 @@ pub async fn sync(
         handed
     };
     // Handed to its agent: `starting` (a gang: once its first rank's order goes out). Recorded
-    // before the answer leaves, so that it always comes before the agent's `running`.
-    let marked = futures_util::future::join_all(handed.iter().map(|(id, n)| ctl.store.mark_starting(*id, *n))).await;
-    for ((id, _), r) in handed.iter().zip(marked) {
-        match r {
-            Ok(_) | Err(ravel_store::StoreError::Conflict { .. }) => {}
-            Err(e) => tracing::warn!(job = id, error = %e, "cannot record the start of a launch"),
+    // in the background, so that the answer never waits for a commit (or a WAL checkpoint):
+    // the job's `running` comes from a later sync, and the job's writes are made in order.
+    if !handed.is_empty() {
+        let ctl = ctl.clone();
+        if let Some(r) = ctl.lock().nodes[node].remote.as_mut() {
+            r.marking.extend(handed.iter().copied());
         }
+        tokio::spawn(async move {
+            let marked = futures_util::future::join_all(handed.iter().map(|(id, n)| mark_starting(&ctl, *id, *n)));
+            marked.await;
+            if let Some(r) = ctl.lock().nodes[node].remote.as_mut() {
+                for k in &handed {
+                    r.marking.remove(k);
+                }
+            }
+        });
     }
     Ok(resp)
 }
@@ -478,8 +513,20 @@ fn desired(ctl: &Controller, node: usize, reported: &HashSet<(JobId, u32)>) -> A
     AgentSyncResponse { epoch: remote.map_or(0, |r| r.epoch), desired, acked: vec![], node_timeout_ms: timeout }
 }
 
+async fn mark_starting(ctl: &Controller, id: JobId, n: u32) {
+    match ctl.store.mark_starting(id, n).await {
+        Ok(_) | Err(ravel_store::StoreError::Conflict { .. }) => {}
+        Err(e) => tracing::warn!(job = id, error = %e, "cannot record the start of a launch"),
+    }
+}
+
 /// The agent started the attempt's supervisor.
 async fn started(ctl: &Arc<Controller>, node: usize, id: JobId, n: u32, pid: i32, start: u64) {
+    // Its `starting` first, should the agent's report have overtaken it (it is refused once
+    // recorded, so it is never recorded twice).
+    if ctl.lock().nodes[node].remote.as_ref().is_some_and(|r| r.marking.contains(&(id, n))) {
+        mark_starting(ctl, id, n).await;
+    }
     let first = {
         let mut st = ctl.lock();
         if let Some(r) = st.nodes[node].remote.as_mut() {

@@ -29,7 +29,16 @@ pub async fn run(ctl: Arc<Controller>) {
         };
         admission::wake_due(&ctl).await;
         ctl.check_queue_wait();
+        let started = Instant::now();
         pass(&ctl, woken).await;
+        // A pass over a long queue is not free: while job ends keep waking the loop, it rests
+        // twice as long as the pass took (at most 25 ms) before the next, so that passes take at
+        // most a third of a core, the API keeps the rest, and each pass places what several ends
+        // freed. Short passes (a short queue) do not rest.
+        let took = started.elapsed();
+        if took > std::time::Duration::from_millis(1) {
+            tokio::time::sleep((took * 2).min(std::time::Duration::from_millis(25))).await;
+        }
     }
 }
 
@@ -112,7 +121,7 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
     // submit changes nothing held: it is simply considered by the next pass).
     let placed: Vec<(Placement, QueuedJob)> = loop {
         let now = now_ms();
-        let (nodes, ids, queue, users, limits, generation, rules) = {
+        let (nodes, ids, queue, users, limits, generation, released, rules) = {
             let mut st = ctl.lock();
             // The periodic pass only looks again when something changed (probes included).
             if !st.accepting || st.queue.is_empty() || !(woken || st.dirty) {
@@ -132,7 +141,8 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
                 spread: st.spread,
                 jobs: st.job_rules.clone(),
             });
-            (nodes, ids, queue, st.users.shares.clone(), st.users.limits.clone(), st.generation, rules)
+            let (generation, released) = (st.generation, st.released);
+            (nodes, ids, queue, st.users.shares.clone(), st.users.limits.clone(), generation, released, rules)
         };
         let snap =
             Snapshot { now, nodes: &nodes, queue: &queue, users: &users, limits: &limits, rules: rules.as_ref() };
@@ -166,6 +176,14 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
             let Some(q) = st.dequeue(p.job) else { continue };
             st.hold(p.job, Active::placed(&p, &q, now));
             placed.push((p, q));
+        }
+        if st.released != released {
+            // Jobs ended while the pass ran: its placements stand (they took only what was free
+            // before), but its leftover misses what the ends freed. The next pass looks again.
+            st.leftover = None;
+            st.dirty = true;
+            ctl.wake.notify_one();
+            break placed;
         }
         // Set after the placements: the leftover already accounts for them.
         st.leftover = Some(d.leftover);

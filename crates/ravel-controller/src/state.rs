@@ -237,9 +237,13 @@ pub struct State {
     /// Indexed lazily: passes are frequent, questions about one job rare.
     pub pending_list: Vec<(JobId, PendingReason)>,
     pending_index: std::sync::OnceLock<HashMap<JobId, u32>>,
-    /// Bumped whenever what is held changes (placements, releases, inventory): a pass computed
-    /// without the lock is applied only if nothing changed meanwhile.
+    /// Bumped whenever something is taken or the nodes change (placements, inventory, limits):
+    /// a pass computed without the lock is applied only if nothing was meanwhile.
     pub generation: u64,
+    /// Bumped on every release. A pass is still sound after releases (it used only what was
+    /// free before them: as if they had come just after it), but its leftover misses what they
+    /// freed, so it is not kept.
+    pub released: u64,
     /// What the last pass left neither placed nor reserved, for placing a newly eligible job at
     /// once (`policy::place_fast`). Gone when anything else changes: a job ends, a job enters
     /// the queue without being placed, the inventory changes.
@@ -290,6 +294,7 @@ impl State {
             pending_list: Vec::new(),
             pending_index: std::sync::OnceLock::new(),
             generation: 0,
+            released: 0,
             leftover: None,
             leftover_nodes: Vec::new(),
             arrived: Vec::new(),
@@ -370,7 +375,7 @@ impl State {
 
     pub fn release(&mut self, id: JobId) -> Option<Active> {
         let a = self.active.remove(&id)?;
-        self.generation += 1;
+        self.released += 1;
         self.dirty = true;
         // What it frees may go straight back to the leftover when provably no waiting job
         // could use it (`policy::credit_end`); otherwise the next pass decides.
@@ -419,16 +424,60 @@ impl State {
         m
     }
 
-    /// The schedulable nodes as the scheduler sees them, and each one's index in `nodes`.
+    /// The schedulable nodes as the scheduler sees them, and each one's index in `nodes`. One
+    /// sweep over the jobs for all nodes: with hundreds of nodes, a sweep per node was most of a
+    /// pass's time under the lock.
     pub fn node_views(&self, t: &Thresholds) -> (Vec<NodeView>, Vec<usize>) {
         let ids: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].schedulable()).collect();
-        (ids.iter().map(|i| self.node_view(*i, t)).collect(), ids)
+        let mut slot = vec![usize::MAX; self.nodes.len()];
+        for (k, i) in ids.iter().enumerate() {
+            slot[*i] = k;
+        }
+        let mut running: Vec<Vec<RunningJob>> = vec![Vec::new(); ids.len()];
+        let mut cpus: Vec<u32> = vec![0; ids.len()];
+        for (id, a) in &self.active {
+            let ranks = std::iter::once((a.node, &a.gpus)).chain(a.ranks.iter().map(|(n, g)| (*n, g)));
+            for (node, gpus) in ranks {
+                let Some(&k) = slot.get(node).filter(|k| **k != usize::MAX) else { continue };
+                cpus[k] += a.cpus;
+                running[k].push(RunningJob { gpus: gpus.clone(), ..a.running(*id) });
+            }
+        }
+        let views = ids
+            .iter()
+            .zip(running.into_iter().zip(cpus))
+            .map(|(&i, (mut running, cpus_used))| {
+                running.sort_by_key(|r| r.job);
+                self.view_of(i, t, running, cpus_used)
+            })
+            .collect();
+        (views, ids)
     }
 
     /// One node as the scheduler sees it.
     pub fn node_view(&self, node: usize, t: &Thresholds) -> NodeView {
+        let mut running: Vec<RunningJob> = self
+            .active
+            .iter()
+            .flat_map(|(id, a)| a.on(node).map(move |g| RunningJob { gpus: g.to_vec(), ..a.running(*id) }))
+            .collect();
+        running.sort_by_key(|r| r.job);
+        self.view_of(node, t, running, self.cpus_used(node))
+    }
+
+    /// A node's view from its running jobs (sorted by id) and the CPUs they hold.
+    fn view_of(&self, node: usize, t: &Thresholds, running: Vec<RunningJob>, cpus_used: u32) -> NodeView {
         let n = &self.nodes[node];
-        let mut used = self.gpu_use(node);
+        let mut used: HashMap<u32, GpuUse> = HashMap::new();
+        for r in &running {
+            for g in &r.gpus {
+                let e = used.entry(*g).or_default();
+                match r.gpu_mem_mib {
+                    Some(mib) => e.1.push((r.job, mib)),
+                    None => e.0 = Some(r.job),
+                }
+            }
+        }
         let gpus = n
             .inventory
             .iter()
@@ -446,13 +495,7 @@ impl State {
                 }
             })
             .collect();
-        let mut running: Vec<RunningJob> = self
-            .active
-            .iter()
-            .flat_map(|(id, a)| a.on(node).map(move |g| RunningJob { gpus: g.to_vec(), ..a.running(*id) }))
-            .collect();
-        running.sort_by_key(|r| r.job);
-        NodeView { name: n.name.clone(), gpus, cpus_total: n.cpus_total, cpus_used: self.cpus_used(node), running }
+        NodeView { name: n.name.clone(), gpus, cpus_total: n.cpus_total, cpus_used, running }
     }
 
     /// The index of the node called `name`.

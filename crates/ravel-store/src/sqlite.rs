@@ -59,6 +59,14 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    /// Writes commit only on the writer thread, in batches (no commit on the caller's thread
+    /// when the writer is idle): for a server with many concurrent writers (a controller of
+    /// many agents), where batching saves more than the thread hop costs.
+    pub fn batched_only(mut self) -> SqliteStore {
+        self.inline_writes = false;
+        self
+    }
+
     pub fn open(path: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)

@@ -90,8 +90,9 @@ pub fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             use std::os::unix::fs::OpenOptionsExt;
             let _ = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&db_path);
         }
-        let store =
-            ravel_store::SqliteStore::open(&db_path, ravel_store::Durability::Normal).map_err(|e| anyhow!("{e}"))?;
+        let store = ravel_store::SqliteStore::open(&db_path, ravel_store::Durability::Normal)
+            .map_err(|e| anyhow!("{e}"))?
+            .batched_only();
         let cfg = ravel_controller::Config {
             home: home.clone(),
             db_path: db_path.clone(),
