@@ -148,7 +148,15 @@ mod tests {
             .args(["-c", "sleep 5", crate::SUPERVISE_SUBCOMMAND, &dir])
             .spawn()
             .unwrap();
-        let found = find_supervisor(Path::new(&dir)).map(|p| p.pid);
+        // The child shows its command line once it has exec'd `sh`: look until then.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let mut found = None;
+        while found.is_none() && std::time::Instant::now() < deadline {
+            found = find_supervisor(Path::new(&dir)).map(|p| p.pid);
+            if found.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
         let other = find_supervisor(Path::new(&format!("{dir}-other")));
         let _ = child.kill();
         let _ = child.wait();
