@@ -299,6 +299,9 @@ pub struct LogsQuery {
     /// Attempt number; the current attempt when absent.
     #[serde(default)]
     pub attempt: Option<u32>,
+    /// A gang's rank (cluster mode); rank 0 when absent.
+    #[serde(default)]
+    pub rank: Option<u32>,
     /// Stream the file from `offset` as it grows (chunked), until the job has ended and all of it
     /// was sent (or the daemon stops). `limit` does not apply.
     #[serde(default)]

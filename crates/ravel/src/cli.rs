@@ -362,6 +362,9 @@ pub struct LogsArgs {
     /// Which attempt (default: the latest)
     #[arg(long)]
     pub attempt: Option<u32>,
+    /// A gang's rank (`--nodes N`): its output on its own node (default: rank 0)
+    #[arg(long, value_name = "N")]
+    pub rank: Option<u32>,
 }
 
 #[derive(Args, Debug)]

@@ -513,7 +513,7 @@ fn a_gang_starts_on_distinct_nodes_and_stops_together() {
     let c = Cluster::start(3);
     let marks = c.dir.path().join("ranks");
     let script = format!(
-        "echo rank=$NODE_RANK world=$WORLD_SIZE master=$MASTER_ADDR:$MASTER_PORT list=$RAVEL_NODELIST gpus=$CUDA_VISIBLE_DEVICES >> {m}",
+        "echo rank=$NODE_RANK world=$WORLD_SIZE master=$MASTER_ADDR:$MASTER_PORT list=$RAVEL_NODELIST gpus=$CUDA_VISIBLE_DEVICES >> {m}; echo out $NODE_RANK",
         m = marks.display()
     );
     let id = c.submit(&["--nodes", "2", "--gpus", "2", "--", "sh", "-c", &script]);
@@ -528,6 +528,16 @@ fn a_gang_starts_on_distinct_nodes_and_stops_together() {
     let port = 29_500 + id % 10_000;
     let expect = |r: u32| format!("rank={r} world=2 master=127.0.0.1:{port} list={rank0},{rank1} gpus=0,1");
     assert_eq!(lines, vec![expect(0), expect(1)]);
+    // Each rank's output, shipped from its own node.
+    let rank_logs = |args: &[&str]| c.ok(&[&["logs", &id.to_string()][..], args].concat());
+    assert_eq!(rank_logs(&[]), "out 0\n");
+    assert_eq!(rank_logs(&["--rank", "1"]), "out 1\n");
+    let (code, err) = {
+        let out = c.cmd().args(["logs", &id.to_string(), "--rank", "2"]).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    assert_eq!(code, Some(1));
+    assert!(err.contains("has 2 ranks"), "{err}");
     // One rank fails: the job fails and the other rank is stopped at once.
     let script = "if [ \"$NODE_RANK\" = 1 ]; then sleep 1; exit 3; fi; exec sleep 41";
     let id = c.submit(&["--nodes", "2", "--gpus", "1", "--", "sh", "-c", script]);

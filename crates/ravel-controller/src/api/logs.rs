@@ -33,7 +33,23 @@ pub async fn read(
         None => attempts.last(),
     };
     let limit = q.limit.unwrap_or(MAX_LOG_READ).min(MAX_LOG_READ);
-    let path = attempt.map(|a| std::path::Path::new(&a.run_dir).join(q.stream.file_name()));
+    // A gang's other ranks: the controller keeps their copies in rank<N>/ of the run dir.
+    let rank = q.rank.unwrap_or(0) as usize;
+    if let Some(a) = attempt
+        && rank > a.ranks.len()
+    {
+        let n = a.ranks.len() + 1;
+        return Err(ApiError::not_found(format!(
+            "job {id} attempt {} has {n} rank{}",
+            a.n,
+            if n == 1 { "" } else { "s" }
+        )));
+    }
+    let path = attempt.map(|a| {
+        let dir = std::path::Path::new(&a.run_dir);
+        let dir = if rank == 0 { dir.to_path_buf() } else { dir.join(format!("rank{rank}")) };
+        dir.join(q.stream.file_name())
+    });
     if q.follow {
         // An attempt other than the current one no longer grows.
         let current = q.attempt.is_none_or(|n| attempts.last().is_some_and(|a| a.n == n));
