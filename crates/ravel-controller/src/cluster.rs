@@ -129,9 +129,10 @@ pub fn nodes_from(records: Vec<ravel_store::NodeRecord>) -> Vec<NodeState> {
         .collect()
 }
 
-/// A node named by an attempt but not recorded (should not happen): known from now on, as
-/// not connected, so that its attempts are lost if no agent of that name comes back.
-pub fn unknown_node(st: &mut crate::state::State, name: &str) -> usize {
+/// A node of an agent the controller did not know: a new agent, or one named by an attempt but
+/// not recorded (should not happen; then it is lost if no agent of that name comes back).
+/// Known from now on, as not connected until its agent syncs; returns its index.
+pub fn add_remote_node(st: &mut crate::state::State, name: &str) -> usize {
     let mut node = NodeState::local(name.to_string(), 0);
     node.remote = Some(Remote::new(0));
     st.nodes.push(node);
@@ -184,8 +185,8 @@ pub fn placed(ctl: &Arc<Controller>, job: &ravel_core::Job, attempt: &ravel_core
 /// What a gang's ranks are told of each other (a submitter's values are replaced).
 const GANG_VARS: [&str; 5] = ["MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "RAVEL_NODELIST"];
 
-/// Where the controller keeps a rank's copy of its logs.
-fn rank_dir(base: &std::path::Path, rank: usize) -> PathBuf {
+/// Where the controller keeps a rank's copy of its logs (rank 0: the attempt's run dir).
+pub(crate) fn rank_dir(base: &std::path::Path, rank: usize) -> PathBuf {
     if rank == 0 { base.to_path_buf() } else { base.join(format!("rank{rank}")) }
 }
 
@@ -380,12 +381,7 @@ async fn session(ctl: &Arc<Controller>, req: &AgentSyncRequest) -> Result<usize,
         let mut st = ctl.lock();
         let node = match st.node_index(&req.name) {
             Some(i) => i,
-            None => {
-                let mut n = NodeState::local(req.name.clone(), req.cpus);
-                n.remote = Some(Remote::new(0));
-                st.nodes.push(n);
-                st.nodes.len() - 1
-            }
+            None => add_remote_node(&mut st, &req.name),
         };
         let Some(r) = st.nodes[node].remote.as_mut() else {
             return Err(ApiError::conflict(format!("node {} is this daemon's own", req.name)));
@@ -438,15 +434,7 @@ async fn session(ctl: &Arc<Controller>, req: &AgentSyncRequest) -> Result<usize,
         n.cpus_total = req.cpus;
         n.inventory = inventory;
         n.foreign_used_mib = foreign;
-        let orphans: Vec<(JobId, u32)> = if fresh {
-            st.active
-                .iter()
-                .filter(|(_, a)| a.attempt > 0 && a.rank_on(node).is_some())
-                .map(|(id, a)| (*id, a.attempt))
-                .collect()
-        } else {
-            vec![]
-        };
+        let orphans = if fresh { st.attempts_on(node) } else { vec![] };
         if changed {
             st.nodes_changed();
             ctl.wake.notify_one();
@@ -615,11 +603,10 @@ pub async fn logs(ctl: &Arc<Controller>, q: ravel_proto::AgentLogsQuery, bytes: 
         if r.epoch != q.epoch || r.lost {
             return Err(stale(q.epoch, r.epoch, &q.name));
         }
-        match st.active.get(&q.job) {
-            Some(a) if a.attempt == q.attempt && a.rank_on(node).is_some() => {
-                rank_dir(&a.run_dir, a.rank_on(node).unwrap_or(0))
-            }
-            _ => {
+        let rank = st.active.get(&q.job).filter(|a| a.attempt == q.attempt).and_then(|a| Some((a, a.rank_on(node)?)));
+        match rank {
+            Some((a, rank)) => rank_dir(&a.run_dir, rank),
+            None => {
                 return Err(ApiError::conflict_code(
                     "stale_attempt",
                     format!("job {} attempt {} does not run on node {}", q.job, q.attempt, q.name),
@@ -690,12 +677,7 @@ async fn node_lost(ctl: &Arc<Controller>, node: usize, timeout: Duration) {
         r.offered.clear();
         r.wake.notify_waiters();
         // Every job with a rank there (a gang ends with any of its nodes).
-        let attempts: Vec<(JobId, u32)> = st
-            .active
-            .iter()
-            .filter(|(_, a)| a.attempt > 0 && a.nodes().any(|n| n == node))
-            .map(|(id, a)| (*id, a.attempt))
-            .collect();
+        let attempts = st.attempts_on(node);
         st.nodes_changed();
         (st.nodes[node].name.clone(), attempts)
     };
@@ -719,13 +701,7 @@ pub fn node_info(ctl: &Controller, st: &crate::state::State, i: usize) -> Option
         return None;
     }
     let jobs = st.jobs_on(i) as u32;
-    let used = st.gpu_use(i);
-    let busy = n
-        .inventory
-        .iter()
-        .filter(|g| !used.contains_key(&g.index) && g.foreign_busy(&ctl.cfg.thresholds).is_some())
-        .count();
-    let gpus_free = (n.inventory.len() - used.len().min(n.inventory.len()) - busy) as u32;
+    let gpus_free = st.gpu_counts(i, &ctl.cfg.thresholds).free as u32;
     let state = match &n.remote {
         None => "local".to_string(),
         Some(r) if r.lost => "lost".into(),

@@ -139,15 +139,8 @@ pub fn render(ctl: &Controller) -> String {
         );
         for (i, n) in st.nodes.iter().enumerate() {
             let node = esc(&n.name);
-            let gpu_use = st.gpu_use(i);
-            let allocated = gpu_use.len().min(n.inventory.len());
-            let busy = n
-                .inventory
-                .iter()
-                .filter(|g| !gpu_use.contains_key(&g.index) && g.foreign_busy(&ctl.cfg.thresholds).is_some())
-                .count();
-            let free = n.inventory.len() - allocated - busy;
-            for (state, n) in [("allocated", allocated), ("free", free), ("foreign_busy", busy)] {
+            let c = st.gpu_counts(i, &ctl.cfg.thresholds);
+            for (state, n) in [("allocated", c.allocated), ("free", c.free), ("foreign_busy", c.foreign_busy)] {
                 let _ = writeln!(out, "ravel_gpus{{node=\"{node}\",state=\"{state}\"}} {n}");
             }
         }

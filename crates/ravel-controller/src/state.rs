@@ -100,11 +100,6 @@ impl Active {
         self.ranks.iter().position(|(n, _)| *n == node).map(|i| i + 1)
     }
 
-    /// Every node it holds something on.
-    pub fn nodes(&self) -> impl Iterator<Item = usize> + '_ {
-        std::iter::once(self.node).chain(self.ranks.iter().map(|(n, _)| *n))
-    }
-
     /// The scheduler's view of it.
     pub fn running(&self, id: JobId) -> RunningJob {
         RunningJob {
@@ -218,6 +213,13 @@ impl Users {
             s.usage += gpu_seconds * f;
         }
     }
+}
+
+/// A node's GPUs by how they stand (`State::gpu_counts`).
+pub struct GpuCounts {
+    pub allocated: usize,
+    pub free: usize,
+    pub foreign_busy: usize,
 }
 
 /// Who is on a GPU: the job holding it whole, and the jobs sharing it with their reservations (MiB).
@@ -401,6 +403,25 @@ impl State {
         self.active.values().map(|a| a.on(node).count() as u32 * a.cpus).sum()
     }
 
+    /// The attempts (job, attempt) holding something on `node` (a gang's ranks included).
+    pub fn attempts_on(&self, node: usize) -> Vec<(JobId, u32)> {
+        self.active
+            .iter()
+            .filter(|(_, a)| a.attempt > 0 && a.rank_on(node).is_some())
+            .map(|(id, a)| (*id, a.attempt))
+            .collect()
+    }
+
+    /// How `node`'s GPUs stand: held by Ravel jobs, free, and kept busy by use outside Ravel.
+    pub fn gpu_counts(&self, node: usize, t: &Thresholds) -> GpuCounts {
+        let n = &self.nodes[node];
+        let used = self.gpu_use(node);
+        let allocated = used.len().min(n.inventory.len());
+        let foreign_busy =
+            n.inventory.iter().filter(|g| !used.contains_key(&g.index) && g.foreign_busy(t).is_some()).count();
+        GpuCounts { allocated, free: n.inventory.len() - allocated - foreign_busy, foreign_busy }
+    }
+
     /// Jobs (ranks) holding something on `node`.
     pub fn jobs_on(&self, node: usize) -> usize {
         self.active.values().map(|a| a.on(node).count()).sum()
@@ -452,17 +473,6 @@ impl State {
             })
             .collect();
         (views, ids)
-    }
-
-    /// One node as the scheduler sees it.
-    pub fn node_view(&self, node: usize, t: &Thresholds) -> NodeView {
-        let mut running: Vec<RunningJob> = self
-            .active
-            .iter()
-            .flat_map(|(id, a)| a.on(node).map(move |g| RunningJob { gpus: g.to_vec(), ..a.running(*id) }))
-            .collect();
-        running.sort_by_key(|r| r.job);
-        self.view_of(node, t, running, self.cpus_used(node))
     }
 
     /// A node's view from its running jobs (sorted by id) and the CPUs they hold.

@@ -30,12 +30,6 @@ pub struct ServerTls {
     pub cert_path: PathBuf,
 }
 
-/// SHA-256 of a certificate, as upper-case hex pairs joined by `:`.
-pub fn fingerprint(der: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, der);
-    d.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
-}
-
 pub fn load(source: &TlsSource, home: &Path) -> Result<ServerTls, String> {
     let (cert, key) = match source {
         TlsSource::Files { cert, key } => (cert.clone(), key.clone()),
@@ -46,7 +40,8 @@ pub fn load(source: &TlsSource, home: &Path) -> Result<ServerTls, String> {
         .collect::<Result<_, _>>()
         .map_err(|e| format!("cannot read the certificate {}: {e}", cert.display()))?;
     let first = certs.first().ok_or_else(|| format!("{} holds no certificate", cert.display()))?;
-    let fingerprint = fingerprint(first.as_ref());
+    // In the form clients pin (`ravel context add --fingerprint`).
+    let fingerprint = ravel_client::tls::fingerprint(first.as_ref());
     let private =
         PrivateKeyDer::from_pem_file(&key).map_err(|e| format!("cannot read the key {}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());

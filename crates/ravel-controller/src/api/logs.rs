@@ -45,11 +45,8 @@ pub async fn read(
             if n == 1 { "" } else { "s" }
         )));
     }
-    let path = attempt.map(|a| {
-        let dir = std::path::Path::new(&a.run_dir);
-        let dir = if rank == 0 { dir.to_path_buf() } else { dir.join(format!("rank{rank}")) };
-        dir.join(q.stream.file_name())
-    });
+    let path =
+        attempt.map(|a| crate::cluster::rank_dir(std::path::Path::new(&a.run_dir), rank).join(q.stream.file_name()));
     if q.follow {
         // An attempt other than the current one no longer grows.
         let current = q.attempt.is_none_or(|n| attempts.last().is_some_and(|a| a.n == n));
