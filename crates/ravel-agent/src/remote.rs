@@ -212,12 +212,10 @@ impl Agent {
             epoch: sh.epoch,
             attempts: sh.attempts.iter().map(|((j, n), a)| (*j, *n, a.run_dir.clone())).collect(),
         };
-        let path = self.cfg.home.join(STATE_FILE);
-        let tmp = path.with_extension("tmp");
-        if let Ok(bytes) = serde_json::to_vec(&saved)
-            && std::fs::write(&tmp, bytes).is_ok()
+        if let Err(e) =
+            ravel_exec::write_json(&self.cfg.home.join(STATE_FILE), &saved, ravel_exec::Durability::Unsynced)
         {
-            let _ = std::fs::rename(&tmp, &path);
+            tracing::warn!(error = %e, "cannot save the agent's state");
         }
     }
 
@@ -310,7 +308,7 @@ impl Agent {
     /// controller has ended them already. The next sync registers anew.
     fn fence_now(&self) {
         let mut sh = lock(self);
-        let _ = write_lease(&self.lease_file(sh.epoch), 0);
+        let _ = ravel_exec::end_lease(&self.lease_file(sh.epoch));
         for a in sh.attempts.values() {
             if let Some((pid, start)) = a.supervisor {
                 self.local.stop(pid, start);
@@ -336,8 +334,7 @@ impl Agent {
             if resp.node_timeout_ms > 0 {
                 let fence = Duration::from_millis(resp.node_timeout_ms * 2 / 3);
                 sh.fence_after = Some(fence);
-                let deadline = now_ms() + fence.as_millis() as i64;
-                let _ = write_lease(&self.lease_file(resp.epoch), deadline);
+                let _ = ravel_exec::renew_lease(&self.lease_file(resp.epoch), fence);
             }
             if new_session {
                 self.drop_other_leases(resp.epoch);
@@ -535,16 +532,6 @@ fn end_default() -> AttemptEnd {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-fn write_lease(path: &Path, deadline: i64) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, deadline.to_string())?;
-    std::fs::rename(tmp, path)
-}
-
 fn read_from(path: &Path, offset: u64, max: usize) -> Option<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path).ok()?;
@@ -580,7 +567,7 @@ async fn watch_lease(agent: Arc<Agent>) {
         let cut_off = matches!((last_ok, fence_after), (Some(t), Some(f)) if t.elapsed() >= f);
         if cut_off && !fenced && running > 0 {
             tracing::warn!(jobs = running, "no contact with the controller for the lease time: jobs are being killed");
-            let _ = write_lease(&agent.lease_file(epoch), 0);
+            let _ = ravel_exec::end_lease(&agent.lease_file(epoch));
         }
         fenced = cut_off;
     }

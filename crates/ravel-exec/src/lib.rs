@@ -19,6 +19,7 @@ mod fds;
 mod group;
 mod job;
 mod launch;
+mod lease;
 pub mod procfs;
 mod records;
 mod resolve;
@@ -33,6 +34,7 @@ pub use atomic::{Durability, write_json, write_json_atomic};
 pub use control::{kill_group_and_wait, pidfd_open, reap, request_cancel, wait_for_child};
 pub use error::ExecError;
 pub use launch::{Launched, SPEC_FROM_STDIN, STANDBY, SUPERVISE_SUBCOMMAND, Standby, launch, spread_subdirectories};
+pub use lease::{end_lease, renew_lease};
 pub use procfs::{is_same_process, process_start_time};
 pub use records::{
     CgroupSpec, EXIT_FILE, ExitRecord, LAUNCH_FILE, LaunchSpec, OUTPUTS_DIR, RunAs, STDERR_FILE, STDOUT_FILE,

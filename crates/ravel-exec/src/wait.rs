@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::group;
+use crate::lease::lease_holds;
 use crate::signals::{self, Wake};
 
 /// How the job's main process ended.
@@ -39,13 +40,6 @@ enum Reason {
 
 /// How often a lease is looked at: a fenced job dies within this of its lease's end.
 const LEASE_CHECK: Duration = Duration::from_millis(200);
-
-/// Whether the lease in `file` (a deadline in UTC ms) still holds. An unreadable lease does not:
-/// the node can no longer show that it is in contact with its controller.
-pub(crate) fn lease_holds(file: &Path) -> bool {
-    let deadline = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse::<i64>().ok());
-    deadline.is_some_and(|d| crate::records::now_ms() < d)
-}
 
 /// Where the supervisor stands in ending the job.
 #[derive(Clone, Copy)]
