@@ -65,7 +65,6 @@ struct Agent {
     /// What this node can contain jobs in (detected once).
     cgroups: ravel_exec::cgroup::CgroupSupport,
     local: LocalAgent,
-    probe: Arc<dyn GpuProbe>,
     shared: Mutex<Shared>,
     /// Something to report at once (an attempt ended).
     urgent: Notify,
@@ -84,11 +83,9 @@ pub async fn run(
 ) -> Result<(), String> {
     std::fs::create_dir_all(cfg.home.join("runs")).map_err(|e| format!("cannot create {}: {e}", cfg.home.display()))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let probe: Arc<dyn GpuProbe> = Arc::from(probe);
-    let local =
-        LocalAgent::new(cfg.exe.clone(), crate::instance_of(&cfg.home), Box::new(SharedProbe(probe.clone())), tx);
+    let local = LocalAgent::new(cfg.exe.clone(), crate::instance_of(&cfg.home), probe, tx);
     let cgroups = ravel_exec::cgroup::detect();
-    let agent = Arc::new(Agent { cfg, cgroups, local, probe, shared: Mutex::default(), urgent: Notify::new() });
+    let agent = Arc::new(Agent { cfg, cgroups, local, shared: Mutex::default(), urgent: Notify::new() });
     agent.adopt();
     {
         let agent = agent.clone();
@@ -134,18 +131,6 @@ pub async fn run(
         _ = shutdown => tracing::info!("agent stopping; its jobs keep running within their lease"),
     }
     Ok(())
-}
-
-/// The probe, shared by the agent (inventory) and its `LocalAgent`.
-struct SharedProbe(Arc<dyn GpuProbe>);
-
-impl GpuProbe for SharedProbe {
-    fn probe(&self) -> Result<Vec<ravel_gpu::GpuInfo>, ravel_gpu::ProbeError> {
-        self.0.probe()
-    }
-    fn kind(&self) -> &'static str {
-        self.0.kind()
-    }
 }
 
 const STATE_FILE: &str = "agent.json";
@@ -431,12 +416,9 @@ impl Agent {
 
     /// The GPUs as the controller wants them: processes of this node's jobs left out.
     async fn inventory(&self) -> (Vec<AgentGpu>, Option<String>) {
-        let probe = self.probe.clone();
-        let read = tokio::task::spawn_blocking(move || probe.probe()).await;
-        let gpus = match read {
-            Ok(Ok(g)) => g,
-            Ok(Err(e)) => return (vec![], Some(e.to_string())),
-            Err(e) => return (vec![], Some(e.to_string())),
+        let gpus = match self.local.inventory().await {
+            Ok(g) => g,
+            Err(e) => return (vec![], Some(e)),
         };
         let sessions: Vec<i32> = lock(self).attempts.values().filter_map(|a| a.supervisor.map(|s| s.0)).collect();
         let ours = |pid: u32| ravel_exec::procfs::read_stat(pid as i32).is_some_and(|s| sessions.contains(&s.session));
