@@ -73,19 +73,7 @@ impl Home {
 
     /// The user's own daemon.
     pub fn from_env() -> anyhow::Result<Home> {
-        if let Some(dir) = std::env::var_os("RAVEL_HOME").filter(|v| !v.is_empty()) {
-            let dir = PathBuf::from(dir);
-            let dir = if dir.is_absolute() { dir } else { std::env::current_dir()?.join(dir) };
-            return Ok(Home::own(dir));
-        }
-        let base = std::env::var_os("XDG_DATA_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-            .ok_or_else(|| {
-                anyhow::anyhow!("neither RAVEL_HOME nor HOME is set: set RAVEL_HOME to a directory for ravel's state")
-            })?;
-        Ok(Home::own(base.join("ravel")))
+        Ok(Home::own(state_dir(None, "ravel")?))
     }
 
     pub fn own(dir: PathBuf) -> Home {
@@ -150,4 +138,21 @@ impl Home {
         }
         Ok(())
     }
+}
+
+/// A state directory: `given` (a `--home` flag), else `$RAVEL_HOME`, else `name` in
+/// `$XDG_DATA_HOME` (default `~/.local/share`). A relative path is taken from the current
+/// directory.
+pub fn state_dir(given: Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = given.or_else(|| std::env::var_os("RAVEL_HOME").filter(|v| !v.is_empty()).map(PathBuf::from)) {
+        return Ok(if dir.is_absolute() { dir } else { std::env::current_dir()?.join(dir) });
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .ok_or_else(|| {
+            anyhow::anyhow!("neither RAVEL_HOME nor HOME is set: set RAVEL_HOME to a directory for ravel's state")
+        })?;
+    Ok(base.join(name))
 }

@@ -3,23 +3,12 @@
 
 use crate::cli::{AgentArgs, ControllerArgs};
 use crate::daemon::{hostname, log_level, set_mode};
+use crate::home::state_dir;
 use anyhow::{Context, anyhow, bail};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn state_dir(given: Option<PathBuf>, default_name: &str) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = given.or_else(|| std::env::var_os("RAVEL_HOME").filter(|v| !v.is_empty()).map(PathBuf::from)) {
-        return Ok(if dir.is_absolute() { dir } else { std::env::current_dir()?.join(dir) });
-    }
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .ok_or_else(|| anyhow!("neither --home, RAVEL_HOME nor HOME is set"))?;
-    Ok(base.join(default_name))
-}
 
 /// Holds `<home>/<name>.lock` for the process's life: one controller (or agent) per home.
 fn lock_home(home: &std::path::Path, name: &str) -> anyhow::Result<std::fs::File> {
