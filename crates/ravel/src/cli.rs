@@ -16,11 +16,44 @@ the daemon's log daemon.log, and each attempt's run dir under runs/<job>/<attemp
     after_help = "Examples:\n  ravel run --gpus 2 -- python train.py --lr 3e-4\n  ravel queue\n  ravel logs -f 12\n  ravel cancel 12 13"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub globals: Globals,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Args, Debug)]
+pub struct Globals {
     /// Talk to the controller of this context (`ravel context ls`); `local`: the local daemon
     #[arg(long, global = true, env = "RAVEL_CONTEXT", value_name = "NAME")]
     pub context: Option<String>,
-    #[command(subcommand)]
-    pub command: Command,
+}
+
+impl Cli {
+    /// Parses the command line. `ravel run`, the command scripts call in loops, is parsed by a
+    /// parser built for it alone (building every subcommand's flags is a fifth of the CLI's
+    /// start-up); help, versions and every error go through the whole parser, so what they
+    /// print does not depend on the path taken.
+    pub fn parse_args() -> Cli {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        Self::parse_run(&args).unwrap_or_else(|| Cli::parse_from(args))
+    }
+
+    fn parse_run(args: &[std::ffi::OsString]) -> Option<Cli> {
+        use clap::FromArgMatches as _;
+        if args.get(1).is_none_or(|a| a != "run") {
+            return None;
+        }
+        let run = RunArgs::augment_args(clap::Command::new("run"));
+        let matches = Cli::command_root().subcommand(run).try_get_matches_from(args).ok()?;
+        Cli::from_arg_matches(&matches).ok()
+    }
+
+    /// The top-level command with its settings and global flags but no subcommands.
+    fn command_root() -> clap::Command {
+        Globals::augment_args(clap::Command::new("ravel"))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -484,4 +517,42 @@ pub enum NotifyArg {
 pub enum DurabilityArg {
     Normal,
     Full,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    fn argv(line: &[&str]) -> Vec<std::ffi::OsString> {
+        std::iter::once("ravel").chain(line.iter().copied()).map(Into::into).collect()
+    }
+
+    #[test]
+    fn the_run_parser_agrees_with_the_whole_one() {
+        Cli::command().debug_assert();
+        let lines: &[&[&str]] = &[
+            &["run", "--", "true"],
+            &["run", "--gpus", "2", "--", "python", "train.py", "--lr", "3e-4"],
+            &["run", "-q", "--hold", "--gpus", "0", "--", "sh", "-c", "date > f"],
+            &["run", "--priority", "-3", "--name", "x", "--", "echo", "--gpus"],
+            &["run", "--context", "lab", "--cpus", "4", "--after", "3", "echo", "hi"],
+            &["run", "--help"],
+            &["run", "--gpus", "x", "--", "true"],
+            &["run", "--no-such-flag", "true"],
+            &["run"],
+        ];
+        for line in lines {
+            let args = argv(line);
+            match (Cli::parse_run(&args), Cli::try_parse_from(&args)) {
+                (Some(narrow), Ok(whole)) => assert_eq!(format!("{narrow:?}"), format!("{whole:?}"), "{line:?}"),
+                (None, Err(_)) => {}
+                (narrow, whole) => panic!("{line:?}: run parser {narrow:?}, whole parser {whole:?}"),
+            }
+        }
+        // Other subcommands, and flags before `run`, are the whole parser's.
+        for line in [&["queue"][..], &["--version"], &["--context", "lab", "run", "--", "true"]] {
+            assert!(Cli::parse_run(&argv(line)).is_none(), "{line:?} taken by the run parser");
+        }
+    }
 }

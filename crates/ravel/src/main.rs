@@ -11,7 +11,6 @@ mod output;
 mod target;
 mod when;
 
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -32,7 +31,7 @@ fn main() -> ExitCode {
         let code = ravel_exec::supervise_main(std::path::Path::new(&run_dir), from_stdin);
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_args();
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {

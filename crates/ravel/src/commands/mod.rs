@@ -24,19 +24,19 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     // Starting and stopping concern the user's own daemon unless --system says otherwise; every
     // other command talks to the controller or daemon `Home::resolve` finds.
     if let Command::Daemon(cmd) = cli.command {
-        crate::target::note_daemon_is_local(cli.context.as_deref());
+        crate::target::note_daemon_is_local(cli.globals.context.as_deref());
         return daemon::daemon(cmd);
     }
     // Contexts are this machine's settings: no daemon or controller is involved.
     if let Command::Context(cmd) = cli.command {
-        return cluster_cli::context(cmd, cli.context.as_deref());
+        return cluster_cli::context(cmd, cli.globals.context.as_deref());
     }
     match cli.command {
         Command::Controller(args) => return cluster::controller(args),
         Command::Agent(args) => return cluster::agent(args),
         _ => {}
     }
-    let home = Home::resolve(cli.context.as_deref())?;
+    let home = Home::resolve(cli.globals.context.as_deref())?;
     let result = match cli.command {
         Command::Run(args) => run::run(&home, args),
         Command::Queue(args) => jobs::queue(&home, args),
