@@ -269,8 +269,15 @@ impl LocalAgent {
             if child {
                 ravel_exec::reap(pid);
             }
-            // Reading the records (and maybe killing an orphaned group) blocks.
-            let _ = tokio::task::spawn_blocking(move || report_end(&events, job, attempt, &run_dir, &cgroup)).await;
+            // The usual end, an exit record, is two small reads: done in place. Without one,
+            // an orphaned job group may have to be killed and waited for: on a blocking thread.
+            match ravel_exec::read_exit(&run_dir) {
+                Some(exit) => report_read_end(&events, job, attempt, &run_dir, &cgroup, Some(exit)),
+                None => {
+                    let end = move || report_read_end(&events, job, attempt, &run_dir, &cgroup, None);
+                    let _ = tokio::task::spawn_blocking(end).await;
+                }
+            }
         });
     }
 }
@@ -320,7 +327,18 @@ fn new_standby(exe: &Path, zygote: &Mutex<Option<Zygote>>) -> Result<Standby, ra
 /// The supervisor of `(job, attempt)` is gone: report what it left in the run dir. It writes
 /// `exit.json` before it exits, so what is there now is final.
 fn report_end(events: &mpsc::UnboundedSender<AgentEvent>, job: JobId, attempt: u32, run_dir: &Path, cgroup: &str) {
-    let exit = ravel_exec::read_exit(run_dir);
+    report_read_end(events, job, attempt, run_dir, cgroup, ravel_exec::read_exit(run_dir));
+}
+
+/// [`report_end`] with the exit record already read.
+fn report_read_end(
+    events: &mpsc::UnboundedSender<AgentEvent>,
+    job: JobId,
+    attempt: u32,
+    run_dir: &Path,
+    cgroup: &str,
+    exit: Option<ravel_exec::ExitRecord>,
+) {
     let record = ravel_exec::read_supervisor(run_dir);
     if exit.is_none() {
         kill_orphaned_job(record.as_ref(), run_dir);
