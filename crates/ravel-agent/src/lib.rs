@@ -165,12 +165,9 @@ impl LocalAgent {
         let (launched, child) = match standby {
             Some(s) => {
                 let (launched, child) = (s.launched(), s.is_child());
-                // A few directories and a pipe write: done in place, without a hop to a thread.
-                let hand_over = || s.hand_over(&run_dir, &spec);
-                let handed = match tokio::runtime::Handle::current().runtime_flavor() {
-                    tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(hand_over),
-                    _ => hand_over(),
-                };
+                // A few directories and a pipe write (~0.1 ms): done in place. Not even through
+                // `block_in_place`, which hands this worker's queue to another thread each time.
+                let handed = s.hand_over(&run_dir, &spec);
                 if let Err(e) = handed {
                     // It was given nothing and exits; the attempt fails like a launch would.
                     if child {
