@@ -8,7 +8,12 @@
 //! on the caller's own thread instead: a hand-off to the writer thread and back costs two
 //! thread wake-ups, more than the commit itself, and on a small VM each wake-up of an idle CPU
 //! can take a millisecond. Under load the writer thread is busy and writes queue to it as
-//! before. Checkpoints stay on the writer thread either way.
+//! before.
+//!
+//! Checkpoints run on a thread and connection of their own (PASSIVE: writers keep appending to
+//! the WAL meanwhile), so no commit waits for one. A WAL that still grows past
+//! `MAX_WAL_FRAMES` (under a storm no checkpoint finishes between two commits, and SQLite
+//! restarts the WAL only after one has) is checkpointed by the writer thread, holding writes back.
 
 use crate::migrations;
 use crate::{
@@ -41,9 +46,42 @@ type ReadOp = Box<dyn FnOnce(&Connection) + Send>;
 /// Most writes folded into one transaction.
 const MAX_BATCH: usize = 512;
 
-/// Commits between two checkpoints (each commit adds a few pages to the WAL; SQLite's own
+/// Writes between two checkpoints (each adds a few pages to the WAL; SQLite's own
 /// auto-checkpoint, which is off, would run at 1,000 pages).
-const COMMITS_PER_CHECKPOINT: u32 = 200;
+const WRITES_PER_CHECKPOINT: u32 = 200;
+
+/// A WAL longer than this (frames of one 4 KiB page), as the last checkpoint found it, is
+/// checkpointed by the writer thread, which then holds writes back until it is done.
+const MAX_WAL_FRAMES: u32 = 2048;
+
+/// When the WAL is checkpointed.
+struct Wal {
+    /// Writes since the checkpointer was last woken.
+    writes: AtomicU32,
+    /// The WAL's length in frames when it was last checkpointed.
+    frames: Arc<AtomicU32>,
+    checkpointer: mpsc::SyncSender<()>,
+}
+
+impl Wal {
+    /// Counts `n` committed writes, waking the checkpointer every `WRITES_PER_CHECKPOINT`.
+    fn wrote(&self, n: u32) {
+        if self.writes.fetch_add(n, Ordering::Relaxed) + n >= WRITES_PER_CHECKPOINT {
+            self.writes.store(0, Ordering::Relaxed);
+            // Full: it is already due to run.
+            let _ = self.checkpointer.try_send(());
+        }
+    }
+
+    fn too_long(&self) -> bool {
+        self.frames.load(Ordering::Relaxed) > MAX_WAL_FRAMES
+    }
+}
+
+/// PASSIVE never waits for readers or writers; returns the WAL's length in frames.
+fn checkpoint(conn: &Connection) -> Option<u32> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)).ok().map(|f| f.max(0) as u32)
+}
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -53,8 +91,7 @@ pub struct SqliteStore {
     /// free commits on its own thread (only with `Durability::Normal`).
     write_conn: Arc<Mutex<Connection>>,
     inline_writes: bool,
-    /// Commits since the last checkpoint.
-    commits: Arc<AtomicU32>,
+    wal: Arc<Wal>,
 }
 
 impl SqliteStore {
@@ -74,14 +111,32 @@ impl SqliteStore {
         }
         let write_conn = connect(path, durability)?;
         migrate(&write_conn)?;
-        // Checkpoints are the writer thread's (`write_loop`), never a caller's commit.
+        // Checkpoints are the checkpointer's (and, for a WAL grown too long, the writer
+        // thread's), never a caller's commit.
         write_conn.execute_batch("PRAGMA wal_autocheckpoint=0").map_err(db)?;
         let write_conn = Arc::new(Mutex::new(write_conn));
         let read_conn = connect(path, durability)?;
 
+        let (due, due_rx) = mpsc::sync_channel::<()>(1);
+        let frames = Arc::new(AtomicU32::new(0));
+        let (ckpt_conn, measured) = (connect(path, durability)?, frames.clone());
+        std::thread::Builder::new()
+            .name("ravel-store-checkpoint".into())
+            .spawn(move || {
+                // Ends when the store and its writer thread are gone (the senders with them).
+                for () in due_rx {
+                    let started = std::time::Instant::now();
+                    if let Some(frames) = checkpoint(&ckpt_conn) {
+                        measured.store(frames, Ordering::Relaxed);
+                        tracing::debug!(frames, ms = started.elapsed().as_secs_f64() * 1e3, "checkpoint");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Db(format!("cannot start checkpoint thread: {e}")))?;
+        let wal = Arc::new(Wal { writes: AtomicU32::new(0), frames, checkpointer: due });
+
         let (writer, write_rx) = mpsc::channel::<WriteOp>();
-        let (conn, commits) = (write_conn.clone(), Arc::new(AtomicU32::new(0)));
-        let counted = commits.clone();
+        let (conn, counted) = (write_conn.clone(), wal.clone());
         std::thread::Builder::new()
             .name("ravel-store-writer".into())
             .spawn(move || write_loop(&conn, write_rx, &counted))
@@ -107,7 +162,7 @@ impl SqliteStore {
             reader,
             write_conn,
             inline_writes: durability == Durability::Normal,
-            commits,
+            wal,
         })
     }
 
@@ -119,15 +174,25 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> StoreFuture<'_, T> {
-        // Once a checkpoint is due, writes go to the writer thread, which checkpoints after its
+        self.write_rows(1, f)
+    }
+
+    /// A write of about `rows` rows (a submit of an array writes one per job), counted as that
+    /// many writes towards the next checkpoint.
+    fn write_rows<T: Send + 'static>(
+        &self,
+        rows: u32,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        // Once the WAL is too long, writes go to the writer thread, which checkpoints after its
         // next batch: the WAL stays bounded however fast callers commit.
         if self.inline_writes
-            && self.commits.load(Ordering::Relaxed) < COMMITS_PER_CHECKPOINT
+            && !self.wal.too_long()
             && let Ok(conn) = self.write_conn.try_lock()
         {
             let result = commit_one(&conn, f);
             drop(conn);
-            self.commits.fetch_add(1, Ordering::Relaxed);
+            self.wal.wrote(rows);
             return Box::pin(async move { result });
         }
         let (tx, rx) = oneshot::channel();
@@ -145,7 +210,9 @@ impl SqliteStore {
             if !sent {
                 return Err(StoreError::Closed);
             }
-            rx.await.map_err(|_| StoreError::Closed)?
+            let result = rx.await.map_err(|_| StoreError::Closed)?;
+            self.wal.wrote(rows);
+            result
         })
     }
 
@@ -203,11 +270,19 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Runs one statement without arguments, prepared once per connection: the transaction
+/// statements run several times per write, and parsing them each time showed in profiles.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT op").map_err(db)?;
+    exec(conn, "SAVEPOINT op").map_err(db)?;
     let result = f(conn);
-    let end = if result.is_ok() { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
-    conn.execute_batch(end).map_err(db)?;
+    if result.is_err() {
+        exec(conn, "ROLLBACK TO op").map_err(db)?;
+    }
+    exec(conn, "RELEASE op").map_err(db)?;
     result
 }
 
@@ -218,10 +293,10 @@ fn in_transaction<R>(
     conn: &Connection,
     body: impl FnOnce(&Connection) -> R,
 ) -> Result<(R, Option<StoreError>), StoreError> {
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+    exec(conn, "BEGIN IMMEDIATE").map_err(db)?;
     let value = body(conn);
-    let commit_error = conn.execute_batch("COMMIT").err().map(|e| {
-        let _ = conn.execute_batch("ROLLBACK");
+    let commit_error = exec(conn, "COMMIT").err().map(|e| {
+        let _ = exec(conn, "ROLLBACK");
         tracing::error!(error = %e, "commit failed");
         db(e)
     });
@@ -237,8 +312,8 @@ fn commit_one<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T, Sto
 }
 
 /// Takes every write waiting (up to `MAX_BATCH`), runs them in one transaction, commits,
-/// and only then answers their callers; then checkpoints the WAL.
-fn write_loop(conn: &Mutex<Connection>, rx: mpsc::Receiver<WriteOp>, commits: &AtomicU32) {
+/// and only then answers their callers; then checkpoints the WAL if it grew too long.
+fn write_loop(conn: &Mutex<Connection>, rx: mpsc::Receiver<WriteOp>, wal: &Wal) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -261,11 +336,12 @@ fn write_loop(conn: &Mutex<Connection>, rx: mpsc::Receiver<WriteOp>, commits: &A
                 continue;
             }
         }
-        // What SQLite's auto-checkpoint would do (it is off, so that callers' commits never
-        // do it): copy the WAL back into the database now and then. PASSIVE never blocks readers.
-        if commits.fetch_add(1, Ordering::Relaxed) + 1 >= COMMITS_PER_CHECKPOINT {
-            commits.store(0, Ordering::Relaxed);
-            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        // With the write connection held, nothing appends meanwhile: the checkpoint reaches the
+        // WAL's end (unless a reader's snapshot holds it back), and the next write restarts it.
+        if wal.too_long() {
+            let _ = checkpoint(&conn);
+            // Until the checkpointer measures it again.
+            wal.frames.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -392,7 +468,7 @@ fn label(spec: &JobSpec) -> String {
 
 impl Store for SqliteStore {
     fn submit(&self, specs: Vec<JobSpec>, initial: JobState, array: bool, now: Millis) -> StoreFuture<'_, Vec<Job>> {
-        self.write(move |conn| {
+        self.write_rows(specs.len().try_into().unwrap_or(u32::MAX), move |conn| {
             let mut jobs = Vec::with_capacity(specs.len());
             let mut array_id = None;
             for spec in specs {
@@ -1075,11 +1151,32 @@ mod tests {
             t.await.unwrap();
         }
         let wal = std::fs::metadata(dir.path().join("ravel.db-wal")).map(|m| m.len()).unwrap_or(0);
-        // A checkpoint every 200 commits of ~6 pages keeps it near 5 MiB; without checkpoints it
-        // holds every page of the 2,700 commits (40-55 MiB).
+        // Checkpoints every 200 writes, and the writer's own once the WAL passes 2,048 frames,
+        // keep it under ~13 MiB; without checkpoints it holds every page of the 2,700 commits
+        // (40-55 MiB).
         assert!(wal < 16 << 20, "WAL grew to {wal} bytes");
         let (_, total) = store.page(JobPage { limit: 1, ..JobPage::default() }).await.unwrap();
         assert_eq!(total, 2700);
+    }
+
+    #[tokio::test]
+    async fn the_checkpointer_copies_the_wal_back_while_writes_commit_inline() {
+        let (dir, store) = open();
+        let db_len = || std::fs::metadata(dir.path().join("ravel.db")).map(|m| m.len()).unwrap_or(0);
+        let before = db_len();
+        for i in 0..(WRITES_PER_CHECKPOINT + 10) as i64 {
+            submit(&store, spec("x"), i).await;
+        }
+        // Far from too long: no write went to the writer thread to checkpoint there, and none
+        // checkpointed inline; only the checkpointer copies pages into the database file.
+        assert!(!store.wal.too_long());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while db_len() == before {
+            assert!(std::time::Instant::now() < deadline, "the database file never grew: no checkpoint ran");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (_, total) = store.page(JobPage { limit: 1, ..JobPage::default() }).await.unwrap();
+        assert_eq!(total, (WRITES_PER_CHECKPOINT + 10) as u64);
     }
 
     #[tokio::test]
