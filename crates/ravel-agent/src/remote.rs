@@ -51,6 +51,13 @@ struct Attempt {
     shipped: [u64; 2],
 }
 
+impl Attempt {
+    /// Known to this agent, with nothing yet seen of its supervisor or shipped of its logs.
+    fn new(run_dir: PathBuf) -> Attempt {
+        Attempt { run_dir, supervisor: None, ended: None, stopping: false, shipped: [0, 0] }
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     epoch: u64,
@@ -171,9 +178,7 @@ impl Agent {
         let mut sh = lock(self);
         sh.epoch = saved.epoch;
         for (job, n, run_dir) in saved.attempts {
-            let attempt =
-                Attempt { run_dir: run_dir.clone(), supervisor: None, ended: None, stopping: false, shipped: [0, 0] };
-            sh.attempts.insert((job, n), attempt);
+            sh.attempts.insert((job, n), Attempt::new(run_dir.clone()));
             match self.local.adopt(job, n, &run_dir, None) {
                 crate::Adoption::Watching { pid, start_time } => {
                     if let Some(a) = sh.attempts.get_mut(&(job, n)) {
@@ -184,7 +189,7 @@ impl Agent {
                 crate::Adoption::Ended => {}
                 crate::Adoption::NeverLaunched => {
                     if let Some(a) = sh.attempts.get_mut(&(job, n)) {
-                        a.ended = Some(AttemptEnd { never_started: true, ..end_default() });
+                        a.ended = Some(AttemptEnd { never_started: true, ..AttemptEnd::default() });
                     }
                 }
             }
@@ -206,8 +211,8 @@ impl Agent {
 
     fn ended(&self, job: JobId, n: u32, exit: Option<&ExitRecord>, spawned: bool) {
         let end = match exit {
-            None if !spawned => AttemptEnd { never_started: true, ..end_default() },
-            None => AttemptEnd { vanished: true, ..end_default() },
+            None if !spawned => AttemptEnd { never_started: true, ..AttemptEnd::default() },
+            None => AttemptEnd { vanished: true, ..AttemptEnd::default() },
             Some(e) => AttemptEnd {
                 exit_code: e.exit_code,
                 signal: e.signal,
@@ -217,7 +222,7 @@ impl Agent {
                 fenced: e.fenced,
                 error: e.error.clone(),
                 started_at: e.started_at_ms,
-                ..end_default()
+                ..AttemptEnd::default()
             },
         };
         if let Some(a) = lock(self).attempts.get_mut(&(job, n)) {
@@ -344,16 +349,7 @@ impl Agent {
             for d in &resp.desired {
                 if let (false, Some(order)) = (sh.attempts.contains_key(&(d.job, d.attempt)), &d.launch) {
                     let run_dir = self.cfg.home.join("runs").join(d.job.to_string()).join(d.attempt.to_string());
-                    sh.attempts.insert(
-                        (d.job, d.attempt),
-                        Attempt {
-                            run_dir: run_dir.clone(),
-                            supervisor: None,
-                            ended: None,
-                            stopping: false,
-                            shipped: [0, 0],
-                        },
-                    );
+                    sh.attempts.insert((d.job, d.attempt), Attempt::new(run_dir.clone()));
                     launches.push((d.job, d.attempt, run_dir, order.clone()));
                 }
             }
@@ -370,7 +366,7 @@ impl Agent {
                 }
                 Err(why) => {
                     if let Some(a) = sh.attempts.get_mut(&(job, n)) {
-                        a.ended = Some(AttemptEnd { error: Some(why), exit_code: None, ..end_default() });
+                        a.ended = Some(AttemptEnd { error: Some(why), exit_code: None, ..AttemptEnd::default() });
                     }
                 }
             }
@@ -469,10 +465,7 @@ impl Agent {
                     ravel_client::encode_query_value(&self.cfg.name),
                     key.0,
                     key.1,
-                    match stream {
-                        LogStream::Stdout => "stdout",
-                        LogStream::Stderr => "stderr",
-                    }
+                    stream.as_str()
                 );
                 match self.cfg.client.raw("POST", &path, Some(&bytes)) {
                     Ok(_) => offset += bytes.len() as u64,
@@ -496,21 +489,6 @@ impl Agent {
             }
         }
         true
-    }
-}
-
-fn end_default() -> AttemptEnd {
-    AttemptEnd {
-        exit_code: None,
-        signal: None,
-        canceled: false,
-        timed_out: false,
-        oom_killed: false,
-        fenced: false,
-        vanished: false,
-        never_started: false,
-        error: None,
-        started_at: None,
     }
 }
 

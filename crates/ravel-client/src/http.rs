@@ -22,7 +22,7 @@ impl Target {
     /// Connects, with `timeout` for reads; nothing listening on a socket means no daemon.
     pub(crate) fn connect(&self, timeout: Duration) -> Result<Conn, ClientError> {
         match self {
-            Target::Unix(socket) => connect_unix(socket, timeout).map(Conn::Unix),
+            Target::Unix(socket) => self.connect_unix(socket, timeout).map(Conn::Unix),
             Target::Remote(r) => r.connect(timeout).map(|s| Conn::Tls(Box::new(s))),
         }
     }
@@ -41,6 +41,19 @@ impl Target {
             Target::Unix(socket) => format!("the daemon on {}", socket.display()),
             Target::Remote(r) => format!("the controller at {}", r.url),
         }
+    }
+
+    /// Connects to the local socket, with `timeout` for reads; nothing listening means no daemon.
+    fn connect_unix(&self, socket: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
+        let stream = match UnixStream::connect(socket) {
+            Ok(s) => s,
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+                return Err(ClientError::NotRunning { socket: socket.to_path_buf() });
+            }
+            Err(e) => return Err(self.io_error(e)),
+        };
+        stream.set_read_timeout(Some(timeout)).map_err(|e| self.io_error(e))?;
+        Ok(stream)
     }
 
     pub(crate) fn io_error(&self, e: std::io::Error) -> ClientError {
@@ -146,23 +159,6 @@ pub(crate) fn request(
         }
     })?;
     parse(&raw)
-}
-
-/// Connects to the local socket, with `timeout` for reads; nothing listening means no daemon.
-fn connect_unix(socket: &Path, timeout: Duration) -> Result<UnixStream, ClientError> {
-    let io = |e: std::io::Error| ClientError::Io {
-        target: format!("the daemon on {}", socket.display()),
-        message: e.to_string(),
-    };
-    let stream = match UnixStream::connect(socket) {
-        Ok(s) => s,
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
-            return Err(ClientError::NotRunning { socket: socket.to_path_buf() });
-        }
-        Err(e) => return Err(io(e)),
-    };
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    Ok(stream)
 }
 
 pub(crate) fn parse(raw: &[u8]) -> Result<Response, ClientError> {

@@ -149,8 +149,7 @@ pub fn placed(ctl: &Arc<Controller>, job: &ravel_core::Job, attempt: &ravel_core
     let Some(a) = st.active.get_mut(&id) else { return };
     a.attempt = n;
     a.run_dir = base.clone();
-    let ranks: Vec<(usize, Vec<u32>)> =
-        std::iter::once((a.node, a.gpus.clone())).chain(a.ranks.iter().cloned()).collect();
+    let ranks: Vec<(usize, Vec<u32>)> = a.all_ranks().map(|(node, gpus)| (node, gpus.to_vec())).collect();
     let names: Vec<String> = ranks.iter().map(|(i, _)| st.nodes[*i].name.clone()).collect();
     let master = {
         let first = &st.nodes[ranks[0].0];
@@ -204,7 +203,7 @@ pub async fn sync(
     addr: Option<std::net::IpAddr>,
     token_name: &str,
 ) -> Result<AgentSyncResponse, ApiError> {
-    let cfg = ctl.cluster.as_ref().ok_or_else(|| ApiError::not_found("this daemon runs no agents"))?;
+    let cfg = ctl.cfg.cluster.as_ref().ok_or_else(|| ApiError::not_found("this daemon runs no agents"))?;
     // An agent token named after a node is that node's alone; one named "agent" (the default)
     // may sync as any node.
     if token_name != "agent" && token_name != req.name {
@@ -497,7 +496,7 @@ fn desired(ctl: &Controller, node: usize, reported: &HashSet<(JobId, u32)>) -> A
         })
         .collect();
     desired.sort_by_key(|d| (d.job, d.attempt));
-    let timeout = ctl.cluster.as_ref().map_or(0, |c| c.node_timeout.as_millis() as u64);
+    let timeout = ctl.cfg.cluster.as_ref().map_or(0, |c| c.node_timeout.as_millis() as u64);
     AgentSyncResponse { epoch: remote.map_or(0, |r| r.epoch), desired, acked: vec![], node_timeout_ms: timeout }
 }
 
@@ -643,7 +642,7 @@ fn write_at(path: &std::path::Path, offset: u64, bytes: &[u8]) -> Result<u64, Ap
 /// Declares lost every node silent for the node timeout (counted from the controller's own
 /// start for nodes not heard from since).
 pub async fn monitor(ctl: Arc<Controller>) {
-    let Some(cfg) = ctl.cluster.clone() else { return };
+    let Some(cfg) = ctl.cfg.cluster.clone() else { return };
     let tick = (cfg.node_timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let started = Instant::now();
     loop {
@@ -681,11 +680,11 @@ async fn node_lost(ctl: &Arc<Controller>, node: usize, timeout: Duration) {
         st.nodes_changed();
         (st.nodes[node].name.clone(), attempts)
     };
-    tracing::warn!(node = %name, jobs = attempts.len(), "node lost: no contact for {}", humantime::format_duration(timeout));
+    let reason = format!("node {name} lost: no contact for {}", humantime::format_duration(timeout));
+    tracing::warn!(node = %name, jobs = attempts.len(), "{reason}");
     persist(ctl, node).await;
     for (id, n) in attempts {
-        let reason = format!("node {name} lost: no contact for {}", humantime::format_duration(timeout));
-        events::record_end(ctl, id, n, lost(reason)).await;
+        events::record_end(ctl, id, n, lost(reason.clone())).await;
     }
 }
 

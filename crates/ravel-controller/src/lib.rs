@@ -102,7 +102,6 @@ pub struct Controller {
     pub(crate) agent: Option<LocalAgent>,
     /// This daemon's part of its attempts' cgroup names.
     pub(crate) instance: String,
-    pub(crate) cluster: Option<cluster::ClusterConfig>,
     pub(crate) tokens: tokens::Tokens,
     pub(crate) state: Mutex<State>,
     /// Wakes the scheduler loop (submit, exit, cancel).
@@ -161,11 +160,9 @@ impl Controller {
         let store: Arc<dyn Store> = Arc::new(feed::FeedStore::new(store, feed.clone()));
         let (notifier, notes) = notify::Notifier::start(Some(cfg.home.join("notifications.log")));
         let mut state = State::new(nodes);
-        state.spread = cfg.cluster.as_ref().is_some_and(|c| c.spread);
         state.users.limits_cfg = limits;
         let ctl = Arc::new(Controller {
             state: Mutex::new(state),
-            cluster: cfg.cluster.clone(),
             cfg,
             store,
             agent,
@@ -196,7 +193,7 @@ impl Controller {
         if let Some(agent) = &ctl.agent {
             agent.start_standby();
         }
-        if ctl.cluster.is_some() {
+        if ctl.cfg.cluster.is_some() {
             tokio::spawn(cluster::monitor(ctl.clone()));
         }
         tokio::spawn(events::run(ctl.clone(), rx));
@@ -215,12 +212,6 @@ impl Controller {
     pub async fn shutdown_requested(&self) {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|s| *s).await;
-    }
-
-    /// Loads the tokens; on a controller's first start, makes the first admin token and returns
-    /// it (to be printed once), unless `admin_token` (`RAVEL_ADMIN_TOKEN`) gives it.
-    pub async fn init_tokens(&self, admin_token: Option<String>) -> Result<Option<String>, String> {
-        self.bootstrap_tokens(admin_token).await
     }
 
     /// Stops a running attempt: the local agent signals its supervisor; an agent's node is told
@@ -273,7 +264,7 @@ impl Controller {
 
     /// The daemon's mode, as `ravel daemon status` shows it.
     pub(crate) fn mode(&self) -> &'static str {
-        match (self.cluster.is_some(), self.cfg.system) {
+        match (self.cfg.cluster.is_some(), self.cfg.system) {
             (true, _) => "controller",
             (false, true) => "system",
             (false, false) => "user",

@@ -36,7 +36,7 @@ pub async fn recover(ctl: &Arc<Controller>) -> Result<(), String> {
             let mut st = ctl.lock();
             let mut index = |name: &str| match st.node_index(name) {
                 Some(i) => i,
-                None if ctl.cluster.is_some() => crate::cluster::add_remote_node(&mut st, name),
+                None if ctl.cfg.cluster.is_some() => crate::cluster::add_remote_node(&mut st, name),
                 // The local daemon's node was renamed: its attempts are still its own.
                 None => 0,
             };

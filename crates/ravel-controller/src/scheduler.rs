@@ -132,13 +132,13 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
             let (nodes, ids) = st.node_views(&ctl.cfg.thresholds);
             let queue: Vec<QueuedJob> = st.queue.values().cloned().collect();
             st.arrived.clear();
-            let rules = (ctl.cluster.is_some()).then(|| ravel_core::policy::Rules {
+            let rules = ctl.cfg.cluster.as_ref().map(|cluster| ravel_core::policy::Rules {
                 node_tags: ids
                     .iter()
                     .map(|i| st.nodes[*i].remote.as_ref().map(|r| r.tags.clone()).unwrap_or_default())
                     .collect(),
                 max_jobs: ids.iter().map(|i| st.nodes[*i].remote.as_ref().and_then(|r| r.max_jobs)).collect(),
-                spread: st.spread,
+                spread: cluster.spread,
                 jobs: st.job_rules.clone(),
             });
             let (generation, released) = (st.generation, st.released);
@@ -356,7 +356,7 @@ pub(crate) fn launch_spec(ctl: &Controller, job: &Job, gpus: &[u32], n: u32, run
         umask: job.spec.umask,
         // A shared box contains every job; elsewhere only a job with a memory limit needs one.
         // An agent's node decides for itself whether it can (`ravel-agent`'s remote launch).
-        cgroup: ((ctl.cluster.is_some() && job.spec.mem_mib.is_some())
+        cgroup: ((ctl.cfg.cluster.is_some() && job.spec.mem_mib.is_some())
             || (ctl.cfg.cgroups.available() && (ctl.cfg.system || job.spec.mem_mib.is_some())))
         .then(|| ravel_exec::CgroupSpec {
             name: ravel_agent::cgroup_name(&ctl.instance, job.id, n),

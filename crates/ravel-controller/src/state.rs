@@ -84,12 +84,14 @@ pub struct Active {
 }
 
 impl Active {
-    /// What it holds on `node`: the GPUs of each of its ranks there (one for all but gangs).
+    /// Each rank's node and GPUs, rank 0 first (one rank for all but gangs).
+    pub fn all_ranks(&self) -> impl Iterator<Item = (usize, &[u32])> + '_ {
+        std::iter::once((self.node, &self.gpus[..])).chain(self.ranks.iter().map(|(n, g)| (*n, &g[..])))
+    }
+
+    /// What it holds on `node`: the GPUs of each of its ranks there.
     pub fn on(&self, node: usize) -> impl Iterator<Item = &[u32]> + '_ {
-        std::iter::once((self.node, &self.gpus[..]))
-            .chain(self.ranks.iter().map(|(n, g)| (*n, &g[..])))
-            .filter(move |(n, _)| *n == node)
-            .map(|(_, g)| g)
+        self.all_ranks().filter(move |(n, _)| *n == node).map(|(_, g)| g)
     }
 
     /// The rank it runs on `node`, if any.
@@ -262,8 +264,6 @@ pub struct State {
     pub active: HashMap<JobId, Active>,
     /// Node choices of waiting jobs that made one (`--node`, `--tags`, `--nodes`).
     pub job_rules: HashMap<JobId, ravel_core::policy::JobRule>,
-    /// Cluster mode: spread jobs over nodes instead of packing them.
-    pub spread: bool,
     /// The nodes: in local mode just the daemon's own (index 0); in cluster mode the agents'.
     /// Never shrinks while the controller runs (a removed node stays, empty and unschedulable).
     pub nodes: Vec<NodeState>,
@@ -304,7 +304,6 @@ impl State {
             estimates: HashMap::new(),
             active: HashMap::new(),
             job_rules: HashMap::new(),
-            spread: false,
             nodes,
             probe_error: None,
             last_probe: None,
@@ -457,11 +456,10 @@ impl State {
         let mut running: Vec<Vec<RunningJob>> = vec![Vec::new(); ids.len()];
         let mut cpus: Vec<u32> = vec![0; ids.len()];
         for (id, a) in &self.active {
-            let ranks = std::iter::once((a.node, &a.gpus)).chain(a.ranks.iter().map(|(n, g)| (*n, g)));
-            for (node, gpus) in ranks {
+            for (node, gpus) in a.all_ranks() {
                 let Some(&k) = slot.get(node).filter(|k| **k != usize::MAX) else { continue };
                 cpus[k] += a.cpus;
-                running[k].push(RunningJob { gpus: gpus.clone(), ..a.running(*id) });
+                running[k].push(RunningJob { gpus: gpus.to_vec(), ..a.running(*id) });
             }
         }
         let views = ids

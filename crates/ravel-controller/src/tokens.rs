@@ -41,10 +41,14 @@ pub struct Tokens {
     kept: Mutex<Vec<TokenRecord>>,
 }
 
+/// Bytes as lower-case hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// SHA-256 of a secret, lower-case hex.
 pub fn hash(secret: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
 }
 
 /// A new secret: 32 random bytes, hex, with a prefix that says what it is.
@@ -52,7 +56,7 @@ pub fn new_secret() -> Result<String, String> {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 32];
     ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| "the system's random source failed".to_string())?;
-    Ok(format!("ravel_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    Ok(format!("ravel_{}", hex(&bytes)))
 }
 
 /// Equal in time that depends only on the lengths.
@@ -122,7 +126,7 @@ impl Controller {
     /// Loads the tokens; on a controller's first start (or when no admin token is valid any
     /// more) makes an admin token: the one in `RAVEL_ADMIN_TOKEN` if given (kept from then on),
     /// else a new one, returned to be printed once.
-    pub(crate) async fn bootstrap_tokens(&self, from_env: Option<String>) -> Result<Option<String>, String> {
+    pub async fn init_tokens(&self, from_env: Option<String>) -> Result<Option<String>, String> {
         let all = self.store.tokens().await.map_err(|e| format!("cannot read tokens: {e}"))?;
         self.tokens.set(all);
         if let Some(secret) = from_env.filter(|s| !s.is_empty()) {

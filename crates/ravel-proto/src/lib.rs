@@ -277,6 +277,14 @@ pub enum LogStream {
 }
 
 impl LogStream {
+    /// Its name in a query (`stream=stdout`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+
     pub fn file_name(self) -> &'static str {
         match self {
             LogStream::Stdout => "stdout.log",
@@ -562,7 +570,7 @@ pub struct ObservedAttempt {
 }
 
 /// The end of an attempt as the node saw it (from the supervisor's `exit.json`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, utoipa::ToSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttemptEnd {
     #[serde(default)]

@@ -35,7 +35,7 @@ pub async fn readyz(State(ctl): State<Arc<Controller>>) -> Response {
     let (agent, accepting) = {
         let st = ctl.lock();
         // A controller of agents reads no GPUs itself: its nodes report theirs (`ravel nodes`).
-        let agent = if ctl.cluster.is_some() {
+        let agent = if ctl.cfg.cluster.is_some() {
             "ok".to_string()
         } else {
             age_check("GPU inventory last read", st.last_probe, allowed)

@@ -62,14 +62,14 @@ pub async fn submit(
     }
     // A controller's jobs run on its nodes: the node checks the directory there.
     match std::fs::metadata(&spec.cwd) {
-        _ if ctl.cluster.is_some() => {}
+        _ if ctl.cfg.cluster.is_some() => {}
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(ApiError::bad_request(format!("working directory {} is not a directory", spec.cwd))),
         Err(_) => return Err(missing()),
     }
     // A controller's jobs are contained by their nodes, which refuse --mem if they cannot.
     if spec.mem_mib.is_some()
-        && ctl.cluster.is_none()
+        && ctl.cfg.cluster.is_none()
         && let ravel_exec::cgroup::CgroupSupport::Unavailable(why) = &ctl.cfg.cgroups
     {
         return Err(ApiError::bad_request(format!(
@@ -172,7 +172,7 @@ fn identify(ctl: &Controller, caller: &Caller, spec: &mut ravel_core::JobSpec) -
 /// waits for one).
 fn check_resources(ctl: &Controller, spec: &ravel_core::JobSpec) -> Result<(), ApiError> {
     let st = ctl.lock();
-    if ctl.cluster.is_none() {
+    if ctl.cfg.cluster.is_none() {
         let here = &ctl.cfg.node_name;
         if spec.nodes > 1 || !spec.tags.is_empty() || spec.node.as_ref().is_some_and(|n| n != here) {
             return Err(ApiError::bad_request(format!(
@@ -185,7 +185,7 @@ fn check_resources(ctl: &Controller, spec: &ravel_core::JobSpec) -> Result<(), A
         return Ok(());
     }
     let (here, see) =
-        if ctl.cluster.is_some() { ("the largest node", "ravel nodes") } else { ("this node", "ravel gpus") };
+        if ctl.cfg.cluster.is_some() { ("the largest node", "ravel nodes") } else { ("this node", "ravel gpus") };
     let have = st.nodes.iter().map(|n| n.inventory.len() as u32).max().unwrap_or(0);
     if spec.gpus > have {
         return Err(ApiError::bad_request(format!(

@@ -124,7 +124,11 @@ impl ApiError {
         ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: "too_large",
-            message: "request body is larger than the server's limit (4 MiB on a socket, 1 MiB over HTTPS)".into(),
+            message: format!(
+                "request body is larger than the server's limit ({} MiB on a socket, {} MiB over HTTPS)",
+                MAX_BODY_BYTES >> 20,
+                MAX_REMOTE_BODY_BYTES >> 20
+            ),
         }
     }
     pub fn unauthorized(message: impl Into<String>) -> ApiError {

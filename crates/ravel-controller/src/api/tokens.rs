@@ -8,7 +8,7 @@ use ravel_proto::{TokenCreateRequest, TokenCreated, TokenInfo, TokensResponse};
 use std::sync::Arc;
 
 fn admin_only(ctl: &Controller, caller: &Caller) -> Result<(), ApiError> {
-    if ctl.cluster.is_none() {
+    if ctl.cfg.cluster.is_none() {
         return Err(ApiError::not_found(
             "tokens belong to a controller (`ravel controller`); this daemon uses its socket's peer credentials",
         ));

@@ -185,5 +185,5 @@ fn random_hex() -> String {
     // SAFETY: getrandom fills at most `b.len()` bytes of `b`.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     assert_eq!(n, b.len() as isize, "the kernel gave no random bytes");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::tokens::hex(&b)
 }

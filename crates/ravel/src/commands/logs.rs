@@ -29,10 +29,7 @@ fn fetch(
     limit: Option<u64>,
     which: Which,
 ) -> anyhow::Result<Chunk> {
-    let mut path = format!(
-        "/v1/jobs/{id}/logs?stream={}&offset={offset}",
-        if stream == LogStream::Stdout { "stdout" } else { "stderr" }
-    );
+    let mut path = format!("/v1/jobs/{id}/logs?stream={}&offset={offset}", stream.as_str());
     if let Some(l) = limit {
         path.push_str(&format!("&limit={l}"));
     }
@@ -165,11 +162,7 @@ fn follow(client: &Client, id: JobId, readers: &mut [Reader], which: Which) -> a
 }
 
 fn stream_one(client: &Client, id: JobId, r: &mut Reader, which: Which) -> anyhow::Result<()> {
-    let mut path = format!(
-        "/v1/jobs/{id}/logs?follow=true&stream={}&offset={}",
-        if r.stream == LogStream::Stdout { "stdout" } else { "stderr" },
-        r.offset
-    );
+    let mut path = format!("/v1/jobs/{id}/logs?follow=true&stream={}&offset={}", r.stream.as_str(), r.offset);
     path.push_str(&which.query());
     // A job may print nothing for hours; the stream ends when it ends or the daemon goes.
     let idle = std::time::Duration::from_secs(7 * 24 * 3600);
