@@ -36,10 +36,21 @@ pub enum Durability {
 /// writing through it. That user can still replace the file afterwards, as with anything in their
 /// directory: they can lie about their own job, never write elsewhere as root.
 pub fn write_json<T: Serialize>(path: &Path, value: &T, durability: Durability) -> io::Result<()> {
+    write_json_mode(path, value, durability, 0o666)
+}
+
+/// [`write_json`] durably, for a file that holds secrets: readable and writable by its owner
+/// only (mode 0600), from the moment it is created.
+pub fn write_json_private<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    write_json_mode(path, value, Durability::Synced, 0o600)
+}
+
+/// `mode` is the new file's, before the umask.
+fn write_json_mode<T: Serialize>(path: &Path, value: &T, durability: Durability, mode: u32) -> io::Result<()> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     bytes.push(b'\n');
     let dir = parent_dir(path);
-    let (temp, file) = create_temp(path, dir)?;
+    let (temp, file) = create_temp(path, dir, mode)?;
     let written = write_temp(file, &bytes, durability).and_then(|()| fs::rename(&temp, path));
     if let Err(e) = written {
         // Best effort: a leftover temp file is harmless but clutters the run dir.
@@ -55,12 +66,13 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T, durability: Durability) 
 /// Tries this many temp names before giving up (each taken one was planted or left by a crash).
 const TEMP_TRIES: u32 = 16;
 
-fn create_temp(path: &Path, dir: &Path) -> io::Result<(PathBuf, File)> {
+fn create_temp(path: &Path, dir: &Path, mode: u32) -> io::Result<(PathBuf, File)> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tries = 0;
     loop {
         let temp = temp_path(path, dir)?;
         // create_new is O_CREAT|O_EXCL: fails on any existing entry, symlinks included.
-        match OpenOptions::new().write(true).create_new(true).open(&temp) {
+        match OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp) {
             Ok(file) => return Ok((temp, file)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries + 1 < TEMP_TRIES => tries += 1,
             Err(e) => return Err(e),

@@ -30,7 +30,7 @@ pub mod users;
 mod wait;
 mod zygote;
 
-pub use atomic::{Durability, write_json, write_json_atomic};
+pub use atomic::{Durability, write_json, write_json_atomic, write_json_private};
 pub use control::{kill_group_and_wait, pidfd_open, reap, request_cancel, wait_for_child};
 pub use error::ExecError;
 pub use launch::{Launched, SPEC_FROM_STDIN, STANDBY, SUPERVISE_SUBCOMMAND, Standby, launch, spread_subdirectories};

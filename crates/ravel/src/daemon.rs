@@ -161,7 +161,7 @@ impl Saved {
 }
 
 /// `flock` on a file; `try_lock` does not wait.
-fn flock(f: &File, exclusive: bool, wait: bool) -> bool {
+pub(crate) fn flock(f: &File, exclusive: bool, wait: bool) -> bool {
     let mut op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
     if !wait {
         op |= libc::LOCK_NB;

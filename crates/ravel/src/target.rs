@@ -74,28 +74,27 @@ impl Contexts {
     /// Replaces the file at once (a new file renamed over it), readable by the user only: it
     /// holds tokens.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        use std::os::unix::fs::DirBuilderExt;
         let dir = path.parent().ok_or_else(|| anyhow!("bad contexts file path {}", path.display()))?;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let tmp = dir.join(format!(".contexts.json.{}.tmp", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(self)?)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            anyhow!("cannot write {}: {e}", path.display())
-        })
+        ravel_exec::write_json_private(path, self).map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
     }
+}
+
+/// A token kept in a file (`--token-file`), trimmed; an empty file is refused.
+pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        bail!("the token file {} is empty", path.display());
+    }
+    Ok(token)
 }
 
 /// A controller commands talk to, and why.

@@ -2,7 +2,7 @@
 //! foreground (systemd units in deploy/ keep them running).
 
 use crate::cli::{AgentArgs, ControllerArgs};
-use crate::daemon::{hostname, log_level, set_mode};
+use crate::daemon::{flock, hostname, log_level, set_mode};
 use crate::home::state_dir;
 use anyhow::{Context, anyhow, bail};
 use std::path::PathBuf;
@@ -12,7 +12,6 @@ use std::time::Duration;
 
 /// Holds `<home>/<name>.lock` for the process's life: one controller (or agent) per home.
 fn lock_home(home: &std::path::Path, name: &str) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
     let path = home.join(format!("{name}.lock"));
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -20,8 +19,7 @@ fn lock_home(home: &std::path::Path, name: &str) -> anyhow::Result<std::fs::File
         .write(true)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if !flock(&f, true, false) {
         bail!("another ravel {name} already uses {} (see {})", home.display(), path.display());
     }
     Ok(f)
@@ -151,13 +149,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
     set_mode(&home, 0o700)?;
     let _lock = lock_home(&home, "agent")?;
-    let token = std::fs::read_to_string(&args.token_file)
-        .with_context(|| format!("cannot read the token file {}", args.token_file.display()))?
-        .trim()
-        .to_string();
-    if token.is_empty() {
-        bail!("the token file {} is empty", args.token_file.display());
-    }
+    let token = crate::target::read_token_file(&args.token_file)?;
     let trust = match (&args.fingerprint, &args.ca_cert) {
         (Some(f), _) => ravel_client::tls::Trust::Fingerprint(
             ravel_client::tls::normalize_fingerprint(f).map_err(|e| anyhow!("--fingerprint: {e}"))?,

@@ -128,14 +128,7 @@ pub fn context(cmd: ContextCommand, flag: Option<&str>) -> anyhow::Result<ExitCo
             }
             let token = match (&a.token, &a.token_file) {
                 (Some(t), _) => Some(t.trim().to_string()),
-                (None, Some(f)) => {
-                    let t = std::fs::read_to_string(f)
-                        .with_context(|| format!("cannot read --token-file {}", f.display()))?;
-                    if t.trim().is_empty() {
-                        bail!("--token-file {} is empty", f.display());
-                    }
-                    Some(t.trim().to_string())
-                }
+                (None, Some(f)) => Some(target::read_token_file(f)?),
                 (None, None) => None,
             };
             let fingerprint = match &a.fingerprint {
