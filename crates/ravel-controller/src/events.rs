@@ -13,6 +13,11 @@ pub async fn run(ctl: Arc<Controller>, mut rx: mpsc::UnboundedReceiver<AgentEven
             AgentEvent::Ended { job, attempt, exit, spawned } => {
                 let ctl = ctl.clone();
                 tokio::spawn(async move {
+                    // Its start is recorded first (a job may end before `start_attempt` is done).
+                    let starting = ctl.lock().active.get(&job).and_then(|a| a.starting.clone());
+                    if let Some(mut starting) = starting {
+                        let _ = starting.changed().await;
+                    }
                     let requested = ctl.lock().active.get(&job).is_some_and(|a| a.cancel_requested);
                     if exit.is_none() && !spawned && !requested {
                         never_started(&ctl, job, attempt).await;

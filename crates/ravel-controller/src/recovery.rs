@@ -61,6 +61,7 @@ pub async fn recover(ctl: &Arc<Controller>) -> Result<(), String> {
                 started_at,
                 ranks,
                 ranks_ended: Vec::new(),
+                starting: None,
             },
         );
         // An agent's attempt is the agent's to report: it keeps running while the node syncs

@@ -216,8 +216,13 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
 /// On an agent's node, the launch is the agent's: it gets the attempt with its next sync.
 pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJob) {
     let id = p.job;
+    // Dropped when this returns: the attempt's end, if reported meanwhile, is recorded then.
+    let (_starting, starting) = tokio::sync::watch::channel(());
     let (node, remote, ranks) = {
-        let st = ctl.lock();
+        let mut st = ctl.lock();
+        if let Some(a) = st.active.get_mut(&id) {
+            a.starting = Some(starting);
+        }
         let n = &st.nodes[p.node];
         let ranks: Vec<(String, Vec<u32>)> = st
             .active

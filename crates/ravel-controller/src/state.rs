@@ -81,6 +81,10 @@ pub struct Active {
     pub ranks: Vec<(usize, Vec<u32>)>,
     /// Ranks whose end was reported (a gang succeeds once all of them did).
     pub ranks_ended: Vec<usize>,
+    /// Local mode, while `start_attempt` records the attempt: closed (its sender dropped) once
+    /// it has recorded it running or given up. A fast job's end may be reported before that;
+    /// it is recorded after, so the attempt's `running` is never skipped.
+    pub starting: Option<tokio::sync::watch::Receiver<()>>,
 }
 
 impl Active {
@@ -133,6 +137,7 @@ impl Active {
             started_at: now,
             ranks: Vec::new(),
             ranks_ended: Vec::new(),
+            starting: None,
         }
     }
 }
