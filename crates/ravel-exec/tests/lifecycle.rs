@@ -286,11 +286,15 @@ fn a_zygote_forks_standbys_that_run_their_attempts_and_exits_with_its_caller() {
     for l in &launched {
         wait_for("the standby to be gone", || (!is_same_process(l.pid, l.start_time)).then_some(()));
     }
-    // A standby let go exits; the zygote exits when its caller drops it.
-    let unused = zygote.standby().unwrap().launched();
+    // A standby waits while it is held; let go, it exits; the zygote exits when its caller
+    // drops it. (Held in a variable: a temporary would be let go at once, and the standby could
+    // be gone before the first look.)
+    let standby = zygote.standby().unwrap();
+    let unused = standby.launched();
     wait_for("the unused standby to wait", || is_same_process(unused.pid, unused.start_time).then_some(()));
-    drop(zygote);
+    drop(standby);
     wait_for("the unused standby to exit", || (!is_same_process(unused.pid, unused.start_time)).then_some(()));
+    drop(zygote);
     let mut status = 0;
     // SAFETY: valid out pointer; the zygote is our child.
     assert_eq!(unsafe { libc::waitpid(zygote_pid, &mut status, 0) }, zygote_pid);
