@@ -9,11 +9,29 @@
 //!   names the archive. Where the compiler has no such archive, the shared library stays.
 //!   (`libm.a` cannot stand in for `libm.so` the same way: it needs glibc-private symbols.)
 
+//! - The `ravel` front (src/front.rs) is built lean in release builds on x86-64 Linux: without
+//!   the standard library or the C library (`cfg(ravel_lean)`), static, its own `_start`. This
+//!   needs `panic = "abort"`, which the release profile sets; a release build told to unwind
+//!   (`CARGO_PROFILE_RELEASE_PANIC=unwind`) gets the ordinary std front instead.
+
 use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=CARGO_PROFILE_RELEASE_PANIC");
+    println!("cargo::rustc-check-cfg=cfg(ravel_lean)");
     println!("cargo:rustc-link-arg-bins=-no-pie");
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let lean = var("PROFILE") == "release"
+        && var("CARGO_CFG_TARGET_ARCH") == "x86_64"
+        && var("CARGO_CFG_TARGET_OS") == "linux"
+        && var("CARGO_PROFILE_RELEASE_PANIC") != "unwind";
+    if lean {
+        println!("cargo:rustc-cfg=ravel_lean");
+        for arg in ["-nostartfiles", "-nostdlib", "-static"] {
+            println!("cargo:rustc-link-arg-bin=ravel={arg}");
+        }
+    }
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let dir = out.join("static-libs");
     let _ = std::fs::remove_dir_all(&dir);

@@ -69,6 +69,7 @@ impl Zygote {
 /// The zygote's body: forks a standby per request until its socket (stdin) closes.
 pub fn zygote_main() -> i32 {
     crate::supervise::set_up();
+    set_name(c"ravel-zygote");
     // SAFETY: sigaction with a zeroed struct, SIG_IGN and SA_NOCLDWAIT: children are reaped by
     // the kernel.
     unsafe {
@@ -119,12 +120,22 @@ fn fork_standby(sock: RawFd) -> std::io::Result<(i32, Option<OwnedFd>)> {
                 libc::dup2(read_end.as_raw_fd(), 0);
                 libc::setsid();
             }
+            set_name(c"ravel-supervise");
             drop(read_end);
             drop(write_end);
             // SAFETY: _exit ends the child without running the zygote's atexit handlers.
             unsafe { libc::_exit(crate::supervise::supervise_standby()) }
         }
         pid => Ok((pid, Some(write_end))),
+    }
+}
+
+/// The name `top` and `ps -o comm` show for this process (at most 15 bytes), so that the zygote
+/// and supervisors are told apart from `ravel` commands.
+fn set_name(name: &std::ffi::CStr) {
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string that outlives the call.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
     }
 }
 

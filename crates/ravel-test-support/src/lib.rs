@@ -125,7 +125,12 @@ impl TestDaemon {
 
     /// A `ravel` command in this daemon's environment.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(&self.bin);
+        self.cmd_of(&self.bin)
+    }
+
+    /// Another build of `ravel` (`bin`) in this daemon's environment.
+    pub fn cmd_of(&self, bin: &Path) -> Command {
+        let mut c = Command::new(bin);
         c.env("RAVEL_HOME", self.home.path())
             .env("RAVEL_FAKE_GPUS", &self.fake)
             .env_remove("RAVEL_DB_PATH")
