@@ -92,6 +92,14 @@ impl Config {
     pub fn runs_dir(&self) -> PathBuf {
         self.home.join("runs")
     }
+
+    /// Where job `id`'s attempts go: `runs/<id/1000>k/<id>/<attempt>`. `runs/` spreads its
+    /// subdirectories over the disk (`spread_subdirectories`), which on ext4 costs a scan of every
+    /// block group per directory made in it; a group of a thousand jobs pays it once, and each
+    /// job's directories are then made beside their group's (ARCHITECTURE.md, "Run dirs").
+    pub fn run_dir_template(&self, id: ravel_core::JobId) -> PathBuf {
+        self.runs_dir().join(format!("{}k", id / 1000)).join(id.to_string()).join("{attempt}")
+    }
 }
 
 /// Shared by the API handlers, the scheduler loop and the event loop.

@@ -231,7 +231,7 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
             .unwrap_or_default();
         (n.name.clone(), n.remote.is_some(), ranks)
     };
-    let template = ctl.cfg.runs_dir().join(id.to_string()).join("{attempt}");
+    let template = ctl.cfg.run_dir_template(id);
     // A supervisor started ahead takes the attempt if one is ready; who it is goes into the
     // store with the placement, before it is handed anything.
     let standby = if remote { None } else { ctl.agent.as_ref().and_then(|a| a.take_standby()) };

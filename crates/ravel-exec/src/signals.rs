@@ -105,6 +105,16 @@ pub(crate) fn wait(set: &libc::sigset_t, timeout: Option<Duration>) -> Wake {
     }
 }
 
+/// No signals: the mask a job starts with.
+pub(crate) fn empty() -> libc::sigset_t {
+    sigset(&[])
+}
+
+/// The signals a job starts with at their default disposition.
+pub(crate) fn reset_set() -> libc::sigset_t {
+    sigset(&RESET_FOR_JOB)
+}
+
 /// Prepares the signal state the job starts with: default dispositions and an empty mask,
 /// as if started from a fresh shell. Returns a closure for `pre_exec`; the sigset is built
 /// before fork so that the closure only makes async-signal-safe calls.

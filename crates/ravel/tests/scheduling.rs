@@ -42,7 +42,7 @@ fn jobs_get_distinct_free_gpus_and_ravel_variables() {
         seen.extend(gpus);
         assert_eq!(f[1], id.to_string());
         assert_eq!(f[2], "1");
-        assert!(f[3].ends_with(&format!("runs/{id}/1")), "{line}");
+        assert!(f[3].ends_with(&format!("runs/{}k/{id}/1", id / 1000)), "{line}");
         assert_eq!(f[4], format!("{}/outputs", f[3]));
         assert_eq!(f[5], "hello");
         assert_eq!(f[6], file_arg(&dir));
