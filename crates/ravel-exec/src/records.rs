@@ -213,7 +213,8 @@ pub(crate) fn read_order_from_stdin() -> Result<Order, ExecError> {
 fn read_stdin_json<T: DeserializeOwned>() -> Result<T, ExecError> {
     use std::io::Read;
     let path = PathBuf::from("<stdin>");
-    let mut bytes = Vec::new();
+    // Room for a usual order (the spec and its environment) in one read, not a doubling series.
+    let mut bytes = Vec::with_capacity(64 * 1024);
     std::io::stdin()
         .lock()
         .read_to_end(&mut bytes)

@@ -12,7 +12,7 @@ use std::path::PathBuf;
     long_about = "Ravel queues commands from any terminal; a background daemon starts each one as soon as the \
 GPUs and CPU slots it needs are free, sets CUDA_VISIBLE_DEVICES, and keeps its logs and exit code.\n\n\
 State lives in $RAVEL_HOME (default ~/.local/share/ravel): the database ravel.db, the socket ravel.sock, \
-the daemon's log daemon.log, and each attempt's run dir under runs/<job>/<attempt>/.",
+the daemon's log daemon.log, and each attempt's run dir under runs/<group>/<job>/<attempt>/.",
     after_help = "Examples:\n  ravel run --gpus 2 -- python train.py --lr 3e-4\n  ravel queue\n  ravel logs -f 12\n  ravel cancel 12 13"
 )]
 pub struct Cli {
