@@ -4,6 +4,11 @@
 //! use the same file as an ordinary std program.
 #![cfg(all(target_arch = "x86_64", target_os = "linux"))]
 
+// The front's own unit tests (its `tests` module), built as part of this test crate.
+#[allow(dead_code)]
+#[path = "../src/front.rs"]
+mod front;
+
 use ravel_test_support::TestDaemon;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
