@@ -109,11 +109,26 @@ impl LocalAgent {
     /// The supervisor started ahead of the next attempt, if one is ready. Its identity is
     /// recorded with the placement before the attempt is handed to it ([`LocalAgent::launch`]),
     /// so that a restart between the two finds it; [`LocalAgent::put_back`] returns it unused.
-    pub fn take_standby(&self) -> Option<Standby> {
-        let standby = self.standby.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if standby.is_none() {
-            self.start_standby();
+    pub async fn take_standby(&self) -> Option<Standby> {
+        let ready = self.standby.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if ready.is_some() {
+            return ready;
         }
+        // None ready: submits come faster than standbys are made (the next one is started only
+        // after a launch). One from the zygote now is a fork, ~0.2 ms; launching without one
+        // execs a whole supervisor, ~1 ms of CPU. Bounded, since it waits on another process:
+        // past the bound the launch goes without (and a late standby exits, given nothing).
+        let (exe, zygote) = (self.exe.clone(), self.zygote.clone());
+        let made = tokio::task::spawn_blocking(move || forked_standby(&exe, &zygote));
+        let standby = match tokio::time::timeout(std::time::Duration::from_millis(250), made).await {
+            Ok(Ok(Ok(s))) => Some(s),
+            Ok(Ok(Err(e))) => {
+                tracing::debug!(error = %e, "no standby from the zygote; launching without one");
+                None
+            }
+            _ => None,
+        };
+        self.start_standby();
         standby
     }
 
@@ -236,7 +251,13 @@ impl LocalAgent {
         match ravel_exec::pidfd_open(pid) {
             Ok(fd) => self.watch_fd(job, attempt, run_dir, pid, fd, child),
             Err(e) => {
-                tracing::warn!(job, attempt, pid, error = %e, "cannot watch supervisor; treating it as ended");
+                // A standby is the zygote's child, reaped by the kernel: with a short job it can
+                // be gone before we look, which is no trouble (its exit record says how it ended).
+                if e.raw_os_error() == Some(libc::ESRCH) {
+                    tracing::debug!(job, attempt, pid, "supervisor already gone; reading its exit record");
+                } else {
+                    tracing::warn!(job, attempt, pid, error = %e, "cannot watch supervisor; treating it as ended");
+                }
                 if child {
                     ravel_exec::reap(pid);
                 }
@@ -297,6 +318,12 @@ fn reap_in_background(pid: i32) {
 /// A standby forked by the zygote (started on first use); if the zygote cannot give one, it is
 /// let go and the standby is started by exec instead (the next call starts a new zygote).
 fn new_standby(exe: &Path, zygote: &Mutex<Option<Zygote>>) -> Result<Standby, ravel_exec::ExecError> {
+    forked_standby(exe, zygote).or_else(|_| Standby::spawn(exe))
+}
+
+/// A standby forked by the zygote (started on first use); a zygote that fails is let go (the
+/// next call starts a new one). The standby is not our child: the kernel reaps it.
+fn forked_standby(exe: &Path, zygote: &Mutex<Option<Zygote>>) -> Result<Standby, ravel_exec::ExecError> {
     let mut z = zygote.lock().unwrap_or_else(|e| e.into_inner());
     if z.is_none() {
         match Zygote::spawn(exe) {
@@ -304,21 +331,20 @@ fn new_standby(exe: &Path, zygote: &Mutex<Option<Zygote>>) -> Result<Standby, ra
             Err(e) => tracing::warn!(error = %e, "cannot start the supervisor zygote"),
         }
     }
-    if let Some(started) = z.as_ref() {
-        match started.standby() {
-            Ok(s) => return Ok(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "the supervisor zygote failed; starting a new one next time");
-                if let Some(old) = z.take() {
-                    let pid = old.pid();
-                    drop(old);
-                    reap_in_background(pid);
-                }
-            }
+    let Some(started) = z.as_ref() else {
+        return Err(ravel_exec::ExecError::SpawnSupervisor {
+            exe: exe.to_owned(),
+            source: std::io::Error::other("no supervisor zygote"),
+        });
+    };
+    started.standby().inspect_err(|e| {
+        tracing::warn!(error = %e, "the supervisor zygote failed; starting a new one next time");
+        if let Some(old) = z.take() {
+            let pid = old.pid();
+            drop(old);
+            reap_in_background(pid);
         }
-    }
-    drop(z);
-    Standby::spawn(exe)
+    })
 }
 
 /// The supervisor of `(job, attempt)` is gone: report what it left in the run dir. It writes

@@ -232,9 +232,12 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
         (n.name.clone(), n.remote.is_some(), ranks)
     };
     let template = ctl.cfg.run_dir_template(id);
-    // A supervisor started ahead takes the attempt if one is ready; who it is goes into the
-    // store with the placement, before it is handed anything.
-    let standby = if remote { None } else { ctl.agent.as_ref().and_then(|a| a.take_standby()) };
+    // A supervisor started ahead takes the attempt (one forked now if none is ready); who it is
+    // goes into the store with the placement, before it is handed anything.
+    let standby = match (&ctl.agent, remote) {
+        (Some(agent), false) => agent.take_standby().await,
+        _ => None,
+    };
     let new = NewAttempt {
         node,
         gpus: p.gpus.clone(),
