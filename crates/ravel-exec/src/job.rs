@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use crate::error::ExecError;
 use crate::records::{LaunchSpec, RunAs, STDERR_FILE, STDOUT_FILE};
-use crate::{fds, resolve, signals, users};
+use crate::{fds, resolve, signals, spawn, users};
 
 /// Starts the job described by `spec` as the leader of a new process group (pgid = its pid)
 /// and returns its pid. Its stdout/stderr are the run dir's log files themselves, not pipes,
@@ -144,38 +144,31 @@ fn spawn_plain(spec: &LaunchSpec, resolved: &Path, stdout: &File, stderr: &File)
     argv.push(std::ptr::null_mut());
     let mut envp: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr().cast_mut()).collect();
     envp.push(std::ptr::null_mut());
-    let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(r)) };
-    // SAFETY: the attr and file-actions objects are initialised before use and destroyed after;
-    // every pointer handed to posix_spawn (path, argv, envp, cwd, /dev/null) outlives the call.
-    // umask is process-wide, and the supervisor is single-threaded: it is the job's only for
-    // the spawn, then ours again.
-    unsafe {
-        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
-        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
-        check(libc::posix_spawnattr_init(&mut attr))?;
-        check(libc::posix_spawn_file_actions_init(&mut actions))?;
-        let result = (|| {
+    // umask is process-wide, and the supervisor is single-threaded: it is the job's only for the
+    // spawn, then ours again.
+    // SAFETY: umask cannot fail.
+    let old = spec.umask.map(|m| unsafe { libc::umask(m as libc::mode_t) });
+    let spawned = spawn::posix_spawn(&path, &argv, envp.as_ptr(), |attr, actions| {
+        use spawn::check;
+        // SAFETY: attr and actions are initialised by posix_spawn; cwd and the path outlive the spawn.
+        unsafe {
             let flags = libc::POSIX_SPAWN_SETPGROUP | libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF;
-            check(libc::posix_spawnattr_setflags(&mut attr, flags as libc::c_short))?;
-            check(libc::posix_spawnattr_setpgroup(&mut attr, 0))?;
-            check(libc::posix_spawnattr_setsigmask(&mut attr, &signals::empty()))?;
-            check(libc::posix_spawnattr_setsigdefault(&mut attr, &signals::reset_set()))?;
-            check(libc::posix_spawn_file_actions_addopen(&mut actions, 0, c"/dev/null".as_ptr(), libc::O_RDONLY, 0))?;
-            check(libc::posix_spawn_file_actions_adddup2(&mut actions, stdout.as_raw_fd(), 1))?;
-            check(libc::posix_spawn_file_actions_adddup2(&mut actions, stderr.as_raw_fd(), 2))?;
-            check(libc::posix_spawn_file_actions_addchdir_np(&mut actions, cwd.as_ptr()))?;
-            let old = spec.umask.map(|m| libc::umask(m as libc::mode_t));
-            let mut pid: libc::pid_t = 0;
-            let spawned = libc::posix_spawn(&mut pid, path.as_ptr(), &actions, &attr, argv.as_ptr(), envp.as_ptr());
-            if let Some(old) = old {
-                libc::umask(old);
-            }
-            check(spawned).map(|()| pid)
-        })();
-        libc::posix_spawn_file_actions_destroy(&mut actions);
-        libc::posix_spawnattr_destroy(&mut attr);
-        result
+            check(libc::posix_spawnattr_setflags(attr, flags as libc::c_short))?;
+            check(libc::posix_spawnattr_setpgroup(attr, 0))?;
+            check(libc::posix_spawnattr_setsigmask(attr, &signals::empty()))?;
+            check(libc::posix_spawnattr_setsigdefault(attr, &signals::reset_set()))?;
+            check(libc::posix_spawn_file_actions_addopen(actions, 0, c"/dev/null".as_ptr(), libc::O_RDONLY, 0))?;
+            check(libc::posix_spawn_file_actions_adddup2(actions, stdout.as_raw_fd(), 1))?;
+            check(libc::posix_spawn_file_actions_adddup2(actions, stderr.as_raw_fd(), 2))?;
+            check(libc::posix_spawn_file_actions_addchdir_np(actions, cwd.as_ptr()))?;
+        }
+        Ok(())
+    });
+    if let Some(old) = old {
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
     }
+    spawned
 }
 
 const STEP_CGROUP: u8 = 1;
