@@ -4,7 +4,7 @@
 //! Every call is handed to `ravel-main` with `execve` (same arguments, same environment, same
 //! pid) except the hot one: a plain `ravel run` to the local daemon, which the front submits
 //! itself. A submit is what users and scripts call thousands of times, and a process start of
-//! `ravel-main` (an 18 MB program, the C library's start-up, the dynamic loader) cost more than
+//! `ravel-main` (a 14 MB program, the C library's start-up, the dynamic loader) cost more than
 //! the daemon's whole answer. In release builds on x86-64 Linux (`ravel_lean`, set by build.rs)
 //! this file is built without the standard library and without the C library: it starts at
 //! `_start`, talks to the kernel with raw system calls, and its start-up is two page faults. In
@@ -52,24 +52,15 @@ unsafe fn c_bytes<'a>(p: *const u8) -> &'a [u8] {
 /// The process's arguments and environment, as the kernel gave them (NULL-terminated arrays).
 #[derive(Clone, Copy)]
 struct Process {
+    argc: usize,
     argv: *const *const u8,
     envp: *const *const u8,
 }
 
 impl Process {
     fn arg(&self, i: usize) -> Option<&'static [u8]> {
-        // SAFETY: argv is NULL-terminated and its strings live as long as the process.
-        unsafe {
-            let mut k = 0;
-            while k < i {
-                if (*self.argv.add(k)).is_null() {
-                    return None;
-                }
-                k += 1;
-            }
-            let p = *self.argv.add(i);
-            (!p.is_null()).then(|| c_bytes(p))
-        }
+        // SAFETY: argv has argc strings (then NULL), which live as long as the process.
+        (i < self.argc).then(|| unsafe { c_bytes(*self.argv.add(i)) })
     }
 
     /// The environment's entries, `KEY=VALUE`, in order.
@@ -684,12 +675,12 @@ mod lean {
     /// The kernel's initial stack: argc, argv[argc + 1], envp[..., NULL].
     unsafe extern "C" fn start(sp: *const usize) -> ! {
         // SAFETY: the layout the kernel gives every new program.
-        let (argv, envp) = unsafe {
+        let (argc, argv, envp) = unsafe {
             let argc = *sp;
             let argv = sp.add(1) as *const *const u8;
-            (argv, argv.add(argc + 1))
+            (argc, argv, argv.add(argc + 1))
         };
-        super::front(super::Process { argv, envp })
+        super::front(super::Process { argc, argv, envp })
     }
 
     #[panic_handler]
@@ -775,7 +766,7 @@ fn main() {
     }
     // SAFETY: environ is the process's environment; nothing here changes it.
     let envp = unsafe { environ };
-    front(Process { argv: argv.as_ptr(), envp })
+    front(Process { argc: args.len(), argv: argv.as_ptr(), envp })
 }
 
 #[cfg(test)]
@@ -802,7 +793,8 @@ mod tests {
     /// What parse_run makes of `args`, shown while they are alive (a Run borrows them).
     fn parse(args: &[&str]) -> Option<String> {
         let o = process(args, &[]);
-        parse_run(&Process { argv: o.argv.as_ptr(), envp: o.envp.as_ptr() }).map(|r| format!("{r:?}"))
+        parse_run(&Process { argc: o.argv.len() - 1, argv: o.argv.as_ptr(), envp: o.envp.as_ptr() })
+            .map(|r| format!("{r:?}"))
     }
 
     #[test]
@@ -854,7 +846,7 @@ mod tests {
             &["ravel", "run", "--gpus", "1", "--name", "n\"1", "--", "sh", "-c", "echo \"$X\"\t\u{1}é"],
             &["A=1", "RAVEL_TOKEN=secret", "B=x=y", "=weird", "NOEQ", "C=line\nbreak"],
         );
-        let p = Process { argv: o.argv.as_ptr(), envp: o.envp.as_ptr() };
+        let p = Process { argc: o.argv.len() - 1, argv: o.argv.as_ptr(), envp: o.envp.as_ptr() };
         let run = parse_run(&p).unwrap();
         let mut buf = vec![0u8; 1 << 16];
         let req = request(&p, &run, b"/tmp/x", 0o027, &mut buf).unwrap().to_vec();
@@ -882,7 +874,7 @@ mod tests {
         let socket = |env: &[&str]| {
             let o = process(&["ravel"], env);
             let mut out = [0u8; 4200];
-            local_socket(&Process { argv: o.argv.as_ptr(), envp: o.envp.as_ptr() }, &mut out)
+            local_socket(&Process { argc: o.argv.len() - 1, argv: o.argv.as_ptr(), envp: o.envp.as_ptr() }, &mut out)
                 .map(|n| String::from_utf8(out[..n].to_vec()).unwrap())
         };
         assert_eq!(socket(&[&home, &config]), Some(format!("{d}/home/ravel.sock\0")));
