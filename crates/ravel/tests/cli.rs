@@ -77,6 +77,14 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
     assert!(err.contains("no command"), "{err}");
     errors.push(err);
 
+    // An unknown flag is not taken for the command (which accepts words that look like flags).
+    for args in [&["run", "--bogus", "--", "true"][..], &["run", "--bogus", "true"]] {
+        let (code, err) = d.fails(args);
+        assert_eq!(code, 2, "a usage error: {args:?}");
+        assert!(err.contains("unknown option --bogus"), "{err}");
+        errors.push(err);
+    }
+
     let (_, err) = d.fails(&["run", "--env", "NOEQUALS", "--", "true"]);
     assert!(err.contains("KEY=VALUE"), "{err}");
     errors.push(err);

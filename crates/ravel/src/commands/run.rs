@@ -18,6 +18,17 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.command.is_empty() {
         usage!("no command given: put it after `--`, e.g. `ravel run --gpus 1 -- python train.py`");
     }
+    // The command takes words that look like flags, so clap hands an unknown flag over as the
+    // command's first word (`ravel run --bogus -- x` would run `--bogus -- x`). A command may
+    // start with '-' only when it was given after `--`.
+    if let Some(flag) = args.command.first().filter(|w| w.starts_with('-'))
+        && !given_after_dashes(&args.command)
+    {
+        usage!(
+            "unknown option {flag} for `ravel run` (see `ravel run --help`); give the command after `--`, \
+             e.g. `ravel run --gpus 1 -- python train.py`"
+        );
+    }
     let cwd = match &args.cwd {
         Some(dir) => {
             let dir = if dir.is_absolute() { dir.clone() } else { std::env::current_dir()?.join(dir) };
@@ -149,6 +160,12 @@ pub fn run(home: &Home, args: RunArgs) -> anyhow::Result<ExitCode> {
         return super::logs::follow_to_end(home, resp.id, true, true);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `command` is exactly what followed the first `--` on our command line.
+fn given_after_dashes(command: &[String]) -> bool {
+    let mut raw = std::env::args_os().skip(1).skip_while(|a| a != "--").skip(1);
+    command.iter().all(|word| raw.next().is_some_and(|a| a == word.as_str())) && raw.next().is_none()
 }
 
 /// This process's umask (read by setting it, then putting it back).
