@@ -106,7 +106,8 @@ impl LocalAgent {
         }
     }
 
-    /// The supervisor started ahead of the next attempt, if one is ready. Its identity is
+    /// The supervisor started ahead of the next attempt; with none ready, one forked by the
+    /// zygote now, or none if that fails (the attempt's supervisor is then exec'd). Its identity is
     /// recorded with the placement before the attempt is handed to it ([`LocalAgent::launch`]),
     /// so that a restart between the two finds it; [`LocalAgent::put_back`] returns it unused.
     pub async fn take_standby(&self) -> Option<Standby> {
@@ -315,8 +316,7 @@ fn reap_in_background(pid: i32) {
     std::thread::spawn(move || ravel_exec::wait_for_child(pid));
 }
 
-/// A standby forked by the zygote (started on first use); if the zygote cannot give one, it is
-/// let go and the standby is started by exec instead (the next call starts a new zygote).
+/// A standby forked by the zygote ([`forked_standby`]), else one started by exec.
 fn new_standby(exe: &Path, zygote: &Mutex<Option<Zygote>>) -> Result<Standby, ravel_exec::ExecError> {
     forked_standby(exe, zygote).or_else(|_| Standby::spawn(exe))
 }

@@ -185,51 +185,63 @@ fn read_answer(stream: &mut impl Read) -> std::io::Result<Vec<u8>> {
 
 /// Whether `raw` holds a whole answer by its own framing (false when only EOF can end it).
 fn is_whole(raw: &[u8]) -> bool {
-    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
-    let Ok(head) = std::str::from_utf8(&raw[..end]) else { return false };
-    let rest = &raw[end + 4..];
-    let header = |name: &str| {
-        head.split("\r\n")
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .find_map(|(k, v)| k.trim().eq_ignore_ascii_case(name).then(|| v.trim()))
-    };
-    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        dechunk(rest).is_some()
-    } else if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        rest.len() >= len
-    } else {
-        false
+    let Ok((head, rest)) = split_head(raw) else { return false };
+    match framing(fields(head)) {
+        Framing::Chunked => dechunk(rest).is_some(),
+        Framing::Length(len) => rest.len() >= len,
+        Framing::Close => false,
     }
 }
 
 pub(crate) fn parse(raw: &[u8]) -> Result<Response, ClientError> {
     let bad = |m: &str| ClientError::Protocol(m.to_string());
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("truncated response head"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("response head is not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
+    let (head, rest) = split_head(raw).map_err(bad)?;
+    let status_line = head.split("\r\n").next().unwrap_or_default();
     let status: u16 = status_line
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| bad(&format!("bad status line {status_line:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let rest = &raw[end + 4..];
-    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked {
-        dechunk(rest).ok_or_else(|| bad("bad chunked body"))?
-    } else if let Some(len) =
-        headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok())
-    {
-        rest.get(..len).ok_or_else(|| bad("truncated body"))?.to_vec()
-    } else {
-        rest.to_vec()
+    let headers: Vec<(String, String)> = fields(head).map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
+    let body = match framing(fields(head)) {
+        Framing::Chunked => dechunk(rest).ok_or_else(|| bad("bad chunked body"))?,
+        Framing::Length(len) => rest.get(..len).ok_or_else(|| bad("truncated body"))?.to_vec(),
+        Framing::Close => rest.to_vec(),
     };
     Ok(Response { status, headers, body })
+}
+
+/// An answer's head (as text, without the blank line) and what follows it.
+fn split_head(raw: &[u8]) -> Result<(&str, &[u8]), &'static str> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("truncated response head")?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "response head is not UTF-8")?;
+    Ok((head, &raw[end + 4..]))
+}
+
+/// A head's header fields, name and value trimmed (the status line skipped).
+fn fields(head: &str) -> impl Iterator<Item = (&str, &str)> + Clone {
+    head.split("\r\n").skip(1).filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim(), v.trim()))
+}
+
+/// How an answer's body ends.
+enum Framing {
+    /// At its last chunk.
+    Chunked,
+    /// After this many bytes.
+    Length(usize),
+    /// When the server closes the connection.
+    Close,
+}
+
+fn framing<'a>(fields: impl Iterator<Item = (&'a str, &'a str)> + Clone) -> Framing {
+    let named = |name: &'static str| fields.clone().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+    if named("transfer-encoding").any(|v| v.eq_ignore_ascii_case("chunked")) {
+        Framing::Chunked
+    } else if let Some(len) = named("content-length").next().and_then(|v| v.parse().ok()) {
+        Framing::Length(len)
+    } else {
+        Framing::Close
+    }
 }
 
 fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {

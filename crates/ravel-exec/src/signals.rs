@@ -119,7 +119,7 @@ pub(crate) fn reset_set() -> libc::sigset_t {
 /// as if started from a fresh shell. Returns a closure for `pre_exec`; the sigset is built
 /// before fork so that the closure only makes async-signal-safe calls.
 pub(crate) fn reset_for_job() -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
-    let empty = sigset(&[]);
+    let empty = empty();
     move || {
         for s in RESET_FOR_JOB {
             // SAFETY: restoring the default disposition is async-signal-safe.
