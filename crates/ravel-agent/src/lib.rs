@@ -7,7 +7,7 @@
 pub mod remote;
 
 use ravel_core::JobId;
-use ravel_exec::{ExitRecord, LaunchSpec, Launched, Standby, SupervisorRecord, Zygote};
+use ravel_exec::{ExitRecord, Finished, LaunchSpec, Launched, Standby, SupervisorRecord, Zygote};
 use ravel_gpu::{GpuInfo, GpuProbe, ProbeError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,9 +62,9 @@ pub struct LocalAgent {
     instance: String,
     events: mpsc::UnboundedSender<AgentEvent>,
     probe: Arc<dyn GpuProbe>,
-    /// A supervisor started ahead of the next attempt (see [`Standby`]), and whether one is
-    /// being started.
-    standby: Arc<Mutex<Option<Standby>>>,
+    /// Supervisors ready for the next attempt (see [`Standby`]) and those serving one, and
+    /// whether a new one is being started.
+    supervisors: Arc<Mutex<Supervisors>>,
     starting_standby: Arc<AtomicBool>,
     /// The fork server standbys come from (started with the first one).
     zygote: Arc<Mutex<Option<Zygote>>>,
@@ -82,7 +82,7 @@ impl LocalAgent {
             instance,
             events,
             probe: Arc::from(probe),
-            standby: Arc::default(),
+            supervisors: Arc::default(),
             starting_standby: Arc::default(),
             zygote: Arc::default(),
         }
@@ -106,14 +106,14 @@ impl LocalAgent {
         }
     }
 
-    /// The supervisor started ahead of the next attempt; with none ready, one forked by the
-    /// zygote now, or none if that fails (the attempt's supervisor is then exec'd). Its identity is
-    /// recorded with the placement before the attempt is handed to it ([`LocalAgent::launch`]),
-    /// so that a restart between the two finds it; [`LocalAgent::put_back`] returns it unused.
+    /// A supervisor ready for the next attempt (one that finished an attempt, or one started
+    /// ahead); with none ready, one forked by the zygote now, or none if that fails (the
+    /// attempt's supervisor is then exec'd). Its identity is recorded with the placement before
+    /// the attempt is handed to it ([`LocalAgent::launch`]), so that a restart between the two
+    /// finds it; [`LocalAgent::put_back`] returns it unused.
     pub async fn take_standby(&self) -> Option<Standby> {
-        let ready = self.standby.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if ready.is_some() {
-            return ready;
+        if let Some(s) = self.lock_supervisors().take() {
+            return Some(s);
         }
         // None ready: submits come faster than standbys are made (the next one is started only
         // after a launch). One from the zygote now is a fork, ~0.2 ms; launching without one
@@ -129,39 +129,35 @@ impl LocalAgent {
             }
             _ => None,
         };
+        if let Some(s) = &standby {
+            self.lock_supervisors().busy.insert(s.launched().pid, Busy::default());
+        }
         self.start_standby();
         standby
     }
 
     pub fn put_back(&self, standby: Option<Standby>) {
         if let Some(s) = standby {
-            let mut slot = self.standby.lock().unwrap_or_else(|e| e.into_inner());
-            match slot.as_ref() {
-                None => *slot = Some(s),
-                // One came up meanwhile: this one exits on the end of its input.
-                Some(_) => let_go(s),
-            }
+            let mut sup = self.lock_supervisors();
+            sup.busy.remove(&s.launched().pid);
+            sup.keep(s);
         }
+    }
+
+    fn lock_supervisors(&self) -> std::sync::MutexGuard<'_, Supervisors> {
+        self.supervisors.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Starts a standby supervisor in the background unless one is ready or starting.
     pub fn start_standby(&self) {
-        if self.standby.lock().unwrap_or_else(|e| e.into_inner()).is_some()
-            || self.starting_standby.swap(true, Ordering::AcqRel)
-        {
+        if !self.lock_supervisors().ready.is_empty() || self.starting_standby.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (exe, slot, starting) = (self.exe.clone(), self.standby.clone(), self.starting_standby.clone());
+        let (exe, supervisors, starting) = (self.exe.clone(), self.supervisors.clone(), self.starting_standby.clone());
         let zygote = self.zygote.clone();
         tokio::task::spawn_blocking(move || {
             match new_standby(&exe, &zygote) {
-                Ok(s) => {
-                    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-                    match slot.as_ref() {
-                        None => *slot = Some(s),
-                        Some(_) => let_go(s),
-                    }
-                }
+                Ok(s) => supervisors.lock().unwrap_or_else(|e| e.into_inner()).keep(s),
                 Err(e) => tracing::warn!(error = %e, "cannot start a standby supervisor"),
             }
             starting.store(false, Ordering::Release);
@@ -178,32 +174,36 @@ impl LocalAgent {
         spec: LaunchSpec,
         standby: Option<Standby>,
     ) -> Result<Launched, String> {
-        let (launched, child) = match standby {
-            Some(s) => {
-                let (launched, child) = (s.launched(), s.is_child());
-                // A few directories and a pipe write (~0.1 ms): done in place. Not even through
-                // `block_in_place`, which hands this worker's queue to another thread each time.
-                let handed = s.hand_over(&run_dir, &spec);
-                if let Err(e) = handed {
-                    // It was given nothing and exits; the attempt fails like a launch would.
-                    if child {
-                        reap_in_background(launched.pid);
-                    }
-                    return Err(e.to_string());
-                }
-                (launched, child)
-            }
-            None => {
-                let exe = self.exe.clone();
-                let dir = run_dir.clone();
-                let launched = tokio::task::spawn_blocking(move || ravel_exec::launch(&exe, &dir, &spec))
-                    .await
-                    .map_err(|e| format!("launch task failed: {e}"))?
-                    .map_err(|e| e.to_string())?;
-                (launched, true)
-            }
+        let Some(standby) = standby else {
+            let exe = self.exe.clone();
+            let dir = run_dir.clone();
+            let launched = tokio::task::spawn_blocking(move || ravel_exec::launch(&exe, &dir, &spec))
+                .await
+                .map_err(|e| format!("launch task failed: {e}"))?
+                .map_err(|e| e.to_string())?;
+            self.watch(job, attempt, run_dir, launched.pid, true);
+            self.start_standby();
+            return Ok(launched);
         };
-        self.watch(job, attempt, run_dir, launched.pid, child);
+        let (launched, child) = (standby.launched(), standby.is_child());
+        // A few directories and a socket write (~0.1 ms): done in place. Not even through
+        // `block_in_place`, which hands this worker's queue to another thread each time.
+        match standby.hand_over(&run_dir, &spec) {
+            Ok(serving) => {
+                self.lock_supervisors()
+                    .busy
+                    .insert(launched.pid, Busy { attempt: Some((job, attempt)), stopped: false });
+                self.watch_serving(job, attempt, run_dir, serving);
+            }
+            Err(e) => {
+                // It was given nothing and exits; the attempt fails like a launch would.
+                self.lock_supervisors().busy.remove(&launched.pid);
+                if child {
+                    reap_in_background(launched.pid);
+                }
+                return Err(e.to_string());
+            }
+        }
         self.start_standby();
         Ok(launched)
     }
@@ -232,8 +232,11 @@ impl LocalAgent {
             return Adoption::NeverLaunched;
         };
         // Open the pidfd before checking identity, so a pid reused after the check cannot fool us.
+        // A supervisor serves attempts one after another: alive, it may be past this one, whose
+        // exit record then says so (it is written before the supervisor moves on).
         if let Ok(fd) = ravel_exec::pidfd_open(pid)
             && ravel_exec::is_same_process(pid, start_time)
+            && !run_dir.join(ravel_exec::EXIT_FILE).exists()
         {
             self.watch_fd(job, attempt, run_dir.to_path_buf(), pid, fd, false);
             return Adoption::Watching { pid, start_time };
@@ -243,8 +246,24 @@ impl LocalAgent {
         Adoption::Ended
     }
 
-    /// Asks the supervisor to stop its job (SIGTERM to the group, SIGKILL after the grace period).
-    pub fn stop(&self, pid: i32, start_time: u64) -> bool {
+    /// Asks the supervisor of `(job, attempt)` to stop its job (SIGTERM to the group, SIGKILL
+    /// after the grace period). A supervisor of ours that is past that attempt (ready, or
+    /// serving another) is left alone: the request is late, and the signal would stop the wrong
+    /// job. One asked to stop is not given another attempt (the signal may still be pending).
+    pub fn stop(&self, pid: i32, start_time: u64, job: JobId, attempt: u32) -> bool {
+        let mut sup = self.lock_supervisors();
+        if let Some(b) = sup.busy.get_mut(&pid) {
+            if b.attempt != Some((job, attempt)) {
+                return false;
+            }
+            b.stopped = true;
+            // Under the lock: the supervisor cannot be given another attempt meanwhile.
+            return matches!(ravel_exec::request_cancel(pid, start_time), Ok(true));
+        }
+        if sup.ready.iter().any(|s| s.launched().pid == pid) {
+            return false;
+        }
+        drop(sup);
         matches!(ravel_exec::request_cancel(pid, start_time), Ok(true))
     }
 
@@ -298,6 +317,103 @@ impl LocalAgent {
                 }
             }
         });
+    }
+}
+
+impl LocalAgent {
+    /// Watches a supervisor of ours serving `(job, attempt)`: its socket says when the attempt
+    /// is recorded (and it is ready for another), or, at its end, that it is gone.
+    fn watch_serving(&self, job: JobId, attempt: u32, run_dir: PathBuf, serving: Standby) {
+        let pid = serving.launched().pid;
+        let child = serving.is_child();
+        // SAFETY: the AsyncFd owns the Standby and with it the socket, whose fd stays open and
+        // the same until `into_inner` gives it back.
+        let afd = match unsafe { AsyncFd::register_with_interest(serving, tokio::io::Interest::READABLE) } {
+            Ok(afd) => afd,
+            Err(e) => {
+                let (_serving, e) = e.into_parts();
+                // Rare (the reactor refused the socket): watch the process instead, and let it go
+                // after this attempt.
+                tracing::warn!(pid, error = %e.to_string(), "cannot watch a supervisor's socket; watching its process");
+                self.lock_supervisors().busy.remove(&pid);
+                return self.watch(job, attempt, run_dir, pid, child);
+            }
+        };
+        let (events, supervisors) = (self.events.clone(), self.supervisors.clone());
+        let cgroup = self.cgroup_name(job, attempt);
+        tokio::spawn(async move {
+            let finished = loop {
+                let Ok(mut guard) = afd.readable().await else { break Finished::Gone };
+                match guard.try_io(|s| s.get_ref().finished()) {
+                    Ok(Ok(f)) => break f,
+                    Ok(Err(_)) => break Finished::Gone,
+                    Err(_would_block) => continue,
+                }
+            };
+            let serving = afd.into_inner();
+            let gone = {
+                let mut sup = supervisors.lock().unwrap_or_else(|e| e.into_inner());
+                let stopped = sup.busy.remove(&pid).is_some_and(|b| b.stopped);
+                match finished {
+                    // Ready before the end is reported, so that the launch the end makes room
+                    // for finds it.
+                    Finished::Ready if !stopped => sup.keep(serving),
+                    Finished::Ready => let_go(serving),
+                    Finished::Gone => drop(serving),
+                }
+                finished == Finished::Gone
+            };
+            // Its end of the socket closed as it exited: a zombie now, or in a moment.
+            if gone && child {
+                let _ = tokio::task::spawn_blocking(move || ravel_exec::wait_for_child(pid)).await;
+            }
+            match ravel_exec::read_exit(&run_dir) {
+                Some(exit) => report_read_end(&events, job, attempt, &run_dir, &cgroup, Some(exit)),
+                None => {
+                    let end = move || report_read_end(&events, job, attempt, &run_dir, &cgroup, None);
+                    let _ = tokio::task::spawn_blocking(end).await;
+                }
+            }
+        });
+    }
+}
+
+/// Supervisors of ours that can take an attempt.
+#[derive(Default)]
+struct Supervisors {
+    /// Ready for an attempt: started ahead, or done with their last one.
+    ready: Vec<Standby>,
+    /// Taken for an attempt (or serving one), by pid.
+    busy: std::collections::HashMap<i32, Busy>,
+}
+
+/// A supervisor taken for an attempt.
+#[derive(Default)]
+struct Busy {
+    /// The attempt it serves; none while the attempt is being placed.
+    attempt: Option<(JobId, u32)>,
+    /// Asked to stop its job: not given another attempt, since the signal may still be pending.
+    stopped: bool,
+}
+
+/// At most this many supervisors wait ready: more than the next burst of launches takes.
+const MAX_READY: usize = 4;
+
+impl Supervisors {
+    /// The last one to become ready, whose pages are likeliest still in memory.
+    fn take(&mut self) -> Option<Standby> {
+        let s = self.ready.pop()?;
+        self.busy.insert(s.launched().pid, Busy::default());
+        Some(s)
+    }
+
+    /// Keeps `s` ready, or lets it go when enough are.
+    fn keep(&mut self, s: Standby) {
+        if self.ready.len() < MAX_READY {
+            self.ready.push(s);
+        } else {
+            let_go(s);
+        }
     }
 }
 
@@ -362,13 +478,15 @@ fn report_read_end(
     cgroup: &str,
     exit: Option<ravel_exec::ExitRecord>,
 ) {
-    let record = ravel_exec::read_supervisor(run_dir);
+    // With an exit status, nothing else in the run dir matters here (the usual end: one read).
+    let mut spawned = true;
     if exit.is_none() {
+        let record = ravel_exec::read_supervisor(run_dir);
         kill_orphaned_job(record.as_ref(), run_dir);
         // Its supervisor did not live to empty and remove the job's cgroup.
         ravel_exec::cgroup::remove_leftover(cgroup);
+        spawned = record.as_ref().is_some_and(|r| r.job_pid.is_some());
     }
-    let spawned = record.as_ref().is_some_and(|r| r.job_pid.is_some());
     let _ = events.send(AgentEvent::Ended { job, attempt, exit, spawned });
 }
 

@@ -299,9 +299,9 @@ impl Agent {
     fn fence_now(&self) {
         let mut sh = lock(self);
         let _ = ravel_exec::end_lease(&self.lease_file(sh.epoch));
-        for a in sh.attempts.values() {
+        for (&(job, attempt), a) in &sh.attempts {
             if let Some((pid, start)) = a.supervisor {
-                self.local.stop(pid, start);
+                self.local.stop(pid, start, job, attempt);
             }
         }
         sh.attempts.clear();
@@ -343,7 +343,7 @@ impl Agent {
                     && let Some((pid, start)) = a.supervisor
                 {
                     a.stopping = true;
-                    self.local.stop(pid, start);
+                    self.local.stop(pid, start, key.0, key.1);
                 }
             }
             for d in &resp.desired {

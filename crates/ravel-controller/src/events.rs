@@ -87,7 +87,7 @@ pub async fn record_end(ctl: &Arc<Controller>, id: JobId, n: u32, outcome: Outco
     let finished = ctl.store.finish(id, n, outcome, now, true).await;
     ctl.metrics.store_write.observe(t.elapsed());
     match finished {
-        Ok(job) => {
+        Ok((job, attempt)) => {
             if job.state.is_terminal() {
                 ctl.job_final(&job);
             }
@@ -102,16 +102,7 @@ pub async fn record_end(ctl: &Arc<Controller>, id: JobId, n: u32, outcome: Outco
             }
             drop(st);
             ended = Some(job.clone());
-            let store = ctl.store.clone();
-            let durable = ctl.cfg.durable;
-            let job = job.clone();
-            tokio::spawn(async move {
-                if let Ok(attempts) = store.attempts(job.id).await
-                    && let Some(a) = attempts.into_iter().find(|a| a.n == n)
-                {
-                    runjson::write(job, a, durable);
-                }
-            });
+            runjson::write(job, attempt, ctl.cfg.durable);
         }
         Err(e) => {
             tracing::warn!(job = id, attempt = n, error = %e, "cannot record the end of an attempt")

@@ -174,8 +174,15 @@ impl Store for FeedStore {
     fn mark_running(&self, id: JobId, n: u32, pid: i32, start: u64, now: Millis) -> StoreFuture<'_, Job> {
         self.publish(Some(id), move || self.inner.mark_running(id, n, pid, start, now), |j| vec![j])
     }
-    fn finish(&self, id: JobId, n: u32, outcome: Outcome, now: Millis, allow_retry: bool) -> StoreFuture<'_, Job> {
-        self.publish(Some(id), move || self.inner.finish(id, n, outcome, now, allow_retry), |j| vec![j])
+    fn finish(
+        &self,
+        id: JobId,
+        n: u32,
+        outcome: Outcome,
+        now: Millis,
+        allow_retry: bool,
+    ) -> StoreFuture<'_, (Job, Attempt)> {
+        self.publish(Some(id), move || self.inner.finish(id, n, outcome, now, allow_retry), |(j, _)| vec![j])
     }
     fn requeue(&self, id: JobId, n: u32, reason: String, now: Millis) -> StoreFuture<'_, Job> {
         self.publish(Some(id), move || self.inner.requeue(id, n, reason, now), |j| vec![j])

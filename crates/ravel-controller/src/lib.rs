@@ -224,7 +224,7 @@ impl Controller {
 
     /// Stops a running attempt: the local agent signals its supervisor; an agent's node is told
     /// with its next sync (the job's `cancel_requested` is already set).
-    pub(crate) fn stop_attempt(&self, id: ravel_core::JobId, supervisor: Option<(i32, u64)>) {
+    pub(crate) fn stop_attempt(&self, id: ravel_core::JobId, supervisor: Option<((i32, u64), u32)>) {
         let remote = {
             let st = self.lock();
             st.active
@@ -234,8 +234,8 @@ impl Controller {
         };
         match (remote, &self.agent, supervisor) {
             (Some(wake), _, _) => wake.notify_one(),
-            (None, Some(agent), Some((pid, start))) => {
-                agent.stop(pid, start);
+            (None, Some(agent), Some(((pid, start), attempt))) => {
+                agent.stop(pid, start, id, attempt);
             }
             _ => {}
         }

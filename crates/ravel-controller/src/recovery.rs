@@ -84,7 +84,7 @@ pub async fn recover(ctl: &Arc<Controller>) -> Result<(), String> {
                     let _ = ctl.store.mark_running(job.id, a.n, pid, start_time, now_ms()).await;
                 }
                 if job.cancel_requested {
-                    agent.stop(pid, start_time);
+                    agent.stop(pid, start_time, job.id, a.n);
                 }
             }
             Adoption::Ended => {}

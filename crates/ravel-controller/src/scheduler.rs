@@ -233,11 +233,13 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
     };
     let template = ctl.cfg.run_dir_template(id);
     // A supervisor started ahead takes the attempt (one forked now if none is ready); who it is
-    // goes into the store with the placement, before it is handed anything.
+    // goes into the store with the placement, before it is handed anything, and the attempt is
+    // recorded as running in the same write.
     let standby = match (&ctl.agent, remote) {
         (Some(agent), false) => agent.take_standby().await,
         _ => None,
     };
+    let running_at_placement = standby.is_some();
     let new = NewAttempt {
         node,
         gpus: p.gpus.clone(),
@@ -293,10 +295,13 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
                 })
             };
             if cancel == Some(true) {
-                agent.stop(l.pid, l.start_time);
+                agent.stop(l.pid, l.start_time, id, attempt.n);
             }
             // run.json is written once, when the attempt ends: each file created on the
             // dispatch path costs an inode allocation, and the store answers `ravel show` now.
+            if running_at_placement {
+                return;
+            }
             match ctl.store.mark_running(id, attempt.n, l.pid, l.start_time, now_ms()).await {
                 Ok(_) => {}
                 // Its exit was recorded first; nothing is lost.

@@ -328,6 +328,8 @@ impl JobState {
             (Blocked, Queued)
                 | (Blocked, Canceled)
                 | (Queued, Allocated)
+                // Placed on a supervisor already running (a local standby): one write.
+                | (Queued, Running)
                 | (Queued, Canceled)
                 | (Allocated, Starting)
                 | (Allocated, Running)

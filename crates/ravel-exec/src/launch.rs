@@ -5,11 +5,12 @@
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use crate::error::ExecError;
-use crate::records::{LaunchSpec, OUTPUTS_DIR, Order};
+use crate::records::{self, LaunchSpec, OUTPUTS_DIR, Order};
 use crate::{procfs, signals, spawn};
 
 /// The hidden subcommand of the `ravel` binary that must call [`crate::supervise_main`].
@@ -23,45 +24,60 @@ pub struct Launched {
 }
 
 /// Creates `outputs/`, spawns `exe __supervise RUN_DIR -` in a new session with stdio on
-/// /dev/null but for stdin, a pipe that carries the launch spec, and returns the supervisor's
+/// /dev/null but for stdin, a socket that carries the launch spec, and returns the supervisor's
 /// pid and start time. The supervisor is the caller's child: the caller reaps it (see
 /// [`crate::reap`]). Returns once the supervisor has been exec'd; it does not wait for the job.
 ///
 /// `posix_spawn` (vfork-style in glibc) rather than fork: the daemon is multi-threaded, and
 /// fork would copy its page tables and shoot down TLBs on every launch. The spec goes through
-/// a pipe rather than a file to keep inode creation (costly on ext4) off the dispatch path.
+/// a socket rather than a file to keep inode creation (costly on ext4) off the dispatch path.
 pub fn launch(exe: &Path, run_dir: &Path, spec: &LaunchSpec) -> Result<Launched, ExecError> {
     let run_dir = prepare(run_dir, spec)?;
     let json = serde_json::to_vec(spec)
         .map_err(|e| ExecError::SpawnSupervisor { exe: exe.to_owned(), source: std::io::Error::other(e) })?;
-    let (launched, pipe) =
+    let (launched, mut channel) =
         spawn_supervisor(exe, &[OsStr::new(SUPERVISE_SUBCOMMAND), run_dir.as_os_str(), OsStr::new(SPEC_FROM_STDIN)])?;
     // A supervisor that died before reading leaves EPIPE here; its end is noticed by the
-    // caller's watch like any other.
-    let _ = pipe.write_all_to_end(&json);
+    // caller's watch like any other. Dropping the channel ends the spec.
+    let _ = channel.write_all(&json);
     Ok(launched)
 }
 
 /// A supervisor started ahead of its attempt (`exe __supervise --standby`, or forked by the
-/// [`crate::Zygote`]), waiting on its stdin for the run dir and spec: handing it an attempt
-/// ([`Standby::hand_over`]) takes the start of a process off the dispatch path. Dropped without
-/// a hand-over, it reads the end of its stdin and exits without writing anything.
+/// [`crate::Zygote`]), waiting on its stdin, one end of a socket pair, for an order: a run dir
+/// and a spec. Handing it an attempt ([`Standby::hand_over`]) takes the start of a process off
+/// the dispatch path.
+///
+/// A supervisor serves attempts one after another: once an attempt's `exit.json` is written it
+/// sends one byte back on the socket ([`Standby::finished`]) and waits for the next order, so
+/// that a busy queue does not pay for a fork and an exit per job. It exits at the end of its
+/// input: dropped before an order, a standby runs nothing; dropped while it supervises, it
+/// exits once that attempt is recorded.
 #[derive(Debug)]
 pub struct Standby {
     launched: Launched,
-    pipe: OrderPipe,
+    channel: UnixStream,
     child: bool,
+}
+
+/// What a supervisor's socket said once readable (see [`Standby::finished`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// Its attempt is over and recorded in `exit.json`; it waits for another order.
+    Ready,
+    /// The end of its side: the supervisor has exited (or is exiting).
+    Gone,
 }
 
 impl Standby {
     /// Starts a standby by exec, as the caller's child (see also [`crate::Zygote::standby`]).
     pub fn spawn(exe: &Path) -> Result<Standby, ExecError> {
-        let (launched, pipe) = spawn_supervisor(exe, &[OsStr::new(SUPERVISE_SUBCOMMAND), OsStr::new(STANDBY)])?;
-        Ok(Standby { launched, pipe, child: true })
+        let (launched, channel) = spawn_supervisor(exe, &[OsStr::new(SUPERVISE_SUBCOMMAND), OsStr::new(STANDBY)])?;
+        Ok(Standby { launched, channel, child: true })
     }
 
-    pub(crate) fn from_parts(launched: Launched, pipe: File, child: bool) -> Standby {
-        Standby { launched, pipe: OrderPipe(pipe), child }
+    pub(crate) fn from_parts(launched: Launched, channel: OwnedFd, child: bool) -> Standby {
+        Standby { launched, channel: UnixStream::from(channel), child }
     }
 
     /// Whether the standby is the caller's child (which must reap it), or the zygote's.
@@ -74,27 +90,37 @@ impl Standby {
         self.launched
     }
 
-    /// Prepares `run_dir` as [`launch`] does and hands the attempt over. An error means the run
-    /// dir could not be prepared: the standby was given nothing and exits. A standby that died
-    /// before reading gets nothing either, and its end is noticed by the caller's watch.
-    pub fn hand_over(self, run_dir: &Path, spec: &LaunchSpec) -> Result<(), ExecError> {
+    /// Prepares `run_dir` as [`launch`] does and hands the attempt over; returns the standby,
+    /// now supervising it. An error means the run dir could not be prepared: the standby was
+    /// given nothing and exits. A standby that died before reading gets nothing either, and
+    /// its end is noticed by the caller's watch.
+    pub fn hand_over(mut self, run_dir: &Path, spec: &LaunchSpec) -> Result<Standby, ExecError> {
         let run_dir = prepare(run_dir, spec)?;
         // Only a path that is not UTF-8 fails to serialise.
-        let order = serde_json::to_vec(&Order { run_dir: &run_dir, spec })
+        let order = records::order_frame(&Order { run_dir: &run_dir, spec })
             .map_err(|e| ExecError::CreateDir { path: run_dir.clone(), source: std::io::Error::other(e) })?;
-        let _ = self.pipe.write_all_to_end(&order);
-        Ok(())
+        let _ = self.channel.write_all(&order);
+        Ok(self)
+    }
+
+    /// Reads what the supervisor sent since its last order, without blocking: `WouldBlock`
+    /// while its attempt runs. Meant for a caller that polls the socket ([`AsRawFd`]).
+    pub fn finished(&self) -> std::io::Result<Finished> {
+        let mut byte = [0u8; 1];
+        // SAFETY: recv into a valid one-byte buffer on a socket we own.
+        let n = unsafe { libc::recv(self.channel.as_raw_fd(), byte.as_mut_ptr().cast(), 1, libc::MSG_DONTWAIT) };
+        match n {
+            0 => Ok(Finished::Gone),
+            n if n > 0 => Ok(Finished::Ready),
+            _ => Err(std::io::Error::last_os_error()),
+        }
     }
 }
 
-/// The write end of a supervisor's stdin.
-#[derive(Debug)]
-struct OrderPipe(File);
-
-impl OrderPipe {
-    /// Writes `bytes` and closes the pipe: the end of the input ends the order.
-    fn write_all_to_end(mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.0.write_all(bytes)
+impl AsRawFd for Standby {
+    /// The daemon's end of the supervisor's socket: readable once its attempt is over.
+    fn as_raw_fd(&self) -> RawFd {
+        self.channel.as_raw_fd()
     }
 }
 
@@ -107,22 +133,38 @@ fn prepare(run_dir: &Path, spec: &LaunchSpec) -> Result<PathBuf, ExecError> {
     // (and logs should name unambiguous paths).
     let run_dir = absolute(run_dir)?;
     let outputs = run_dir.join(OUTPUTS_DIR);
-    fs::create_dir_all(&outputs).map_err(|source| ExecError::CreateDir { path: outputs.clone(), source })?;
+    make_dirs(&run_dir, &outputs).map_err(|source| ExecError::CreateDir { path: outputs.clone(), source })?;
     if let Some(user) = &spec.run_as {
         give_run_dir(&run_dir, user.uid, user.gid)?;
     }
     Ok(run_dir)
 }
 
-/// Spawns `exe args` detached, its stdin a new pipe whose write end is returned.
-fn spawn_supervisor(exe: &Path, args: &[&OsStr]) -> Result<(Launched, OrderPipe), ExecError> {
+/// Makes `outputs` in `run_dir`, and `run_dir` and its parent if missing. The usual case, a new
+/// job's first attempt, is three mkdirs from the top down (`create_dir_all` starts at the bottom
+/// and fails twice on the way up); a missing grandparent falls back to it.
+fn make_dirs(run_dir: &Path, outputs: &Path) -> std::io::Result<()> {
+    let made = |dir: &Path| match fs::create_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        r => r,
+    };
+    let top_down = run_dir.parent().map_or(Ok(()), made).and_then(|()| made(run_dir)).and_then(|()| made(outputs));
+    match top_down {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir_all(outputs),
+        r => r,
+    }
+}
+
+/// Spawns `exe args` detached, its stdin one end of a new socket pair whose other end is
+/// returned.
+fn spawn_supervisor(exe: &Path, args: &[&OsStr]) -> Result<(Launched, UnixStream), ExecError> {
     let spawn_err = |source: std::io::Error| ExecError::SpawnSupervisor { exe: exe.to_owned(), source };
-    let (read_end, write_end) = pipe().map_err(spawn_err)?;
-    let pid = spawn::spawn_detached(exe, args, read_end.as_raw_fd(), &signals::watched()).map_err(spawn_err)?;
-    drop(read_end);
+    let (ours, theirs) = UnixStream::pair().map_err(spawn_err)?;
+    let pid = spawn::spawn_detached(exe, args, theirs.as_raw_fd(), &signals::watched()).map_err(spawn_err)?;
+    drop(theirs);
     // Not yet reaped, so /proc/PID exists even if the supervisor already exited.
     let start_time = procfs::process_start_time(pid).ok_or(ExecError::StartTime { pid })?;
-    Ok((Launched { pid, start_time }, OrderPipe(File::from(write_end))))
+    Ok((Launched { pid, start_time }, ours))
 }
 
 /// Makes the attempt's dir and its `outputs/` the job's user's alone: owned by `uid:gid`, mode
@@ -182,16 +224,6 @@ pub const SPEC_FROM_STDIN: &str = "-";
 
 /// The argument (instead of RUN_DIR) that starts a supervisor as a [`Standby`].
 pub const STANDBY: &str = "--standby";
-
-pub(crate) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds on success; we take ownership of both.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
 
 fn absolute(path: &Path) -> Result<PathBuf, ExecError> {
     std::path::absolute(path).map_err(|source| ExecError::CreateDir { path: path.to_owned(), source })

@@ -33,7 +33,9 @@ mod zygote;
 pub use atomic::{Durability, write_json, write_json_atomic, write_json_private};
 pub use control::{kill_group_and_wait, pidfd_open, reap, request_cancel, wait_for_child};
 pub use error::ExecError;
-pub use launch::{Launched, SPEC_FROM_STDIN, STANDBY, SUPERVISE_SUBCOMMAND, Standby, launch, spread_subdirectories};
+pub use launch::{
+    Finished, Launched, SPEC_FROM_STDIN, STANDBY, SUPERVISE_SUBCOMMAND, Standby, launch, spread_subdirectories,
+};
 pub use lease::{end_lease, renew_lease};
 pub use procfs::{is_same_process, process_start_time};
 pub use records::{

@@ -2,6 +2,7 @@
 //! (`launch.json`), who is running it (`supervisor.json`) and how it ended (`exit.json`).
 
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -194,7 +195,14 @@ pub fn read_launch(run_dir: &Path) -> Result<LaunchSpec, ExecError> {
 
 /// Reads the launch spec from stdin to its end (the pipe `launch` writes it into).
 pub fn read_launch_from_stdin() -> Result<LaunchSpec, ExecError> {
-    read_stdin_json()
+    let path = PathBuf::from("<stdin>");
+    // Room for a usual spec and its environment in one read, not a doubling series.
+    let mut bytes = Vec::with_capacity(64 * 1024);
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut bytes)
+        .map_err(|source| ExecError::ReadFile { path: path.clone(), source })?;
+    serde_json::from_slice(&bytes).map_err(|source| ExecError::Parse { path, source })
 }
 
 /// What a standby supervisor is handed on its stdin: where its attempt lives, and what to run.
@@ -205,21 +213,35 @@ pub(crate) struct Order<P = PathBuf, S = LaunchSpec> {
     pub spec: S,
 }
 
-/// Reads a standby supervisor's order from stdin to its end.
-pub(crate) fn read_order_from_stdin() -> Result<Order, ExecError> {
-    read_stdin_json()
+/// An order as sent: its JSON's length (4 bytes, little-endian), then the JSON. A supervisor
+/// serves several orders on one socket, so each says where it ends.
+pub(crate) fn order_frame(order: &Order<&Path, &LaunchSpec>) -> serde_json::Result<Vec<u8>> {
+    let mut frame = vec![0u8; 4];
+    serde_json::to_writer(&mut frame, order)?;
+    let len = u32::try_from(frame.len() - 4).map_err(serde::ser::Error::custom)?;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    Ok(frame)
 }
 
-fn read_stdin_json<T: DeserializeOwned>() -> Result<T, ExecError> {
-    use std::io::Read;
+/// Reads the next order from `input`: `None` at the end of the input (no more orders), an error
+/// for an order cut short or malformed.
+pub(crate) fn read_order(input: &mut impl Read) -> Result<Option<Order>, ExecError> {
     let path = PathBuf::from("<stdin>");
-    // Room for a usual order (the spec and its environment) in one read, not a doubling series.
-    let mut bytes = Vec::with_capacity(64 * 1024);
-    std::io::stdin()
-        .lock()
-        .read_to_end(&mut bytes)
-        .map_err(|source| ExecError::ReadFile { path: path.clone(), source })?;
-    serde_json::from_slice(&bytes).map_err(|source| ExecError::Parse { path, source })
+    let read_err = |source| ExecError::ReadFile { path: path.clone(), source };
+    let mut len = [0u8; 4];
+    let first = loop {
+        match input.read(&mut len[..1]) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r.map_err(read_err)?,
+        }
+    };
+    if first == 0 {
+        return Ok(None);
+    }
+    input.read_exact(&mut len[1..]).map_err(read_err)?;
+    let mut bytes = vec![0u8; u32::from_le_bytes(len) as usize];
+    input.read_exact(&mut bytes).map_err(read_err)?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|source| ExecError::Parse { path: path.clone(), source })
 }
 
 /// The exit record, if the supervisor has written one. A malformed file reads as absent:

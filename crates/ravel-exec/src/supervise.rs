@@ -1,7 +1,8 @@
 //! The supervisor process body: one per job attempt, between the daemon and the job.
 //!
 //! It runs in its own session (see `launch`), spawns the job, records who it is, waits,
-//! cleans up the job's process group and writes `exit.json`. No threads, no runtime and no
+//! cleans up the job's process group and writes `exit.json`; a standby then waits for its next
+//! attempt. No threads, no runtime and no
 //! configuration beyond `launch.json`, so that it starts the job within a few milliseconds.
 
 use std::path::Path;
@@ -32,15 +33,37 @@ pub fn supervise_main(run_dir: &Path, spec_from_stdin: bool) -> i32 {
     run(run_dir, spec, &watched)
 }
 
-/// A supervisor started ahead of its attempt (see [`crate::Standby`]): waits for its order on
-/// stdin, then runs it like [`supervise_main`]. An order cut short (its spawner died, or let it
-/// go unused) leaves nothing behind: no attempt was given to it.
+/// A supervisor started ahead of its attempt (see [`crate::Standby`]): waits for an order on
+/// stdin, runs it like [`supervise_main`], tells the daemon on the same socket once `exit.json`
+/// is written, and waits for the next. Exits at the end of its input: 1 if that came before any
+/// order (or an order was cut short: its spawner died, or let it go unused; nothing is left
+/// behind, since no attempt was given to it), else the last attempt's code.
 pub fn supervise_standby() -> i32 {
     let watched = set_up();
-    match records::read_order_from_stdin() {
-        Ok(order) => run(&order.run_dir, order.spec, &watched),
-        Err(_) => 1,
+    let mut input = std::io::stdin().lock();
+    let mut code = 1;
+    loop {
+        let order = match records::read_order(&mut input) {
+            Ok(Some(order)) => order,
+            Ok(None) | Err(_) => return code,
+        };
+        code = run(&order.run_dir, order.spec, &watched);
+        // Without an exit record the daemon must see this process gone to know the attempt is
+        // over; and a daemon that is gone sends no more orders.
+        if code != 0 || !tell_finished() {
+            return code;
+        }
+        // Nothing of the last attempt stays open into the next.
+        fds::close_above_stdio();
     }
+}
+
+/// One byte on stdin's socket: this attempt is recorded, send the next order. False if the
+/// daemon's end is closed.
+fn tell_finished() -> bool {
+    // SAFETY: send of one byte from a valid buffer on fd 0; MSG_NOSIGNAL turns a closed peer
+    // into EPIPE.
+    unsafe { libc::send(0, [b'F'].as_ptr().cast(), 1, libc::MSG_NOSIGNAL) == 1 }
 }
 
 /// The signal mask and descriptors every supervisor (and the zygote) starts from.
@@ -68,9 +91,12 @@ fn run(run_dir: &Path, spec: LaunchSpec, watched: &libc::sigset_t) -> i32 {
     }
 
     let me = std::process::id() as i32;
+    // Read once per process: a supervisor may serve many attempts.
+    static OWN_START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let own_start = *OWN_START.get_or_init(|| procfs::process_start_time(me).unwrap_or(0));
     let identity = |job_pid: Option<i32>, started_at_ms| SupervisorRecord {
         supervisor_pid: me,
-        supervisor_start: procfs::process_start_time(me).unwrap_or(0),
+        supervisor_start: own_start,
         job_pid,
         job_start: job_pid.and_then(procfs::process_start_time),
         started_at_ms,

@@ -7,13 +7,12 @@
 //! started `ravel` process, so it only pays for the pages it writes.
 //!
 //! Protocol, over a `SOCK_SEQPACKET` socket pair that is the zygote's stdin: the daemon sends one
-//! byte; the zygote forks a standby whose stdin is a new pipe, and answers with the standby's
-//! pid and start time, passing the pipe's write end along (`SCM_RIGHTS`). It keeps no copy, so
-//! the standby reads the end of its input once the daemon drops it. The zygote ignores SIGCHLD
+//! byte; the zygote forks a standby whose stdin is one end of a new stream socket pair, and
+//! answers with the standby's pid and start time, passing the other end along (`SCM_RIGHTS`).
+//! It keeps no copy, so the standby reads the end of its input once the daemon drops it. The zygote ignores SIGCHLD
 //! with `SA_NOCLDWAIT`: its children are reaped by the kernel, and the daemon watches them by
 //! pidfd like any supervisor. It exits when the daemon's end of the socket closes.
 
-use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
@@ -56,13 +55,13 @@ impl Zygote {
             return Err(err(std::io::Error::last_os_error()));
         }
         let (reply, fd) = recv_with_fd(self.sock.as_raw_fd()).map_err(err)?;
-        let fd = fd.ok_or_else(|| err(std::io::Error::other("the zygote sent no pipe")))?;
+        let fd = fd.ok_or_else(|| err(std::io::Error::other("the zygote sent no socket")))?;
         let pid = i32::from_ne_bytes(reply[..4].try_into().unwrap_or_default());
         let start_time = u64::from_ne_bytes(reply[4..].try_into().unwrap_or_default());
         if pid <= 0 {
             return Err(err(std::io::Error::other("the zygote could not fork")));
         }
-        Ok(Standby::from_parts(Launched { pid, start_time }, File::from(fd), false))
+        Ok(Standby::from_parts(Launched { pid, start_time }, fd, false))
     }
 }
 
@@ -89,44 +88,44 @@ pub fn zygote_main() -> i32 {
             }
             return 0;
         }
-        // A failed fork answers pid 0 and no pipe.
-        let (pid, write_end) = fork_standby(sock).unwrap_or_default();
+        // A failed fork answers pid 0 and no socket.
+        let (pid, channel) = fork_standby(sock).unwrap_or_default();
         let start = if pid > 0 { procfs::process_start_time(pid).unwrap_or(0) } else { 0 };
         let mut reply = [0u8; 12];
         reply[..4].copy_from_slice(&pid.to_ne_bytes());
         reply[4..].copy_from_slice(&start.to_ne_bytes());
-        if send_with_fd(sock, &reply, write_end.as_ref().map(|f| f.as_raw_fd())).is_err() {
+        if send_with_fd(sock, &reply, channel.as_ref().map(|f| f.as_raw_fd())).is_err() {
             return 0;
         }
-        // Our copy of the write end goes now: the standby's input is the daemon's alone.
-        drop(write_end);
+        // Our copy of the socket goes now: the standby's input is the daemon's alone.
+        drop(channel);
     }
 }
 
-/// Forks a standby whose stdin is a new pipe; returns its pid and the pipe's write end.
+/// Forks a standby whose stdin is one end of a new socket pair; returns its pid and the other end.
 fn fork_standby(sock: RawFd) -> std::io::Result<(i32, Option<OwnedFd>)> {
-    let (read_end, write_end) = crate::launch::pipe()?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     // SAFETY: the zygote is single-threaded, so the child may run any code after fork.
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()),
         0 => {
-            // The child: a supervisor in a session of its own, reading its order from the pipe.
+            // The child: a supervisor in a session of its own, reading its orders from the socket.
             // SAFETY: plain syscalls on descriptors and signal dispositions of this process.
             unsafe {
                 let mut sa: libc::sigaction = std::mem::zeroed();
                 sa.sa_sigaction = libc::SIG_DFL;
                 libc::sigaction(libc::SIGCHLD, &sa, std::ptr::null_mut());
                 libc::close(sock);
-                libc::dup2(read_end.as_raw_fd(), 0);
+                libc::dup2(theirs.as_raw_fd(), 0);
                 libc::setsid();
             }
             set_name(c"ravel-supervise");
-            drop(read_end);
-            drop(write_end);
+            drop(theirs);
+            drop(ours);
             // SAFETY: _exit ends the child without running the zygote's atexit handlers.
             unsafe { libc::_exit(crate::supervise::supervise_standby()) }
         }
-        pid => Ok((pid, Some(write_end))),
+        pid => Ok((pid, Some(OwnedFd::from(ours)))),
     }
 }
 

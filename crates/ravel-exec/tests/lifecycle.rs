@@ -300,3 +300,50 @@ fn a_zygote_forks_standbys_that_run_their_attempts_and_exits_with_its_caller() {
     assert_eq!(unsafe { libc::waitpid(zygote_pid, &mut status, 0) }, zygote_pid);
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
 }
+
+#[test]
+fn a_supervisor_serves_attempts_one_after_another_until_let_go() {
+    let standby = ravel_exec::Standby::spawn(&supervisor_exe()).expect("spawn a standby supervisor");
+    let me = standby.launched();
+    let cwd = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut serving = Some(standby);
+    for (i, dir) in dirs.iter().enumerate() {
+        let script = format!("echo attempt-{i}; exit {}", 20 + i);
+        let s = serving.take().unwrap().hand_over(dir.path(), &spec(&["sh", "-c", &script], cwd.path())).unwrap();
+        // Nothing to read while the attempt runs; once it is recorded, one byte says so.
+        let finished = wait_for("the attempt to be recorded", || match s.finished() {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            Err(e) => panic!("reading the supervisor's socket: {e}"),
+        });
+        assert_eq!(finished, ravel_exec::Finished::Ready);
+        let record = ravel_exec::read_exit(dir.path()).expect("exit.json written before it says so");
+        assert_eq!(record.exit_code, Some(20 + i as i32));
+        assert_eq!(fs::read_to_string(dir.path().join(ravel_exec::STDOUT_FILE)).unwrap(), format!("attempt-{i}\n"));
+        let sup = ravel_exec::read_supervisor(dir.path()).unwrap();
+        assert_eq!((sup.supervisor_pid, sup.supervisor_start), (me.pid, me.start_time), "the same process");
+        assert!(is_same_process(me.pid, me.start_time), "it waits for the next order");
+        serving = Some(s);
+    }
+    // Let go after serving: it exits 0 (its last attempt is recorded), leaving nothing open.
+    drop(serving);
+    let mut status = 0;
+    // SAFETY: valid out pointer; the standby is our child.
+    assert_eq!(unsafe { libc::waitpid(me.pid, &mut status, 0) }, me.pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+}
+
+#[test]
+fn a_supervisor_let_go_while_it_serves_finishes_that_attempt_first() {
+    let standby = ravel_exec::Standby::spawn(&supervisor_exe()).expect("spawn a standby supervisor");
+    let me = standby.launched();
+    let dir = tempfile::tempdir().unwrap();
+    let serving = standby.hand_over(dir.path(), &spec(&["sh", "-c", "sleep 0.3; exit 4"], Path::new("/"))).unwrap();
+    drop(serving);
+    let mut status = 0;
+    // SAFETY: valid out pointer; the standby is our child.
+    assert_eq!(unsafe { libc::waitpid(me.pid, &mut status, 0) }, me.pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+    assert_eq!(ravel_exec::read_exit(dir.path()).expect("exit.json").exit_code, Some(4));
+}

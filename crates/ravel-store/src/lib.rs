@@ -38,7 +38,9 @@ pub struct NewAttempt {
     /// Run dir of the attempt; `{attempt}` is replaced by the attempt number.
     pub run_dir_template: String,
     /// The supervisor's pid and start time when it is known before the attempt is handed to
-    /// it (a standby supervisor): recorded with the placement, so that a restart finds it.
+    /// it (a standby supervisor): recorded with the placement, so that a restart finds it, and
+    /// the attempt is then recorded as running at once (one write, not two: a restart that
+    /// finds the supervisor never got the attempt queues the job again, whatever its state).
     pub supervisor: Option<(i32, u64)>,
     /// A gang's other ranks: (node, GPUs) each.
     pub ranks: Vec<(String, Vec<u32>)>,
@@ -157,7 +159,7 @@ pub trait Store: Send + Sync + 'static {
     fn jobs_after(&self, after: JobId, limit: u32) -> StoreFuture<'_, Vec<Job>>;
     /// Counts of jobs per state.
     fn counts(&self) -> StoreFuture<'_, Vec<(JobState, u64)>>;
-    /// queued → allocated, creating attempt n+1.
+    /// queued → allocated (running, when its supervisor is already known), creating attempt n+1.
     fn allocate(&self, id: JobId, attempt: NewAttempt, now: Millis) -> StoreFuture<'_, (Job, Attempt)>;
     /// allocated → starting: attempt `n` was handed to its node's agent (cluster mode).
     fn mark_starting(&self, id: JobId, n: u32) -> StoreFuture<'_, Job>;
@@ -173,7 +175,15 @@ pub trait Store: Send + Sync + 'static {
     /// Ends attempt `n` (which must be the current one and not yet ended) with `outcome`. With
     /// `allow_retry`, a failed or lost attempt of a job with retries left sends the job back to
     /// `queued`, not before its backoff (`JobSpec::retry_backoff_ms`), instead of ending it.
-    fn finish(&self, id: JobId, n: u32, outcome: Outcome, now: Millis, allow_retry: bool) -> StoreFuture<'_, Job>;
+    /// Returns the job and the attempt as recorded.
+    fn finish(
+        &self,
+        id: JobId,
+        n: u32,
+        outcome: Outcome,
+        now: Millis,
+        allow_retry: bool,
+    ) -> StoreFuture<'_, (Job, Attempt)>;
     /// allocated|starting|running → queued: attempt `n` never started its job and never will.
     fn requeue(&self, id: JobId, n: u32, reason: String, now: Millis) -> StoreFuture<'_, Job>;
     /// Cancels a job that has not started (recording `reason`), or marks a started one for stopping.

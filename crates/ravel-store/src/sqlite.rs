@@ -303,12 +303,18 @@ fn in_transaction<R>(
     Ok((value, commit_error))
 }
 
-/// One write in a transaction of its own, on the caller's thread.
+/// One write in a transaction of its own, on the caller's thread: no savepoint, since a write
+/// that fails rolls back the whole transaction, which is its alone.
 fn commit_one<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-    match in_transaction(conn, |conn| in_savepoint(conn, f))? {
-        (_, Some(commit_error)) => Err(commit_error),
-        (result, None) => result,
+    exec(conn, "BEGIN IMMEDIATE").map_err(db)?;
+    let result = f(conn);
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    if let Err(e) = exec(conn, end) {
+        let _ = exec(conn, "ROLLBACK");
+        tracing::error!(error = %e, "{end} failed");
+        return Err(db(e));
     }
+    result
 }
 
 /// Takes every write waiting (up to `MAX_BATCH`), runs them in one transaction, commits,
@@ -433,6 +439,12 @@ fn get_attempt(conn: &Connection, id: JobId, n: u32) -> Result<Option<Attempt>, 
         .query_row(params![id, n], row_to_attempt)
         .optional()
         .map_err(db)
+}
+
+/// `job` with its attempt `n` as just recorded (for `finish`: run.json shows both).
+fn finished_attempt(conn: &Connection, job: Job, n: u32) -> Result<(Job, Attempt), StoreError> {
+    let attempt = get_attempt(conn, job.id, n)?.ok_or(StoreError::NotFound(job.id))?;
+    Ok((job, attempt))
 }
 
 /// Loads the job and checks its state is one of `from` (the compare half of compare-and-set).
@@ -647,16 +659,19 @@ impl Store for SqliteStore {
             let n = job.attempt + 1;
             let run_dir = new.run_dir_template.replace("{attempt}", &n.to_string());
             let gpus = to_json(&new.gpus);
+            // A supervisor known already starts the attempt now (see NewAttempt::supervisor).
+            let (state, started_at) =
+                if new.supervisor.is_some() { (JobState::Running, Some(now)) } else { (JobState::Allocated, None) };
             conn.prepare_cached(
-                "UPDATE jobs SET state = 'allocated', attempt = ?2, gpus_assigned = ?3, node = ?4, \
-                 started_at = NULL, finished_at = NULL, exit_code = NULL, signal = NULL, reason = NULL WHERE id = ?1",
+                "UPDATE jobs SET state = ?5, attempt = ?2, gpus_assigned = ?3, node = ?4, \
+                 started_at = ?6, finished_at = NULL, exit_code = NULL, signal = NULL, reason = NULL WHERE id = ?1",
             )
             .map_err(db)?
-            .execute(params![id, n, gpus, new.node])
+            .execute(params![id, n, gpus, new.node, state.as_str(), started_at])
             .map_err(db)?;
             conn.prepare_cached(
                 "INSERT INTO attempts (job_id, n, node, gpus, cpus, state, run_dir, created_at, supervisor_pid, \
-                 supervisor_start, ranks) VALUES (?1, ?2, ?3, ?4, ?5, 'allocated', ?6, ?7, ?8, ?9, ?10)",
+                 supervisor_start, ranks, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?11, ?6, ?7, ?8, ?9, ?10, ?12)",
             )
             .map_err(db)?
             .execute(params![
@@ -669,14 +684,16 @@ impl Store for SqliteStore {
                 now,
                 new.supervisor.map(|s| s.0),
                 new.supervisor.map(|s| s.1 as i64),
-                to_json(&new.ranks)
+                to_json(&new.ranks),
+                state.as_str(),
+                started_at
             ])
             .map_err(db)?;
-            job.state = JobState::Allocated;
+            job.state = state;
             job.attempt = n;
             job.gpus_assigned = new.gpus.clone();
             job.node = Some(new.node.clone());
-            job.started_at = None;
+            job.started_at = started_at;
             job.finished_at = None;
             job.exit_code = None;
             job.signal = None;
@@ -687,12 +704,12 @@ impl Store for SqliteStore {
                 node: new.node,
                 gpus: new.gpus,
                 cpus: new.cpus,
-                state: JobState::Allocated,
+                state,
                 run_dir,
                 supervisor_pid: new.supervisor.map(|s| s.0),
                 supervisor_start: new.supervisor.map(|s| s.1),
                 created_at: now,
-                started_at: None,
+                started_at,
                 finished_at: None,
                 exit_code: None,
                 signal: None,
@@ -741,7 +758,14 @@ impl Store for SqliteStore {
         })
     }
 
-    fn finish(&self, id: JobId, n: u32, outcome: Outcome, now: Millis, allow_retry: bool) -> StoreFuture<'_, Job> {
+    fn finish(
+        &self,
+        id: JobId,
+        n: u32,
+        outcome: Outcome,
+        now: Millis,
+        allow_retry: bool,
+    ) -> StoreFuture<'_, (Job, Attempt)> {
         self.write(move |conn| {
             let mut job = job_in(conn, id, &[JobState::Allocated, JobState::Starting, JobState::Running])?;
             check_attempt(&job, n)?;
@@ -780,7 +804,7 @@ impl Store for SqliteStore {
                 job.reason = Some(reason);
                 job.gpus_assigned.clear();
                 job.node = None;
-                return Ok(job);
+                return finished_attempt(conn, job, n);
             }
             conn.prepare_cached(
                 "UPDATE jobs SET state = ?2, finished_at = ?3, exit_code = ?4, signal = ?5, reason = ?6, \
@@ -792,7 +816,7 @@ impl Store for SqliteStore {
             job.state = outcome.state;
             job.finished_at = Some(now);
             job.reason = outcome.reason;
-            Ok(job)
+            finished_attempt(conn, job, n)
         })
     }
 
@@ -1305,7 +1329,7 @@ mod tests {
     async fn run_attempt(store: &SqliteStore, id: JobId, code: i32, now: Millis) -> Job {
         let (_, a) = store.allocate(id, new_attempt(), now).await.unwrap();
         store.mark_running(id, a.n, 1, 1, now).await.unwrap();
-        store.finish(id, a.n, Outcome::from_exit(Some(code), None, false), now + 1000, true).await.unwrap()
+        store.finish(id, a.n, Outcome::from_exit(Some(code), None, false), now + 1000, true).await.unwrap().0
     }
 
     #[tokio::test]
@@ -1395,7 +1419,9 @@ mod tests {
         store.mark_running(job.id, 1, 4242, 99, 13).await.unwrap();
         // A stale attempt number changes nothing.
         assert!(store.finish(job.id, 2, Outcome::from_exit(Some(0), None, false), 14, false).await.is_err());
-        let done = store.finish(job.id, 1, Outcome::from_exit(Some(3), None, false), 15, false).await.unwrap();
+        let (done, attempt) =
+            store.finish(job.id, 1, Outcome::from_exit(Some(3), None, false), 15, false).await.unwrap();
+        assert_eq!((attempt.n, attempt.state, attempt.exit_code), (1, JobState::Failed, Some(3)));
         assert_eq!((done.state, done.exit_code), (JobState::Failed, Some(3)));
         drop(store);
 

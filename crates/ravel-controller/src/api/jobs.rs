@@ -395,7 +395,7 @@ pub async fn cancel_one(ctl: &Arc<Controller>, id: JobId) -> Result<CancelResult
                 let mut st = ctl.lock();
                 st.active.get_mut(&id).and_then(|a| {
                     a.cancel_requested = true;
-                    a.supervisor
+                    a.supervisor.map(|s| (s, a.attempt))
                 })
             };
             // Without a supervisor yet, the launch path sees `cancel_requested` and stops it;
