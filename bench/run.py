@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""One benchmark run: Ravel's local figures (bench/local.py) and the shared peer harness
-(../shared/bench/peers/measure.py) for Ravel and task-spooler, back to back on this machine.
+"""One benchmark run: Ravel's local figures (bench/local.py), the shared peer harness
+(../shared/bench/peers/measure.py) for Ravel and task-spooler, back to back on this machine, and
+the launch side's CPU per job (bench/cpu.py).
 Prints one JSON object and rewrites the table between the markers in bench/README.md.
 
 Usage: bench/run.py --ravel PATH [--jobs 300] [--submits 30] [--queued 10000] [--no-readme]
@@ -27,40 +28,48 @@ def main():
     ap.add_argument("--no-readme", action="store_true")
     a = ap.parse_args()
     result = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count()}
-    # The peers first: local.py deletes a home of ~10,000 run dirs when it ends, and on ext4
-    # without a journal inodes deleted in the last minutes slow down every file created in their
-    # block group (ARCHITECTURE.md, "Run dirs and the filesystem").
-    tmp = tempfile.mkdtemp(prefix="ravel-peers-")
+    # The peers first, then the launch side's CPU, then local.py; every home is deleted at the
+    # very end: on ext4 without a journal, inodes deleted in the last minutes slow down every file
+    # created in their block group (ARCHITECTURE.md, "Run dirs and the filesystem").
+    tmp = tempfile.mkdtemp(prefix="ravel-bench-")
     try:
-        peers = {}
-        if shutil.which("tsp"):
-            env = dict(os.environ, TS_SOCKET=os.path.join(tmp, "ts.sock"))
-            peers["tsp"] = harness("tsp", a.jobs, a.submits, env)
-            subprocess.run(["tsp", "-K"], env=env, capture_output=True)
-        env = dict(os.environ, RAVEL_HOME=os.path.join(tmp, "ravel"),
-                   PATH=os.path.dirname(os.path.abspath(a.ravel)) + os.pathsep + os.environ["PATH"])
-        env.pop("RAVEL_NO_GPU", None)
-        subprocess.run([a.ravel, "daemon", "start", "--cpus", "8"], env=env, check=True, capture_output=True)
-        try:
-            peers["ravel"] = harness("ravel", a.jobs, a.submits, env)
-        finally:
-            subprocess.run([a.ravel, "daemon", "stop", "--kill-jobs"], env=env, capture_output=True)
-        result["harness"] = peers
-        if "tsp" in peers:
-            t, r = peers["tsp"], peers["ravel"]
+        result["harness"] = peers(a, tmp)
+        if "tsp" in result["harness"]:
+            t, r = result["harness"]["tsp"], result["harness"]["ravel"]
             result["ratio_ravel_over_tsp"] = {
                 "submit_p50": round(r["submit_ms_p50"] / t["submit_ms_p50"], 2),
                 "dispatch_p50": round(r["dispatch_ms_p50"] / t["dispatch_ms_p50"], 2),
                 "drain_jobs_per_s": round(r["jobs_per_s"] / t["jobs_per_s"], 2),
             }
+        cpu = subprocess.run([sys.executable, os.path.join(HERE, "cpu.py"), "--ravel", a.ravel, "--dir", tmp],
+                             check=True, capture_output=True, text=True).stdout
+        result["cpu_per_job"] = json.loads(cpu.strip().splitlines()[-1])
+        local = subprocess.run([sys.executable, os.path.join(HERE, "local.py"), "--ravel", a.ravel,
+                                "--queued", str(a.queued)], check=True, capture_output=True, text=True).stdout
+        result["ravel_local"] = json.loads(local.strip().splitlines()[-1])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    local = subprocess.run([sys.executable, os.path.join(HERE, "local.py"), "--ravel", a.ravel,
-                            "--queued", str(a.queued)], check=True, capture_output=True, text=True).stdout
-    result["ravel_local"] = json.loads(local.strip().splitlines()[-1])
     print(json.dumps(result))
     if not a.no_readme:
         write_readme(result)
+
+
+def peers(a, tmp):
+    """The shared harness for task-spooler (when installed) and Ravel, homes in `tmp`."""
+    out = {}
+    if shutil.which("tsp"):
+        env = dict(os.environ, TS_SOCKET=os.path.join(tmp, "ts.sock"))
+        out["tsp"] = harness("tsp", a.jobs, a.submits, env)
+        subprocess.run(["tsp", "-K"], env=env, capture_output=True)
+    env = dict(os.environ, RAVEL_HOME=os.path.join(tmp, "ravel"),
+               PATH=os.path.dirname(os.path.abspath(a.ravel)) + os.pathsep + os.environ["PATH"])
+    env.pop("RAVEL_NO_GPU", None)
+    subprocess.run([a.ravel, "daemon", "start", "--cpus", "8"], env=env, check=True, capture_output=True)
+    try:
+        out["ravel"] = harness("ravel", a.jobs, a.submits, env)
+    finally:
+        subprocess.run([a.ravel, "daemon", "stop", "--kill-jobs"], env=env, capture_output=True)
+    return out
 
 
 def write_readme(r):
