@@ -49,13 +49,24 @@ pub fn supervise_standby() -> i32 {
         };
         code = run(&order.run_dir, order.spec, &watched);
         // Without an exit record the daemon must see this process gone to know the attempt is
-        // over; and a daemon that is gone sends no more orders.
-        if code != 0 || !tell_finished() {
+        // over; a process of the attempt that survived its cleanup (stuck in the kernel) must
+        // not be this supervisor's child during the next one; and a daemon that is gone sends
+        // no more orders.
+        if code != 0 || has_children() || !tell_finished() {
             return code;
         }
         // Nothing of the last attempt stays open into the next.
         fds::close_above_stdio();
     }
+}
+
+/// Whether any child, live or a zombie, is left.
+fn has_children() -> bool {
+    // SAFETY: siginfo_t is plain data; waitid only writes into it. WNOWAIT reaps nothing.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: `info` is a valid, writable siginfo_t.
+    unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) == 0 }
 }
 
 /// One byte on stdin's socket: this attempt is recorded, send the next order. False if the
