@@ -193,7 +193,7 @@ pub fn read_launch(run_dir: &Path) -> Result<LaunchSpec, ExecError> {
     serde_json::from_slice(&bytes).map_err(|source| ExecError::Parse { path, source })
 }
 
-/// Reads the launch spec from stdin to its end (the pipe `launch` writes it into).
+/// Reads the launch spec from stdin to its end (the socket `launch` writes it into).
 pub fn read_launch_from_stdin() -> Result<LaunchSpec, ExecError> {
     let path = PathBuf::from("<stdin>");
     // Room for a usual spec and its environment in one read, not a doubling series.

@@ -21,7 +21,7 @@ pub fn supervise_main(run_dir: &Path, spec_from_stdin: bool) -> i32 {
     let watched = set_up();
     let spec = match if spec_from_stdin { records::read_launch_from_stdin() } else { records::read_launch(run_dir) } {
         Ok(spec) => spec,
-        // A spec cut short on the pipe means the launcher died while handing it over: nothing
+        // A spec cut short on the socket means the launcher died while handing it over: nothing
         // ran, and no record must say otherwise, so that a restarted daemon sees an attempt
         // that was never launched and queues the job again.
         Err(_) if spec_from_stdin => return 1,
