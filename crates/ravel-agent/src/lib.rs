@@ -130,7 +130,7 @@ impl LocalAgent {
             _ => None,
         };
         if let Some(s) = &standby {
-            self.lock_supervisors().busy.insert(s.launched().pid, Busy::default());
+            self.lock_supervisors().reserve(s);
         }
         self.start_standby();
         standby
@@ -307,20 +307,10 @@ impl LocalAgent {
             if child {
                 ravel_exec::reap(pid);
             }
-            // The usual end, an exit record, is two small reads: done in place. Without one,
-            // an orphaned job group may have to be killed and waited for: on a blocking thread.
-            match ravel_exec::read_exit(&run_dir) {
-                Some(exit) => report_read_end(&events, job, attempt, &run_dir, &cgroup, Some(exit)),
-                None => {
-                    let end = move || report_read_end(&events, job, attempt, &run_dir, &cgroup, None);
-                    let _ = tokio::task::spawn_blocking(end).await;
-                }
-            }
+            report_ended(events, job, attempt, run_dir, cgroup).await;
         });
     }
-}
 
-impl LocalAgent {
     /// Watches a supervisor of ours serving `(job, attempt)`: its socket says when the attempt
     /// is recorded (and it is ready for another), or, at its end, that it is gone.
     fn watch_serving(&self, job: JobId, attempt: u32, run_dir: PathBuf, serving: Standby) {
@@ -367,14 +357,27 @@ impl LocalAgent {
             if gone && child {
                 let _ = tokio::task::spawn_blocking(move || ravel_exec::wait_for_child(pid)).await;
             }
-            match ravel_exec::read_exit(&run_dir) {
-                Some(exit) => report_read_end(&events, job, attempt, &run_dir, &cgroup, Some(exit)),
-                None => {
-                    let end = move || report_read_end(&events, job, attempt, &run_dir, &cgroup, None);
-                    let _ = tokio::task::spawn_blocking(end).await;
-                }
-            }
+            report_ended(events, job, attempt, run_dir, cgroup).await;
         });
+    }
+}
+
+/// Reports the end of `(job, attempt)` from its run dir. The usual end, an exit record, is one
+/// small read: done in place. Without one, an orphaned job group may have to be killed and
+/// waited for: on a blocking thread.
+async fn report_ended(
+    events: mpsc::UnboundedSender<AgentEvent>,
+    job: JobId,
+    attempt: u32,
+    run_dir: PathBuf,
+    cgroup: String,
+) {
+    match ravel_exec::read_exit(&run_dir) {
+        Some(exit) => report_read_end(&events, job, attempt, &run_dir, &cgroup, Some(exit)),
+        None => {
+            let end = move || report_read_end(&events, job, attempt, &run_dir, &cgroup, None);
+            let _ = tokio::task::spawn_blocking(end).await;
+        }
     }
 }
 
@@ -403,8 +406,13 @@ impl Supervisors {
     /// The last one to become ready, whose pages are likeliest still in memory.
     fn take(&mut self) -> Option<Standby> {
         let s = self.ready.pop()?;
-        self.busy.insert(s.launched().pid, Busy::default());
+        self.reserve(&s);
         Some(s)
+    }
+
+    /// Counts `s` as taken for an attempt not yet placed: no stop request reaches it.
+    fn reserve(&mut self, s: &Standby) {
+        self.busy.insert(s.launched().pid, Busy::default());
     }
 
     /// Keeps `s` ready, or lets it go when enough are.

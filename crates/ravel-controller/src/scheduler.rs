@@ -239,7 +239,6 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
         (Some(agent), false) => agent.take_standby().await,
         _ => None,
     };
-    let running_at_placement = standby.is_some();
     let new = NewAttempt {
         node,
         gpus: p.gpus.clone(),
@@ -297,11 +296,12 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
             if cancel == Some(true) {
                 agent.stop(l.pid, l.start_time, id, attempt.n);
             }
-            // run.json is written once, when the attempt ends: each file created on the
-            // dispatch path costs an inode allocation, and the store answers `ravel show` now.
-            if running_at_placement {
+            // Placed on a standby, the attempt was recorded running with its placement.
+            if attempt.state == JobState::Running {
                 return;
             }
+            // run.json is written once, when the attempt ends: each file created on the
+            // dispatch path costs an inode allocation, and the store answers `ravel show` now.
             match ctl.store.mark_running(id, attempt.n, l.pid, l.start_time, now_ms()).await {
                 Ok(_) => {}
                 // Its exit was recorded first; nothing is lost.

@@ -1,9 +1,9 @@
-//! The supervisor process body: one per job attempt, between the daemon and the job.
+//! The supervisor process body: between the daemon and one job attempt at a time.
 //!
 //! It runs in its own session (see `launch`), spawns the job, records who it is, waits,
 //! cleans up the job's process group and writes `exit.json`; a standby then waits for its next
-//! attempt. No threads, no runtime and no
-//! configuration beyond `launch.json`, so that it starts the job within a few milliseconds.
+//! attempt. No threads, no runtime and no configuration beyond its launch spec, so that it
+//! starts the job within a few milliseconds.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ pub fn supervise_main(run_dir: &Path, spec_from_stdin: bool) -> i32 {
             return 1;
         }
     };
-    run(run_dir, spec, &watched)
+    run(run_dir, spec, &watched).code
 }
 
 /// A supervisor started ahead of its attempt (see [`crate::Standby`]): waits for an order on
@@ -47,26 +47,18 @@ pub fn supervise_standby() -> i32 {
             Ok(Some(order)) => order,
             Ok(None) | Err(_) => return code,
         };
-        code = run(&order.run_dir, order.spec, &watched);
+        let served = run(&order.run_dir, order.spec, &watched);
+        code = served.code;
         // Without an exit record the daemon must see this process gone to know the attempt is
         // over; a process of the attempt that survived its cleanup (stuck in the kernel) must
         // not be this supervisor's child during the next one; and a daemon that is gone sends
         // no more orders.
-        if code != 0 || has_children() || !tell_finished() {
+        if code != 0 || !served.clean || !tell_finished() {
             return code;
         }
         // Nothing of the last attempt stays open into the next.
         fds::close_above_stdio();
     }
-}
-
-/// Whether any child, live or a zombie, is left.
-fn has_children() -> bool {
-    // SAFETY: siginfo_t is plain data; waitid only writes into it. WNOWAIT reaps nothing.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
-    // SAFETY: `info` is a valid, writable siginfo_t.
-    unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) == 0 }
 }
 
 /// One byte on stdin's socket: this attempt is recorded, send the next order. False if the
@@ -90,7 +82,15 @@ pub(crate) fn set_up() -> libc::sigset_t {
     watched
 }
 
-fn run(run_dir: &Path, spec: LaunchSpec, watched: &libc::sigset_t) -> i32 {
+/// What an attempt left its supervisor with.
+struct Served {
+    /// The supervisor's exit code for it (see [`supervise_main`]).
+    code: i32,
+    /// Nothing of the attempt is left: its cleanup found no process it could not kill.
+    clean: bool,
+}
+
+fn run(run_dir: &Path, spec: LaunchSpec, watched: &libc::sigset_t) -> Served {
     // Records are fsynced only when the daemon runs with full durability: after a power loss
     // the job is gone anyway, and a missing record then reads as "supervisor vanished".
     let durability = if spec.sync_records { Durability::Synced } else { Durability::Unsynced };
@@ -116,7 +116,7 @@ fn run(run_dir: &Path, spec: LaunchSpec, watched: &libc::sigset_t) -> i32 {
     if signals::cancel_pending() {
         let _ = atomic::write_json(&run_dir.join(SUPERVISOR_FILE), &identity(None, now_ms()), durability);
         let record = ExitRecord { canceled: true, ..not_started() };
-        return exit_code_for(write_exit(run_dir, record, durability));
+        return served(write_exit(run_dir, record, durability), true);
     }
 
     // The job's own cgroup, made before it starts: a job that asked to be contained never runs
@@ -125,7 +125,7 @@ fn run(run_dir: &Path, spec: LaunchSpec, watched: &libc::sigset_t) -> i32 {
         Ok(c) => c,
         Err(e) => {
             let _ = atomic::write_json(&run_dir.join(SUPERVISOR_FILE), &identity(None, now_ms()), durability);
-            return exit_code_for(write_exit(run_dir, failed(e, None), durability));
+            return served(write_exit(run_dir, failed(e, None), durability), true);
         }
     };
     let cgroup_fds = cgroup.as_ref().map(Cgroup::procs_fds).unwrap_or_default();
@@ -136,7 +136,7 @@ fn run(run_dir: &Path, spec: LaunchSpec, watched: &libc::sigset_t) -> i32 {
                 c.finish();
             }
             let _ = atomic::write_json(&run_dir.join(SUPERVISOR_FILE), &identity(None, now_ms()), durability);
-            return exit_code_for(write_exit(run_dir, failed(e.to_string(), e.job_exit_code()), durability));
+            return served(write_exit(run_dir, failed(e.to_string(), e.job_exit_code()), durability), true);
         }
     };
     // The deadline runs on the monotonic clock (Instant is CLOCK_MONOTONIC): wall-clock steps
@@ -153,6 +153,7 @@ fn run(run_dir: &Path, spec: LaunchSpec, watched: &libc::sigset_t) -> i32 {
     let JobEnd { termination, canceled, timed_out, fenced } =
         wait::wait_for_job(job_pid, grace, deadline, lease, watched);
     let cleanup = cleanup::clear_leftovers(job_pid, watched);
+    let clean = cleanup.is_ok();
     // Descendants that left the group and the supervisor's care (double fork + setsid) are
     // still in the cgroup: they go now, and the cgroup with them.
     let oom_killed = cgroup.is_some_and(Cgroup::finish);
@@ -173,7 +174,7 @@ fn run(run_dir: &Path, spec: LaunchSpec, watched: &libc::sigset_t) -> i32 {
         oom_killed,
         fenced,
     };
-    exit_code_for(write_exit(run_dir, record, durability))
+    served(write_exit(run_dir, record, durability), clean)
 }
 
 /// The record of a job that was never spawned.
@@ -200,6 +201,7 @@ fn write_exit(run_dir: &Path, record: ExitRecord, durability: Durability) -> std
     atomic::write_json(&run_dir.join(EXIT_FILE), &record, durability)
 }
 
-fn exit_code_for(written: std::io::Result<()>) -> i32 {
-    if written.is_ok() { 0 } else { 1 }
+/// Exit code 0 once `exit.json` describes the attempt, 1 if it could not be written.
+fn served(written: std::io::Result<()>, clean: bool) -> Served {
+    Served { code: if written.is_ok() { 0 } else { 1 }, clean }
 }

@@ -9,9 +9,10 @@
 //! Protocol, over a `SOCK_SEQPACKET` socket pair that is the zygote's stdin: the daemon sends one
 //! byte; the zygote forks a standby whose stdin is one end of a new stream socket pair, and
 //! answers with the standby's pid and start time, passing the other end along (`SCM_RIGHTS`).
-//! It keeps no copy, so the standby reads the end of its input once the daemon drops it. The zygote ignores SIGCHLD
-//! with `SA_NOCLDWAIT`: its children are reaped by the kernel, and the daemon watches them by
-//! pidfd like any supervisor. It exits when the daemon's end of the socket closes.
+//! It keeps no copy, so the standby reads the end of its input once the daemon drops it. The
+//! zygote ignores SIGCHLD with `SA_NOCLDWAIT`: its children are reaped by the kernel, and the
+//! daemon watches them through their sockets. It exits when the daemon's end of its own socket
+//! closes.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;

@@ -1499,6 +1499,24 @@ mod tests {
         assert_eq!(again.n, 2, "a new attempt, never the same one twice");
     }
 
+    #[tokio::test]
+    async fn a_placement_on_a_known_supervisor_is_recorded_running_in_one_write() {
+        let (_dir, store) = open();
+        let job = submit(&store, spec("a"), 1).await;
+        let (placed, a) =
+            store.allocate(job.id, NewAttempt { supervisor: Some((4242, 99)), ..new_attempt() }, 2).await.unwrap();
+        assert_eq!((placed.state, placed.started_at), (JobState::Running, Some(2)));
+        assert_eq!(
+            (a.state, a.started_at, a.supervisor_pid, a.supervisor_start),
+            (JobState::Running, Some(2), Some(4242), Some(99))
+        );
+        let stored = store.job(job.id).await.unwrap().unwrap();
+        assert_eq!((stored.state, stored.started_at), (JobState::Running, Some(2)));
+        // A restart that finds the supervisor never got the attempt queues the job again.
+        let job = store.requeue(job.id, 1, "never handed over".into(), 3).await.unwrap();
+        assert_eq!(job.state, JobState::Queued);
+    }
+
     #[test]
     fn the_queue_listing_reads_indexes_not_the_history() {
         let (_dir, store) = open();
