@@ -4,9 +4,15 @@
 the launch side's CPU per job (bench/cpu.py).
 Prints one JSON object and rewrites the table between the markers in bench/README.md.
 
-Usage: bench/run.py --ravel PATH [--jobs 300] [--submits 30] [--queued 10000] [--no-readme]
+The harness runs in rounds, task-spooler then Ravel, each round with fresh homes; each figure
+reported is its median over the rounds, and the ratios are those of the medians (each round's
+ratios are listed too). On this machine kind the CPU's own speed swings by half within seconds
+(a fixed Python loop takes 0.62 to 0.97 s from one run to the next), so one pass of each system,
+minutes apart, gives a ratio that is mostly the machine's mood.
+
+Usage: bench/run.py --ravel PATH [--jobs 300] [--submits 30] [--rounds 5] [--queued 10000] [--no-readme]
 """
-import argparse, json, os, shutil, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEERS = os.path.join(HERE, "..", "..", "shared", "bench", "peers", "measure.py")
@@ -24,23 +30,24 @@ def main():
     ap.add_argument("--ravel", required=True)
     ap.add_argument("--jobs", type=int, default=300)
     ap.add_argument("--submits", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--queued", type=int, default=10000)
     ap.add_argument("--no-readme", action="store_true")
     a = ap.parse_args()
+    if a.rounds < 1:
+        ap.error("--rounds must be at least 1")
     result = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count()}
     # The peers first, then the launch side's CPU, then local.py; every home is deleted at the
     # very end: on ext4 without a journal, inodes deleted in the last minutes slow down every file
     # created in their block group (ARCHITECTURE.md, "Run dirs and the filesystem").
     tmp = tempfile.mkdtemp(prefix="ravel-bench-")
     try:
-        result["harness"] = peers(a, tmp)
+        rounds = [peers(a, os.path.join(tmp, f"round{i}")) for i in range(a.rounds)]
+        result["harness"] = {name: medians([r[name] for r in rounds]) for name in rounds[0]}
+        result["harness_rounds"] = rounds
         if "tsp" in result["harness"]:
-            t, r = result["harness"]["tsp"], result["harness"]["ravel"]
-            result["ratio_ravel_over_tsp"] = {
-                "submit_p50": round(r["submit_ms_p50"] / t["submit_ms_p50"], 2),
-                "dispatch_p50": round(r["dispatch_ms_p50"] / t["dispatch_ms_p50"], 2),
-                "drain_jobs_per_s": round(r["jobs_per_s"] / t["jobs_per_s"], 2),
-            }
+            result["ratio_ravel_over_tsp"] = ratios(result["harness"]["tsp"], result["harness"]["ravel"])
+            result["ratio_rounds"] = [ratios(r["tsp"], r["ravel"]) for r in rounds]
         cpu = subprocess.run([sys.executable, os.path.join(HERE, "cpu.py"), "--ravel", a.ravel, "--dir", tmp],
                              check=True, capture_output=True, text=True).stdout
         result["cpu_per_job"] = json.loads(cpu.strip().splitlines()[-1])
@@ -54,8 +61,27 @@ def main():
         write_readme(result)
 
 
+def medians(runs):
+    """One system's harness figures, each the median over `runs` (a figure of its own round)."""
+    out = {"system": runs[0]["system"], "rounds": len(runs)}
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not key.startswith("loadavg"):
+            out[key] = round(statistics.median(r[key] for r in runs), 2)
+    return out
+
+
+def ratios(t, r):
+    """Ravel over task-spooler: below 1 is faster for the latencies, above 1 for the drain."""
+    return {
+        "submit_p50": round(r["submit_ms_p50"] / t["submit_ms_p50"], 2),
+        "dispatch_p50": round(r["dispatch_ms_p50"] / t["dispatch_ms_p50"], 2),
+        "drain_jobs_per_s": round(r["jobs_per_s"] / t["jobs_per_s"], 2),
+    }
+
+
 def peers(a, tmp):
-    """The shared harness for task-spooler (when installed) and Ravel, homes in `tmp`."""
+    """One round of the shared harness: task-spooler (when installed), then Ravel, homes in `tmp`."""
+    os.makedirs(tmp)
     out = {}
     if shutil.which("tsp"):
         env = dict(os.environ, TS_SOCKET=os.path.join(tmp, "ts.sock"))
@@ -77,7 +103,12 @@ def write_readme(r):
     for name, m in r["harness"].items():
         rows.append(f"| {name} | {m['submit_ms_p50']} / {m['submit_ms_p99']} | {m['dispatch_ms_p50']} / "
                     f"{m['dispatch_ms_p99']} | {m['jobs_per_s']} |")
-    text = "\n".join([START, f"Run of {r['date']} on {r['cores']} cores (`bench/run.sh`):", "", *rows, "",
+    if "ratio_ravel_over_tsp" in r:
+        q = r["ratio_ravel_over_tsp"]
+        rows.append(f"| ratio Ravel / tsp | {q['submit_p50']} | {q['dispatch_p50']} | {q['drain_jobs_per_s']} |")
+    rounds = r["harness"]["ravel"]["rounds"]
+    text = "\n".join([START, f"Run of {r['date']} on {r['cores']} cores (`bench/run.sh`), medians of {rounds} "
+                      "alternating rounds of the harness:", "", *rows, "",
                       "```json", json.dumps(r), "```", END])
     path = os.path.join(HERE, "README.md")
     readme = open(path).read()
