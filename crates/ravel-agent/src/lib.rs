@@ -136,6 +136,11 @@ impl LocalAgent {
         standby
     }
 
+    /// A standby that is ready now, if any; never waits (see [`LocalAgent::take_standby`]).
+    pub fn take_ready(&self) -> Option<Standby> {
+        self.lock_supervisors().take()
+    }
+
     pub fn put_back(&self, standby: Option<Standby>) {
         if let Some(s) = standby {
             let mut sup = self.lock_supervisors();

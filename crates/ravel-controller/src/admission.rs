@@ -6,7 +6,8 @@ use crate::state::{Active, Parked, queued_job};
 use crate::{Controller, now_ms, scheduler};
 use ravel_core::policy::{DepState, Eligibility, PendingReason, eligibility};
 use ravel_core::{Job, JobId, JobSpec, JobState};
-use ravel_store::{CancelEffect, StoreError};
+use ravel_exec::Standby;
+use ravel_store::{CancelEffect, NewAttempt, StoreError};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,6 +33,99 @@ pub async fn admit(ctl: &Arc<Controller>, job: &Job) {
         reason: PendingReason::NotYetScheduled,
     };
     evaluate(ctl.clone(), parked, job.state == JobState::Blocked).await;
+}
+
+/// Submits a job that may start the moment it arrives, placing it in the submit's own write when
+/// the last pass's leftover and a ready standby supervisor allow it (one commit instead of two,
+/// and no hop through a spawned task before the hand-over). `None` when it is not such a job or
+/// the store cannot write in place now: the caller submits and admits as usual.
+///
+/// Eligible: no dependencies, hold, begin time, node rule or gang, a local agent. The placement
+/// is exactly `place_fast`'s, taken under the controller's lock with the job's id known, so no
+/// pass sees the resources free in between.
+pub async fn submit_now(ctl: &Arc<Controller>, spec: &JobSpec) -> Option<Result<Job, StoreError>> {
+    let agent = ctl.agent.as_ref()?;
+    if ctl.cfg.cluster.is_some()
+        || spec.hold
+        || spec.begin_at.is_some()
+        || !spec.after.is_empty()
+        || !spec.after_any.is_empty()
+        || spec.node.is_some()
+        || !spec.tags.is_empty()
+        || spec.nodes > 1
+    {
+        return None;
+    }
+    let user = ctl.user_id(spec.user.as_deref());
+    let now = now_ms();
+    let mut taken: Option<(JobId, Standby, tokio::sync::watch::Sender<()>)> = None;
+    let submitted = {
+        let mut st = ctl.lock();
+        if !st.accepting {
+            return None;
+        }
+        let result = ctl.store.submit_placed_now(spec.clone(), now, &mut |job| {
+            let q = queued_job(job, user);
+            let standby = agent.take_ready()?;
+            let Some(placement) = st.place_fast(&q).filter(|p| st.nodes[p.node].remote.is_none()) else {
+                agent.put_back(Some(standby));
+                return None;
+            };
+            let new = NewAttempt {
+                node: st.nodes[placement.node].name.clone(),
+                gpus: placement.gpus.clone(),
+                cpus: placement.cpus,
+                run_dir_template: ctl.cfg.run_dir_template(job.id).to_string_lossy().into_owned(),
+                supervisor: Some((standby.launched().pid, standby.launched().start_time)),
+                ranks: Vec::new(),
+            };
+            let mut active = Active::placed(&placement, &q, now);
+            // Its end, if reported before the hand-over is recorded, waits for it.
+            let (starting_tx, starting) = tokio::sync::watch::channel(());
+            active.starting = Some(starting);
+            st.hold(job.id, active);
+            taken = Some((job.id, standby, starting_tx));
+            Some(new)
+        });
+        match (&result, &taken) {
+            (Some(Ok(s)), Some(_)) => {
+                if let (Some((_, attempt)), Some(a)) = (&s.placed, st.active.get_mut(&s.queued.id)) {
+                    a.attempt = attempt.n;
+                    a.run_dir = std::path::PathBuf::from(&attempt.run_dir);
+                }
+            }
+            // Nothing was recorded: what the placement took goes back.
+            (Some(Err(_)), Some((id, _, _))) => {
+                st.release(*id);
+            }
+            _ => {}
+        }
+        result?
+    };
+    match submitted {
+        Ok(s) => match s.placed {
+            Some((job, attempt)) => {
+                let (_, standby, starting) = taken.expect("a placed job took a standby");
+                tracing::debug!(job = job.id, "placed in its submit's write");
+                let ctl = ctl.clone();
+                tokio::spawn(async move {
+                    scheduler::launch_placed(&ctl, job, attempt, Some(standby)).await;
+                    drop(starting);
+                });
+                Some(Ok(s.queued))
+            }
+            None => {
+                admit(ctl, &s.queued).await;
+                Some(Ok(s.queued))
+            }
+        },
+        Err(e) => {
+            if let Some((_, standby, _)) = taken {
+                agent.put_back(Some(standby));
+            }
+            Some(Err(e))
+        }
+    }
 }
 
 /// What is known of each dependency: live ones are pending; others are read from the store.

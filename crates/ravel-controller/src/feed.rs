@@ -11,7 +11,7 @@
 use ravel_core::{Attempt, Job, JobId, JobSpec, JobState, Millis, Outcome};
 use ravel_proto::EventView;
 use ravel_store::{
-    CancelEffect, JobEvent, JobFilter, NewAttempt, NodeRecord, Store, StoreFuture, TokenRecord, UsageRecord,
+    CancelEffect, JobEvent, JobFilter, NewAttempt, NodeRecord, Store, StoreFuture, Submitted, TokenRecord, UsageRecord,
 };
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -167,6 +167,23 @@ impl Store for FeedStore {
     }
     fn allocate(&self, id: JobId, attempt: NewAttempt, now: Millis) -> StoreFuture<'_, (Job, Attempt)> {
         self.publish(Some(id), move || self.inner.allocate(id, attempt, now), |(j, _)| vec![j])
+    }
+    fn submit_placed_now(
+        &self,
+        spec: JobSpec,
+        now: Millis,
+        place: &mut dyn FnMut(&Job) -> Option<NewAttempt>,
+    ) -> Option<Result<Submitted, ravel_store::StoreError>> {
+        let r = self.inner.submit_placed_now(spec, now, place)?;
+        // A new job: no other write to it can be in flight, so no per-job lock to keep order.
+        if let Ok(s) = &r {
+            let now = crate::now_ms();
+            self.feed.job(&s.queued, now);
+            if let Some((job, _)) = &s.placed {
+                self.feed.job(job, now);
+            }
+        }
+        Some(r)
     }
     fn mark_starting(&self, id: JobId, n: u32) -> StoreFuture<'_, Job> {
         self.publish(Some(id), move || self.inner.mark_starting(id, n), |j| vec![j])

@@ -6,8 +6,8 @@ use crate::admission;
 use crate::state::Active;
 use crate::{Controller, now_ms};
 use ravel_core::policy::{Placement, QueuedJob, Snapshot};
-use ravel_core::{Job, JobState, Outcome};
-use ravel_exec::LaunchSpec;
+use ravel_core::{Attempt, Job, JobState, Outcome};
+use ravel_exec::{LaunchSpec, Standby};
 use ravel_store::{NewAttempt, StoreError};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -272,17 +272,24 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
         crate::cluster::placed(&ctl, &job, &attempt);
         return;
     }
+    launch_placed(&ctl, job, attempt, standby).await;
+}
+
+/// Hands an attempt just recorded to the local agent and records how that went. The caller keeps
+/// the attempt's `starting` channel open until this returns.
+pub(crate) async fn launch_placed(ctl: &Arc<Controller>, job: Job, attempt: Attempt, standby: Option<Standby>) {
+    let id = job.id;
     let Some(agent) = ctl.agent.as_ref() else { return };
-    failpoint(&ctl, "after_allocate");
+    failpoint(ctl, "after_allocate");
     let run_dir = PathBuf::from(&attempt.run_dir);
     if let Some(a) = ctl.lock().active.get_mut(&id) {
         a.attempt = attempt.n;
         a.run_dir = run_dir.clone();
     }
-    let spec = launch_spec(&ctl, &job, &attempt.gpus, attempt.n, &run_dir);
+    let spec = launch_spec(ctl, &job, &attempt.gpus, attempt.n, &run_dir);
     match agent.launch(id, attempt.n, run_dir, spec, standby).await {
         Ok(l) => {
-            failpoint(&ctl, "after_launch");
+            failpoint(ctl, "after_launch");
             ctl.metrics.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let waited = (now_ms() - job.submitted_at).max(0) as u64;
             ctl.metrics.queue_wait.observe(std::time::Duration::from_millis(waited));
@@ -318,7 +325,7 @@ pub(crate) async fn start_attempt(ctl: Arc<Controller>, p: Placement, q: QueuedJ
                 reason: Some(format!("cannot start the job's supervisor: {e}")),
                 started_at: None,
             };
-            crate::events::record_end(&ctl, id, attempt.n, outcome).await;
+            crate::events::record_end(ctl, id, attempt.n, outcome).await;
         }
     }
 }

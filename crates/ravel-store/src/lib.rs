@@ -46,6 +46,15 @@ pub struct NewAttempt {
     pub ranks: Vec<(String, Vec<u32>)>,
 }
 
+/// What [`Store::submit_placed_now`] recorded.
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    /// The job as inserted, queued.
+    pub queued: Job,
+    /// The job and its first attempt, when it was placed in the same write.
+    pub placed: Option<(Job, Attempt)>,
+}
+
 /// A node and its GPUs as last seen, for the `nodes` and `gpus` tables.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct NodeRecord {
@@ -161,6 +170,20 @@ pub trait Store: Send + Sync + 'static {
     fn counts(&self) -> StoreFuture<'_, Vec<(JobState, u64)>>;
     /// queued → allocated (running, when its supervisor is already known), creating attempt n+1.
     fn allocate(&self, id: JobId, attempt: NewAttempt, now: Millis) -> StoreFuture<'_, (Job, Attempt)>;
+    /// Records one new queued job and, in the same write, places it as [`Store::allocate`] would
+    /// when `place`, called with the job just inserted (its id known), says where: one commit
+    /// instead of two for a job that starts the moment it arrives. Runs on the caller's thread and
+    /// never waits: `None` when the store cannot write in place right now (another write holds
+    /// it, or this store has no such path), and the caller then submits and places in two writes.
+    /// When the write fails after `place` said where, the caller undoes what `place` did.
+    fn submit_placed_now(
+        &self,
+        _spec: JobSpec,
+        _now: Millis,
+        _place: &mut dyn FnMut(&Job) -> Option<NewAttempt>,
+    ) -> Option<Result<Submitted, StoreError>> {
+        None
+    }
     /// allocated → starting: attempt `n` was handed to its node's agent (cluster mode).
     fn mark_starting(&self, id: JobId, n: u32) -> StoreFuture<'_, Job>;
     /// allocated|starting → running, recording the supervisor that runs attempt `n`.

@@ -18,7 +18,7 @@
 use crate::migrations;
 use crate::{
     CancelEffect, GpuRecord, JobEvent, JobFilter, JobPage, NewAttempt, NodeRecord, Store, StoreError, StoreFuture,
-    TokenRecord, UsageRecord,
+    Submitted, TokenRecord, UsageRecord,
 };
 use ravel_core::{Attempt, Job, JobId, JobSpec, JobState, Millis, Outcome};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -447,6 +447,126 @@ fn finished_attempt(conn: &Connection, job: Job, n: u32) -> Result<(Job, Attempt
     Ok((job, attempt))
 }
 
+/// Inserts one job in state `initial`. For an element of an array, `array_id` is the array's (the
+/// first element's id, set by the first).
+fn insert_job(
+    conn: &Connection,
+    spec: JobSpec,
+    initial: JobState,
+    array: bool,
+    array_id: &mut Option<JobId>,
+    now: Millis,
+) -> Result<Job, StoreError> {
+    let spec_json = to_json(&spec);
+    let id: JobId = conn
+        .prepare_cached(
+            "INSERT INTO jobs (spec, state, priority, submitted_at, held, not_before, array_id, user, label) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+        )
+        .map_err(db)?
+        .query_row(
+            params![
+                spec_json,
+                initial.as_str(),
+                spec.priority,
+                now,
+                spec.hold,
+                spec.begin_at,
+                *array_id,
+                spec.user,
+                label(&spec)
+            ],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    if array {
+        let aid = *array_id.get_or_insert(id);
+        if aid == id {
+            conn.prepare_cached("UPDATE jobs SET array_id = ?1 WHERE id = ?1")
+                .map_err(db)?
+                .execute([id])
+                .map_err(db)?;
+        }
+    }
+    let mut dep =
+        conn.prepare_cached("INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?1, ?2)").map_err(db)?;
+    for d in spec.after.iter().chain(&spec.after_any) {
+        dep.execute(params![id, d]).map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                StoreError::NotFound(*d)
+            }
+            e => db(e),
+        })?;
+    }
+    Ok(Job { array_id: *array_id, ..Job::new(id, spec, initial, now) })
+}
+
+/// queued → allocated (running, when its supervisor is known): attempt n+1 of `job`, as read.
+fn allocate_job(conn: &Connection, mut job: Job, new: NewAttempt, now: Millis) -> Result<(Job, Attempt), StoreError> {
+    let id = job.id;
+    let n = job.attempt + 1;
+    let run_dir = new.run_dir_template.replace("{attempt}", &n.to_string());
+    let gpus = to_json(&new.gpus);
+    // A supervisor known already starts the attempt now (see NewAttempt::supervisor).
+    let (state, started_at) =
+        if new.supervisor.is_some() { (JobState::Running, Some(now)) } else { (JobState::Allocated, None) };
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?5, attempt = ?2, gpus_assigned = ?3, node = ?4, \
+         started_at = ?6, finished_at = NULL, exit_code = NULL, signal = NULL, reason = NULL WHERE id = ?1",
+    )
+    .map_err(db)?
+    .execute(params![id, n, gpus, new.node, state.as_str(), started_at])
+    .map_err(db)?;
+    conn.prepare_cached(
+        "INSERT INTO attempts (job_id, n, node, gpus, cpus, state, run_dir, created_at, supervisor_pid, \
+         supervisor_start, ranks, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?11, ?6, ?7, ?8, ?9, ?10, ?12)",
+    )
+    .map_err(db)?
+    .execute(params![
+        id,
+        n,
+        new.node,
+        gpus,
+        new.cpus,
+        run_dir,
+        now,
+        new.supervisor.map(|s| s.0),
+        new.supervisor.map(|s| s.1 as i64),
+        to_json(&new.ranks),
+        state.as_str(),
+        started_at
+    ])
+    .map_err(db)?;
+    job.state = state;
+    job.attempt = n;
+    job.gpus_assigned = new.gpus.clone();
+    job.node = Some(new.node.clone());
+    job.started_at = started_at;
+    job.finished_at = None;
+    job.exit_code = None;
+    job.signal = None;
+    job.reason = None;
+    let attempt = Attempt {
+        job_id: id,
+        n,
+        node: new.node,
+        gpus: new.gpus,
+        cpus: new.cpus,
+        state,
+        run_dir,
+        supervisor_pid: new.supervisor.map(|s| s.0),
+        supervisor_start: new.supervisor.map(|s| s.1),
+        created_at: now,
+        started_at,
+        finished_at: None,
+        exit_code: None,
+        signal: None,
+        reason: None,
+        ranks: new.ranks,
+    };
+    Ok((job, attempt))
+}
+
 /// Loads the job and checks its state is one of `from` (the compare half of compare-and-set).
 fn job_in(conn: &Connection, id: JobId, from: &[JobState]) -> Result<Job, StoreError> {
     let job = get_job(conn, id)?.ok_or(StoreError::NotFound(id))?;
@@ -484,49 +604,7 @@ impl Store for SqliteStore {
             let mut jobs = Vec::with_capacity(specs.len());
             let mut array_id = None;
             for spec in specs {
-                let spec_json = to_json(&spec);
-                let id: JobId = conn
-                    .prepare_cached(
-                        "INSERT INTO jobs (spec, state, priority, submitted_at, held, not_before, array_id, user, label) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
-                    )
-                    .map_err(db)?
-                    .query_row(
-                        params![
-                            spec_json,
-                            initial.as_str(),
-                            spec.priority,
-                            now,
-                            spec.hold,
-                            spec.begin_at,
-                            array_id,
-                            spec.user,
-                            label(&spec)
-                        ],
-                        |r| r.get(0),
-                    )
-                    .map_err(db)?;
-                if array {
-                    let aid = *array_id.get_or_insert(id);
-                    if aid == id {
-                        conn.prepare_cached("UPDATE jobs SET array_id = ?1 WHERE id = ?1")
-                            .map_err(db)?
-                            .execute([id])
-                            .map_err(db)?;
-                    }
-                }
-                let mut dep = conn
-                    .prepare_cached("INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?1, ?2)")
-                    .map_err(db)?;
-                for d in spec.after.iter().chain(&spec.after_any) {
-                    dep.execute(params![id, d]).map_err(|e| match e {
-                        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                            StoreError::NotFound(*d)
-                        }
-                        e => db(e),
-                    })?;
-                }
-                jobs.push(Job { array_id, ..Job::new(id, spec, initial, now) });
+                jobs.push(insert_job(conn, spec, initial, array, &mut array_id, now)?);
             }
             Ok(jobs)
         })
@@ -655,69 +733,32 @@ impl Store for SqliteStore {
 
     fn allocate(&self, id: JobId, new: NewAttempt, now: Millis) -> StoreFuture<'_, (Job, Attempt)> {
         self.write(move |conn| {
-            let mut job = job_in(conn, id, &[JobState::Queued])?;
-            let n = job.attempt + 1;
-            let run_dir = new.run_dir_template.replace("{attempt}", &n.to_string());
-            let gpus = to_json(&new.gpus);
-            // A supervisor known already starts the attempt now (see NewAttempt::supervisor).
-            let (state, started_at) =
-                if new.supervisor.is_some() { (JobState::Running, Some(now)) } else { (JobState::Allocated, None) };
-            conn.prepare_cached(
-                "UPDATE jobs SET state = ?5, attempt = ?2, gpus_assigned = ?3, node = ?4, \
-                 started_at = ?6, finished_at = NULL, exit_code = NULL, signal = NULL, reason = NULL WHERE id = ?1",
-            )
-            .map_err(db)?
-            .execute(params![id, n, gpus, new.node, state.as_str(), started_at])
-            .map_err(db)?;
-            conn.prepare_cached(
-                "INSERT INTO attempts (job_id, n, node, gpus, cpus, state, run_dir, created_at, supervisor_pid, \
-                 supervisor_start, ranks, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?11, ?6, ?7, ?8, ?9, ?10, ?12)",
-            )
-            .map_err(db)?
-            .execute(params![
-                id,
-                n,
-                new.node,
-                gpus,
-                new.cpus,
-                run_dir,
-                now,
-                new.supervisor.map(|s| s.0),
-                new.supervisor.map(|s| s.1 as i64),
-                to_json(&new.ranks),
-                state.as_str(),
-                started_at
-            ])
-            .map_err(db)?;
-            job.state = state;
-            job.attempt = n;
-            job.gpus_assigned = new.gpus.clone();
-            job.node = Some(new.node.clone());
-            job.started_at = started_at;
-            job.finished_at = None;
-            job.exit_code = None;
-            job.signal = None;
-            job.reason = None;
-            let attempt = Attempt {
-                job_id: id,
-                n,
-                node: new.node,
-                gpus: new.gpus,
-                cpus: new.cpus,
-                state,
-                run_dir,
-                supervisor_pid: new.supervisor.map(|s| s.0),
-                supervisor_start: new.supervisor.map(|s| s.1),
-                created_at: now,
-                started_at,
-                finished_at: None,
-                exit_code: None,
-                signal: None,
-                reason: None,
-                ranks: new.ranks,
-            };
-            Ok((job, attempt))
+            let job = job_in(conn, id, &[JobState::Queued])?;
+            allocate_job(conn, job, new, now)
         })
+    }
+
+    fn submit_placed_now(
+        &self,
+        spec: JobSpec,
+        now: Millis,
+        place: &mut dyn FnMut(&Job) -> Option<NewAttempt>,
+    ) -> Option<Result<Submitted, StoreError>> {
+        if !self.inline_writes || self.wal.too_long() {
+            return None;
+        }
+        let conn = self.write_conn.try_lock().ok()?;
+        let result = commit_one(&conn, |conn| {
+            let queued = insert_job(conn, spec, JobState::Queued, false, &mut None, now)?;
+            let placed = match place(&queued) {
+                Some(new) => Some(allocate_job(conn, queued.clone(), new, now)?),
+                None => None,
+            };
+            Ok(Submitted { queued, placed })
+        });
+        drop(conn);
+        self.wal.wrote(1);
+        Some(result)
     }
 
     fn mark_starting(&self, id: JobId, n: u32) -> StoreFuture<'_, Job> {
@@ -826,12 +867,16 @@ impl Store for SqliteStore {
             // job itself never started.
             let mut job = job_in(conn, id, &[JobState::Allocated, JobState::Starting, JobState::Running])?;
             check_attempt(&job, n)?;
-            conn.prepare_cached("UPDATE jobs SET state = 'queued', gpus_assigned = '[]', node = NULL WHERE id = ?1")
-                .map_err(db)?
-                .execute([id])
-                .map_err(db)?;
+            // A placement on a known supervisor recorded a start; nothing started after all.
             conn.prepare_cached(
-                "UPDATE attempts SET state = 'lost', finished_at = ?3, reason = ?4 WHERE job_id = ?1 AND n = ?2",
+                "UPDATE jobs SET state = 'queued', gpus_assigned = '[]', node = NULL, started_at = NULL WHERE id = ?1",
+            )
+            .map_err(db)?
+            .execute([id])
+            .map_err(db)?;
+            conn.prepare_cached(
+                "UPDATE attempts SET state = 'lost', finished_at = ?3, reason = ?4, started_at = NULL \
+                 WHERE job_id = ?1 AND n = ?2",
             )
             .map_err(db)?
             .execute(params![id, n, now, reason])
@@ -839,6 +884,7 @@ impl Store for SqliteStore {
             job.state = JobState::Queued;
             job.gpus_assigned.clear();
             job.node = None;
+            job.started_at = None;
             Ok(job)
         })
     }
@@ -1512,9 +1558,64 @@ mod tests {
         );
         let stored = store.job(job.id).await.unwrap().unwrap();
         assert_eq!((stored.state, stored.started_at), (JobState::Running, Some(2)));
-        // A restart that finds the supervisor never got the attempt queues the job again.
+        // A restart that finds the supervisor never got the attempt queues the job again, and
+        // neither it nor the attempt claims a start any more.
         let job = store.requeue(job.id, 1, "never handed over".into(), 3).await.unwrap();
-        assert_eq!(job.state, JobState::Queued);
+        assert_eq!((job.state, job.started_at), (JobState::Queued, None));
+        assert_eq!(store.job(job.id).await.unwrap().unwrap().started_at, None);
+        let a = store.attempts(job.id).await.unwrap().remove(0);
+        assert_eq!((a.state, a.started_at, a.finished_at), (JobState::Lost, None, Some(3)));
+    }
+
+    #[tokio::test]
+    async fn a_job_placed_in_its_submits_write_is_recorded_running_with_its_attempt() {
+        let (_dir, store) = open();
+        let mut seen = None;
+        let placed = store
+            .submit_placed_now(spec("a"), 7, &mut |job| {
+                seen = Some((job.id, job.state));
+                Some(NewAttempt {
+                    supervisor: Some((4242, 99)),
+                    run_dir_template: format!("/runs/{}/{{attempt}}", job.id),
+                    ..new_attempt()
+                })
+            })
+            .expect("the write connection is free")
+            .unwrap();
+        let id = placed.queued.id;
+        assert_eq!(seen, Some((id, JobState::Queued)), "place sees the job as inserted, its id known");
+        assert_eq!(placed.queued.state, JobState::Queued);
+        let (job, a) = placed.placed.expect("placed");
+        assert_eq!((job.state, job.attempt, job.started_at), (JobState::Running, 1, Some(7)));
+        assert_eq!(
+            (a.state, a.supervisor_pid, a.run_dir.as_str()),
+            (JobState::Running, Some(4242), &*format!("/runs/{id}/1"))
+        );
+        // Both are in the store, as one write left them.
+        let stored = store.job(id).await.unwrap().unwrap();
+        assert_eq!((stored.state, stored.attempt, stored.gpus_assigned), (JobState::Running, 1, vec![2]));
+        assert_eq!(store.attempts(id).await.unwrap(), vec![a]);
+
+        // Not placed: the job is recorded queued, with no attempt.
+        let queued = store.submit_placed_now(spec("b"), 8, &mut |_| None).unwrap().unwrap();
+        assert!(queued.placed.is_none());
+        assert_eq!(store.job(queued.queued.id).await.unwrap().unwrap().state, JobState::Queued);
+        assert!(store.attempts(queued.queued.id).await.unwrap().is_empty());
+
+        // While another write holds the connection it does not wait, and asks nothing.
+        let held = store.write_conn.lock().unwrap();
+        let mut asked = false;
+        assert!(
+            store
+                .submit_placed_now(spec("c"), 9, &mut |_| {
+                    asked = true;
+                    None
+                })
+                .is_none()
+        );
+        drop(held);
+        assert!(!asked);
+        assert_eq!(store.active().await.unwrap().len(), 2, "nothing was recorded for it");
     }
 
     #[test]

@@ -117,7 +117,8 @@ fn metrics_parse_and_move_as_jobs_flow() {
     assert_eq!(after["ravel_jobs{state=\"waiting\"}"], 1.0, "the held job waits");
     assert_eq!(delta("ravel_queue_wait_seconds_count"), 4.0);
     assert!(after["ravel_scheduler_pass_seconds_count"] >= 0.0);
-    assert!(delta("ravel_store_write_seconds_count") >= 5.0 + 4.0 * 2.0, "submits, placements and ends");
+    // A job that starts the moment it arrives is placed in its submit's own write.
+    assert!(delta("ravel_store_write_seconds_count") >= 5.0 + 4.0, "submits (with or before placements) and ends");
     assert!(after["ravel_api_request_seconds_count{method=\"POST\",route=\"/v1/jobs\"}"] >= 5.0);
     assert!(after.keys().any(|k| k.contains("route=\"/v1/jobs/{id}\"")), "routes by pattern, not by path");
     let gpus = |state: &str| -> f64 {

@@ -147,3 +147,44 @@ fn cpu_slots_limit_concurrency() {
     let (_, err) = d.fails(&["run", "--cpus", "3", "--", "true"]);
     assert!(err.contains("2 CPU slots"), "{err}");
 }
+
+#[test]
+fn jobs_placed_as_they_arrive_never_outnumber_the_slots() {
+    // Submits from several clients at once: a job that can start the moment it arrives is placed
+    // in its submit's own write, under the same lock as any other placement. Never more jobs at
+    // once than slots, each runs once, and the ones that had to wait start when slots free.
+    let d = TestDaemon::builder(BIN).gpus(FakeGpus::Count(0)).cpus(2).start();
+    let dir = d.scratch("slots");
+    let running = dir.join("running");
+    std::fs::create_dir_all(&running).unwrap();
+    let (seen, done) = (dir.join("seen"), dir.join("done"));
+    let env =
+        [format!("R={}", file_arg(&running)), format!("SEEN={}", file_arg(&seen)), format!("DONE={}", file_arg(&done))];
+    // Each job marks itself running, counts the marks (its own included), and unmarks itself.
+    let script = r#"touch "$R/$RAVEL_JOB_ID"; ls "$R" | wc -l >> "$SEEN"; sleep 0.05; rm "$R/$RAVEL_JOB_ID"; echo "$RAVEL_JOB_ID" >> "$DONE""#;
+    let ids: Vec<i64> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..5)
+                        .map(|_| {
+                            d.submit(&["--env", &env[0], "--env", &env[1], "--env", &env[2], "--", "sh", "-c", script])
+                        })
+                        .collect::<Vec<i64>>()
+                })
+            })
+            .collect();
+        clients.into_iter().flat_map(|c| c.join().unwrap()).collect()
+    });
+    assert_eq!(ids.len(), 30);
+    for id in &ids {
+        d.wait_state(*id, "succeeded");
+    }
+    let most = std::fs::read_to_string(&seen).unwrap().lines().map(|l| l.trim().parse::<u32>().unwrap()).max();
+    assert!(most.is_some_and(|m| (1..=2).contains(&m)), "at most 2 jobs at once on 2 slots, saw {most:?}");
+    let mut ran: Vec<i64> = std::fs::read_to_string(&done).unwrap().lines().map(|l| l.parse().unwrap()).collect();
+    ran.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(ran, want, "each job ran exactly once");
+}
