@@ -58,6 +58,9 @@ const MAX_WAL_FRAMES: u32 = 2048;
 struct Wal {
     /// Writes since the checkpointer was last woken.
     writes: AtomicU32,
+    /// Writes since the WAL's length was last measured: a checkpointer that falls behind (a
+    /// starved thread on a busy machine) must not let the WAL grow unchecked meanwhile.
+    unmeasured: Arc<AtomicU32>,
     /// The WAL's length in frames when it was last checkpointed.
     frames: Arc<AtomicU32>,
     checkpointer: mpsc::SyncSender<()>,
@@ -66,6 +69,7 @@ struct Wal {
 impl Wal {
     /// Counts `n` committed writes, waking the checkpointer every `WRITES_PER_CHECKPOINT`.
     fn wrote(&self, n: u32) {
+        self.unmeasured.fetch_add(n, Ordering::Relaxed);
         if self.writes.fetch_add(n, Ordering::Relaxed) + n >= WRITES_PER_CHECKPOINT {
             self.writes.store(0, Ordering::Relaxed);
             // Full: it is already due to run.
@@ -73,8 +77,16 @@ impl Wal {
         }
     }
 
+    /// Too long as last measured, or unmeasured for two checkpoints' worth of writes.
     fn too_long(&self) -> bool {
         self.frames.load(Ordering::Relaxed) > MAX_WAL_FRAMES
+            || self.unmeasured.load(Ordering::Relaxed) > 2 * WRITES_PER_CHECKPOINT
+    }
+
+    /// The WAL was checkpointed and found `frames` long.
+    fn measured(frames: &AtomicU32, unmeasured: &AtomicU32, length: u32) {
+        frames.store(length, Ordering::Relaxed);
+        unmeasured.store(0, Ordering::Relaxed);
     }
 }
 
@@ -118,8 +130,8 @@ impl SqliteStore {
         let read_conn = connect(path, durability)?;
 
         let (due, due_rx) = mpsc::sync_channel::<()>(1);
-        let frames = Arc::new(AtomicU32::new(0));
-        let (ckpt_conn, measured) = (connect(path, durability)?, frames.clone());
+        let (frames, unmeasured) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let (ckpt_conn, measured, since) = (connect(path, durability)?, frames.clone(), unmeasured.clone());
         std::thread::Builder::new()
             .name("ravel-store-checkpoint".into())
             .spawn(move || {
@@ -127,13 +139,13 @@ impl SqliteStore {
                 for () in due_rx {
                     let started = std::time::Instant::now();
                     if let Some(frames) = checkpoint(&ckpt_conn) {
-                        measured.store(frames, Ordering::Relaxed);
+                        Wal::measured(&measured, &since, frames);
                         tracing::debug!(frames, ms = started.elapsed().as_secs_f64() * 1e3, "checkpoint");
                     }
                 }
             })
             .map_err(|e| StoreError::Db(format!("cannot start checkpoint thread: {e}")))?;
-        let wal = Arc::new(Wal { writes: AtomicU32::new(0), frames, checkpointer: due });
+        let wal = Arc::new(Wal { writes: AtomicU32::new(0), unmeasured, frames, checkpointer: due });
 
         let (writer, write_rx) = mpsc::channel::<WriteOp>();
         let (conn, counted) = (write_conn.clone(), wal.clone());
@@ -346,8 +358,8 @@ fn write_loop(conn: &Mutex<Connection>, rx: mpsc::Receiver<WriteOp>, wal: &Wal) 
         // WAL's end (unless a reader's snapshot holds it back), and the next write restarts it.
         if wal.too_long() {
             let _ = checkpoint(&conn);
-            // Until the checkpointer measures it again.
-            wal.frames.store(0, Ordering::Relaxed);
+            // Restarted by the next write; until the checkpointer measures it again.
+            Wal::measured(&wal.frames, &wal.unmeasured, 0);
         }
     }
 }
