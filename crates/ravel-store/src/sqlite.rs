@@ -90,9 +90,14 @@ impl Wal {
     }
 }
 
-/// PASSIVE never waits for readers or writers; returns the WAL's length in frames.
-fn checkpoint(conn: &Connection) -> Option<u32> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)).ok().map(|f| f.max(0) as u32)
+/// PASSIVE never waits for readers or writers. Returns the WAL's length in frames as the
+/// checkpoint began, and whether it copied all of them back (the WAL then restarts at the next
+/// write, unless writes were appended meanwhile).
+fn checkpoint(conn: &Connection) -> Option<(u32, bool)> {
+    let (log, copied) = conn
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+        .ok()?;
+    Some((log.max(0) as u32, copied >= log))
 }
 
 pub struct SqliteStore {
@@ -132,16 +137,33 @@ impl SqliteStore {
         let (due, due_rx) = mpsc::sync_channel::<()>(1);
         let (frames, unmeasured) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
         let (ckpt_conn, measured, since) = (connect(path, durability)?, frames.clone(), unmeasured.clone());
+        let writes = write_conn.clone();
         std::thread::Builder::new()
             .name("ravel-store-checkpoint".into())
             .spawn(move || {
                 // Ends when the store and its writer thread are gone (the senders with them).
                 for () in due_rx {
                     let started = std::time::Instant::now();
-                    if let Some(frames) = checkpoint(&ckpt_conn) {
-                        Wal::measured(&measured, &since, frames);
-                        tracing::debug!(frames, ms = started.elapsed().as_secs_f64() * 1e3, "checkpoint");
+                    let Some((mut frames, _)) = checkpoint(&ckpt_conn) else { continue };
+                    // Writes went on meanwhile, so the WAL cannot restart yet: the few frames they
+                    // added are copied back with writes held off (a millisecond or so, where the
+                    // writer thread's own checkpoint of a WAL grown too long held them for the
+                    // whole copy), and the next write starts the WAL over. A reader's snapshot can
+                    // still hold the copy back; then the WAL's length stands.
+                    let copied = started.elapsed();
+                    {
+                        let _held = writes.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some((log, all)) = checkpoint(&ckpt_conn) {
+                            frames = if all { 0 } else { log };
+                        }
                     }
+                    Wal::measured(&measured, &since, frames);
+                    tracing::debug!(
+                        frames,
+                        ms = copied.as_secs_f64() * 1e3,
+                        held_ms = (started.elapsed() - copied).as_secs_f64() * 1e3,
+                        "checkpoint"
+                    );
                 }
             })
             .map_err(|e| StoreError::Db(format!("cannot start checkpoint thread: {e}")))?;
