@@ -87,18 +87,9 @@ pub async fn submit_now(ctl: &Arc<Controller>, spec: &JobSpec) -> Option<Result<
             taken = Some((job.id, standby, starting_tx));
             Some(new)
         });
-        match (&result, &taken) {
-            (Some(Ok(s)), Some(_)) => {
-                if let (Some((_, attempt)), Some(a)) = (&s.placed, st.active.get_mut(&s.queued.id)) {
-                    a.attempt = attempt.n;
-                    a.run_dir = std::path::PathBuf::from(&attempt.run_dir);
-                }
-            }
-            // Nothing was recorded: what the placement took goes back.
-            (Some(Err(_)), Some((id, _, _))) => {
-                st.release(*id);
-            }
-            _ => {}
+        // Nothing was recorded: what the placement took goes back.
+        if let (Some(Err(_)), Some((id, _, _))) = (&result, &taken) {
+            st.release(*id);
         }
         result?
     };

@@ -11,9 +11,11 @@
 //! before.
 //!
 //! Checkpoints run on a thread and connection of their own (PASSIVE: writers keep appending to
-//! the WAL meanwhile), so no commit waits for one. A WAL that still grows past
-//! `MAX_WAL_FRAMES` (under a storm no checkpoint finishes between two commits, and SQLite
-//! restarts the WAL only after one has) is checkpointed by the writer thread, holding writes back.
+//! the WAL meanwhile), so no commit waits for the copy. SQLite restarts the WAL only after a
+//! checkpoint that copied every frame, which a storm's writes never leave time for: so each
+//! checkpoint ends by copying what was appended meanwhile with writes held off (a millisecond or
+//! two). A WAL that still grows past `MAX_WAL_FRAMES` (a reader's snapshot held the copy back),
+//! or goes unmeasured for long, is checkpointed by the writer thread, holding writes back.
 
 use crate::migrations;
 use crate::{
@@ -61,7 +63,8 @@ struct Wal {
     /// Writes since the WAL's length was last measured: a checkpointer that falls behind (a
     /// starved thread on a busy machine) must not let the WAL grow unchecked meanwhile.
     unmeasured: Arc<AtomicU32>,
-    /// The WAL's length in frames when it was last checkpointed.
+    /// The WAL's length in frames after the last checkpoint: 0 when it copied every frame back
+    /// (the next write restarts the WAL).
     frames: Arc<AtomicU32>,
     checkpointer: mpsc::SyncSender<()>,
 }
@@ -83,7 +86,7 @@ impl Wal {
             || self.unmeasured.load(Ordering::Relaxed) > 2 * WRITES_PER_CHECKPOINT
     }
 
-    /// The WAL was checkpointed and found `frames` long.
+    /// The WAL was checkpointed and left `length` frames long.
     fn measured(frames: &AtomicU32, unmeasured: &AtomicU32, length: u32) {
         frames.store(length, Ordering::Relaxed);
         unmeasured.store(0, Ordering::Relaxed);
