@@ -112,7 +112,7 @@ impl LocalAgent {
     /// the attempt is handed to it ([`LocalAgent::launch`]), so that a restart between the two
     /// finds it; [`LocalAgent::put_back`] returns it unused.
     pub async fn take_standby(&self) -> Option<Standby> {
-        if let Some(s) = self.lock_supervisors().take() {
+        if let Some(s) = self.take_ready() {
             return Some(s);
         }
         // None ready: submits come faster than standbys are made (the next one is started only

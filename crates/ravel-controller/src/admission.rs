@@ -20,7 +20,7 @@ pub async fn admit(ctl: &Arc<Controller>, job: &Job) {
     }
     let user = ctl.user_id(job.spec.user.as_deref());
     let spec = &job.spec;
-    if spec.node.is_some() || !spec.tags.is_empty() || spec.nodes > 1 {
+    if has_placement_rule(spec) {
         let rule = ravel_core::policy::JobRule { node: spec.node.clone(), tags: spec.tags.clone(), nodes: spec.nodes };
         ctl.lock().job_rules.insert(job.id, rule);
     }
@@ -50,9 +50,7 @@ pub async fn submit_now(ctl: &Arc<Controller>, spec: &JobSpec) -> Option<Result<
         || spec.begin_at.is_some()
         || !spec.after.is_empty()
         || !spec.after_any.is_empty()
-        || spec.node.is_some()
-        || !spec.tags.is_empty()
-        || spec.nodes > 1
+        || has_placement_rule(spec)
     {
         return None;
     }
@@ -117,6 +115,11 @@ pub async fn submit_now(ctl: &Arc<Controller>, spec: &JobSpec) -> Option<Result<
             Some(Err(e))
         }
     }
+}
+
+/// A node, tags or a gang: the job is placed by a full pass, under its rule (`job_rules`).
+fn has_placement_rule(spec: &JobSpec) -> bool {
+    spec.node.is_some() || !spec.tags.is_empty() || spec.nodes > 1
 }
 
 /// What is known of each dependency: live ones are pending; others are read from the store.

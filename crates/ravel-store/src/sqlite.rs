@@ -214,6 +214,25 @@ impl SqliteStore {
         self.write_rows(1, f)
     }
 
+    /// Commits `f` on the caller's thread, counted as `rows` writes, when that can be done now
+    /// without waiting (see the module docs); otherwise gives `f` back. Once the WAL is too long,
+    /// writes go to the writer thread, which checkpoints after its next batch: the WAL stays
+    /// bounded however fast callers commit.
+    fn try_inline<T, F: FnOnce(&Connection) -> Result<T, StoreError>>(
+        &self,
+        rows: u32,
+        f: F,
+    ) -> Result<Result<T, StoreError>, F> {
+        if !self.inline_writes || self.wal.too_long() {
+            return Err(f);
+        }
+        let Ok(conn) = self.write_conn.try_lock() else { return Err(f) };
+        let result = commit_one(&conn, f);
+        drop(conn);
+        self.wal.wrote(rows);
+        Ok(result)
+    }
+
     /// A write of about `rows` rows (a submit of an array writes one per job), counted as that
     /// many writes towards the next checkpoint.
     fn write_rows<T: Send + 'static>(
@@ -221,17 +240,10 @@ impl SqliteStore {
         rows: u32,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> StoreFuture<'_, T> {
-        // Once the WAL is too long, writes go to the writer thread, which checkpoints after its
-        // next batch: the WAL stays bounded however fast callers commit.
-        if self.inline_writes
-            && !self.wal.too_long()
-            && let Ok(conn) = self.write_conn.try_lock()
-        {
-            let result = commit_one(&conn, f);
-            drop(conn);
-            self.wal.wrote(rows);
-            return Box::pin(async move { result });
-        }
+        let f = match self.try_inline(rows, f) {
+            Ok(result) => return Box::pin(async move { result }),
+            Err(f) => f,
+        };
         let (tx, rx) = oneshot::channel();
         let op: WriteOp = Box::new(move |conn| {
             let result = in_savepoint(conn, f);
@@ -781,21 +793,15 @@ impl Store for SqliteStore {
         now: Millis,
         place: &mut dyn FnMut(&Job) -> Option<NewAttempt>,
     ) -> Option<Result<Submitted, StoreError>> {
-        if !self.inline_writes || self.wal.too_long() {
-            return None;
-        }
-        let conn = self.write_conn.try_lock().ok()?;
-        let result = commit_one(&conn, |conn| {
+        self.try_inline(1, |conn| {
             let queued = insert_job(conn, spec, JobState::Queued, false, &mut None, now)?;
             let placed = match place(&queued) {
                 Some(new) => Some(allocate_job(conn, queued.clone(), new, now)?),
                 None => None,
             };
             Ok(Submitted { queued, placed })
-        });
-        drop(conn);
-        self.wal.wrote(1);
-        Some(result)
+        })
+        .ok()
     }
 
     fn mark_starting(&self, id: JobId, n: u32) -> StoreFuture<'_, Job> {
