@@ -125,6 +125,7 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
             let mut st = ctl.lock();
             // The periodic pass only looks again when something changed (probes included).
             if !st.accepting || st.queue.is_empty() || !(woken || st.dirty) {
+                st.ended_during_pass = None;
                 return;
             }
             st.dirty = false;
@@ -142,12 +143,13 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
                 jobs: st.job_rules.clone(),
             });
             let (generation, released) = (st.generation, st.released);
+            st.ended_during_pass = Some(Vec::new());
             (nodes, ids, queue, st.users.shares.clone(), st.users.limits.clone(), generation, released, rules)
         };
         let snap =
             Snapshot { now, nodes: &nodes, queue: &queue, users: &users, limits: &limits, rules: rules.as_ref() };
         let started = Instant::now();
-        let d = ravel_core::policy::schedule(&snap);
+        let mut d = ravel_core::policy::schedule(&snap);
         ctl.metrics.pass.observe(started.elapsed());
         tracing::debug!(
             queued = queue.len(),
@@ -158,6 +160,17 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
         );
         let mut st = ctl.lock();
         if st.generation != generation {
+            // Something was placed or changed while the pass ran. With a leftover still standing
+            // (every change since the pass that left it was a placement from it or an end
+            // credited to it), a pass now would start no waiting job either (`policy::credit_end`):
+            // going again would only refresh reasons, and under a steady stream of submits placed
+            // from the leftover, each pass over a long queue would be overtaken by the next
+            // submit and start over, back to back. The periodic pass refreshes them later.
+            if st.leftover.is_some() {
+                st.dirty = true;
+                st.ended_during_pass = None;
+                return;
+            }
             continue;
         }
         st.set_pending(d.pending);
@@ -177,9 +190,12 @@ async fn pass(ctl: &Arc<Controller>, woken: bool) {
             st.hold(p.job, Active::placed(&p, &q, now));
             placed.push((p, q));
         }
-        if st.released != released {
-            // Jobs ended while the pass ran: its placements stand (they took only what was free
-            // before), but its leftover misses what the ends freed. The next pass looks again.
+        // Jobs ended while the pass ran: its placements stand (they took only what was free
+        // before); its leftover is kept if what each freed can be credited to it, as if the end
+        // came just after the pass. Otherwise the next pass looks again: with a long queue and
+        // steady ends, dropping it every time kept passes running back to back.
+        let ended = st.ended_during_pass.take();
+        if st.released != released && !st.credit_ended_during_pass(ended, &mut d.leftover, &ids, released) {
             st.leftover = None;
             st.dirty = true;
             ctl.wake.notify_one();

@@ -14,6 +14,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// Ends logged while a pass runs, past which the pass's leftover is dropped instead of credited.
+pub const ENDED_DURING_PASS: usize = 256;
+
 /// A node jobs run on: the local daemon's own, or one whose agent syncs with this controller.
 #[derive(Debug, Clone)]
 pub struct NodeState {
@@ -262,6 +265,11 @@ pub struct State {
     /// Jobs that entered the queue since the running pass took its snapshot: to that pass they
     /// are new jobs, which its leftover may place at once when it ends.
     pub arrived: Vec<JobId>,
+    /// While a pass runs (from its snapshot on): the jobs released since, each with the node it
+    /// ran on (the state's index), or `None` for a gang's (never credited); at most
+    /// [`ENDED_DURING_PASS`]. The pass's leftover is kept if each can be credited to it, as ends
+    /// that came just after the pass ([`State::credit_ended_during_pass`]).
+    pub ended_during_pass: Option<Vec<Option<(usize, RunningJob)>>>,
     /// Something changed since the last pass took its snapshot; the periodic pass is skipped
     /// when nothing did (a pass over a long queue is not free).
     pub dirty: bool,
@@ -305,6 +313,7 @@ impl State {
             leftover: None,
             leftover_nodes: Vec::new(),
             arrived: Vec::new(),
+            ended_during_pass: None,
             dirty: false,
             estimates: HashMap::new(),
             active: HashMap::new(),
@@ -393,6 +402,9 @@ impl State {
             && seen_as.is_some_and(|i| {
                 self.leftover.as_mut().is_some_and(|l| ravel_core::policy::credit_end(l, &a.running(id), i))
             });
+        if let Some(log) = self.ended_during_pass.as_mut().filter(|l| l.len() < ENDED_DURING_PASS) {
+            log.push(a.ranks.is_empty().then(|| (a.node, a.running(id))));
+        }
         if !credited {
             self.leftover = None;
         }
@@ -604,6 +616,37 @@ impl State {
         Some(p)
     }
 
+    /// Credits to `leftover` (a pass's, whose nodes are the state's `ids`) the jobs released
+    /// while that pass ran, as if they had ended just after it: true if each could be, and the
+    /// leftover may then be kept. Called after the pass's placements are held and its
+    /// [`set_pending`](Self::set_pending): whether a user's jobs wait on their limit is the
+    /// pass's view. A job released during the pass was running in its snapshot: a placement
+    /// made meanwhile would have voided the pass (`generation`).
+    /// `ended` is [`ended_during_pass`](Self::ended_during_pass), taken; `released` the count
+    /// at the snapshot.
+    pub fn credit_ended_during_pass(
+        &self,
+        ended: Option<Vec<Option<(usize, RunningJob)>>>,
+        leftover: &mut Leftover,
+        ids: &[usize],
+        released: u64,
+    ) -> bool {
+        let Some(log) = ended else { return false };
+        // Every release since the snapshot is in the log, unless there were too many.
+        if log.len() as u64 != self.released - released {
+            return false;
+        }
+        log.into_iter().all(|ended| {
+            ended.is_some_and(|(node, job)| {
+                !self.limited_users.contains(&job.user)
+                    && ids
+                        .iter()
+                        .position(|n| *n == node)
+                        .is_some_and(|i| ravel_core::policy::credit_end(leftover, &job, i))
+            })
+        })
+    }
+
     /// Records a pass's reasons.
     pub fn set_pending(&mut self, list: Vec<(JobId, PendingReason)>) {
         self.limited_users.clear();
@@ -631,5 +674,146 @@ pub fn queued_job(job: &Job, user: UserId) -> QueuedJob {
         cpus: job.spec.cpus,
         timeout_ms: job.spec.timeout_ms,
         array: job.array_id.map(|a| (a, job.spec.array_limit.unwrap_or(u32::MAX))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ravel_core::policy::{Snapshot, schedule};
+
+    fn job(id: JobId, gpus: u32) -> QueuedJob {
+        QueuedJob {
+            id,
+            priority: 0,
+            submitted_at: id as Millis,
+            user: 0,
+            gpus,
+            gpu_mem_mib: None,
+            cpus: 1,
+            timeout_ms: None,
+            array: None,
+        }
+    }
+
+    /// One node (1 GPU, 8 CPUs): job 1 holds the GPU, jobs 2 and 3 a CPU each, and GPU jobs 10
+    /// and 11 wait for the GPU.
+    fn busy_node() -> State {
+        let gpu = GpuInfo {
+            index: 0,
+            name: "fake".into(),
+            uuid: None,
+            memory_total_mib: 16_000,
+            memory_used_mib: 0,
+            utilization_pct: 0,
+            processes: Vec::new(),
+        };
+        let node = NodeState {
+            name: "local".into(),
+            cpus_total: 8,
+            inventory: vec![gpu],
+            foreign_used_mib: vec![0],
+            admin: "ready".into(),
+            remote: None,
+        };
+        let mut st = State::new(vec![node]);
+        for (id, gpus) in [(1, vec![0]), (2, vec![]), (3, vec![])] {
+            let q = job(id, gpus.len() as u32);
+            let p = Placement { job: id, node: 0, gpus, gpu_mem_mib: None, cpus: 1 };
+            st.hold(id, Active::placed(&p, &q, 0));
+        }
+        st.enqueue(job(10, 1));
+        st.enqueue(job(11, 1));
+        st
+    }
+
+    /// A full pass on the state as it is: its leftover and its nodes (the state's indices).
+    fn pass(st: &State) -> (Leftover, Vec<usize>) {
+        let (nodes, ids) = st.node_views(&Thresholds::default());
+        let queue: Vec<QueuedJob> = st.queue.values().cloned().collect();
+        let snap = Snapshot {
+            now: 0,
+            nodes: &nodes,
+            queue: &queue,
+            users: &st.users.shares,
+            limits: &st.users.limits,
+            rules: None,
+        };
+        let d = schedule(&snap);
+        assert!(d.placements.is_empty(), "the GPU jobs wait for the held GPU");
+        (d.leftover, ids)
+    }
+
+    /// Releases `ids` as if while a pass ran; returns the log the pass then takes.
+    fn release_during_pass(st: &mut State, ids: &[JobId]) -> Option<Vec<Option<(usize, RunningJob)>>> {
+        st.ended_during_pass = Some(Vec::new());
+        for id in ids {
+            st.release(*id).expect("held");
+        }
+        st.ended_during_pass.take()
+    }
+
+    #[test]
+    fn ends_during_a_pass_are_credited_to_its_leftover() {
+        let mut st = busy_node();
+        let (mut leftover, ids) = pass(&st);
+        let before = leftover.nodes[0].cpus;
+        let released = st.released;
+        let ended = release_during_pass(&mut st, &[2, 3]);
+        assert!(st.credit_ended_during_pass(ended, &mut leftover, &ids, released));
+        assert_eq!(leftover.nodes[0].cpus, before + 2, "both CPUs go to the leftover");
+    }
+
+    #[test]
+    fn an_end_that_cannot_be_credited_drops_the_leftover() {
+        // The GPU's holder: the GPU jobs waiting could start once it ends.
+        let mut st = busy_node();
+        let (mut leftover, ids) = pass(&st);
+        let released = st.released;
+        let ended = release_during_pass(&mut st, &[2, 1]);
+        assert!(!st.credit_ended_during_pass(ended, &mut leftover, &ids, released));
+
+        // A gang's end is never credited.
+        let mut st = busy_node();
+        st.active.get_mut(&3).unwrap().ranks.push((0, Vec::new()));
+        let (mut leftover, ids) = pass(&st);
+        let released = st.released;
+        let ended = release_during_pass(&mut st, &[3]);
+        assert_eq!(ended.as_deref().map(|l| l[0].is_none()), Some(true));
+        assert!(!st.credit_ended_during_pass(ended, &mut leftover, &ids, released));
+
+        // A user with jobs waiting on their limit (in the pass's view): those may start now.
+        let mut st = busy_node();
+        let (mut leftover, ids) = pass(&st);
+        let released = st.released;
+        let ended = release_during_pass(&mut st, &[2]);
+        st.limited_users.insert(0);
+        assert!(!st.credit_ended_during_pass(ended, &mut leftover, &ids, released));
+    }
+
+    #[test]
+    fn a_release_missing_from_the_log_drops_the_leftover() {
+        let mut st = busy_node();
+        let (mut leftover, ids) = pass(&st);
+        let released = st.released;
+        // Released before the log started: not as if just after the pass.
+        st.release(2).expect("held");
+        let ended = release_during_pass(&mut st, &[3]);
+        assert!(!st.credit_ended_during_pass(ended, &mut leftover, &ids, released));
+        // No log at all.
+        let mut st = busy_node();
+        let (mut leftover, ids) = pass(&st);
+        let released = st.released;
+        st.release(2).expect("held");
+        assert!(!st.credit_ended_during_pass(None, &mut leftover, &ids, released));
+        // Past the log's bound.
+        let mut st = busy_node();
+        let (mut leftover, ids) = pass(&st);
+        let released = st.released;
+        st.ended_during_pass = Some(vec![None; ENDED_DURING_PASS]);
+        st.release(2).expect("held");
+        let ended = st.ended_during_pass.take();
+        assert_eq!(ended.as_ref().map(Vec::len), Some(ENDED_DURING_PASS));
+        assert!(!st.credit_ended_during_pass(ended, &mut leftover, &ids, released));
     }
 }

@@ -3,7 +3,7 @@
 
 use ravel_client::{Client, ClientError};
 use ravel_core::{JobSpec, JobState};
-use ravel_proto::{SubmitRequest, SubmitResponse};
+use ravel_proto::{ArrayRequest, SubmitRequest, SubmitResponse};
 use ravel_test_support::{FakeGpus, TestDaemon, eventually};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -162,6 +162,61 @@ fn queue_answers_with_the_right_rows_over_a_long_history() {
     assert_eq!(text.lines().count(), 1 + 10 + 1, "header, 10 recent, 1 active:\n{text}");
     let all: Vec<Value> = serde_json::from_str(&d.ok(&["queue", "--all", "--json"])).unwrap();
     assert_eq!(all.len(), 100_001);
+}
+
+/// How many full scheduling passes the daemon has made (the pass histogram's count).
+fn passes(d: &TestDaemon) -> u64 {
+    let sock = d.home().join("ravel.sock");
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--unix-socket", sock.to_str().unwrap(), "http://ravel/metrics"])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let count = text.lines().find_map(|l| l.strip_prefix("ravel_scheduler_pass_seconds_count "));
+    count.expect("the pass histogram's count").trim().parse().expect("a count")
+}
+
+/// 30,000 GPU jobs wait behind a job that holds the only GPU, and CPU jobs keep arriving, each
+/// placed at once from the last pass's leftover and credited back to it when it ends. No pass is
+/// needed for them: passes stay at the periodic rate (one a second, which refreshes reasons).
+/// They used to run back to back: each pass over the long queue was overtaken by the next placed
+/// submit and started over.
+#[test]
+fn jobs_placed_beside_a_long_waiting_queue_do_not_keep_passes_running() {
+    let d = TestDaemon::builder(BIN).gpus(FakeGpus::Count(1)).cpus(8).start();
+    let client = Client::local(d.home().join("ravel.sock"));
+    let mut holder = spec(d.home(), &["sleep", "600"]);
+    holder.spec.gpus = 1;
+    let _: SubmitResponse = client.post("/v1/jobs", &holder).expect("submit the GPU's holder");
+    for chunk in 0..3u32 {
+        let mut waiting = spec(d.home(), &["true"]);
+        waiting.spec.gpus = 1;
+        waiting.array = Some(ArrayRequest { indices: (chunk * 10_000..(chunk + 1) * 10_000).collect(), limit: None });
+        let _: Value = client.post("/v1/jobs", &waiting).expect("queue 10,000 GPU jobs");
+    }
+    // The passes the queue itself needed are over once the count stops moving.
+    let mut settled = passes(&d);
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = passes(&d);
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
+    let started = std::time::Instant::now();
+    let mut last = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let r: SubmitResponse = client.post("/v1/jobs", &spec(d.home(), &["true"])).expect("submit a CPU job");
+        last = r.id;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    d.wait_state(last, "succeeded");
+    let made = passes(&d) - settled;
+    let allowed = started.elapsed().as_secs() + 2;
+    assert!(made <= allowed, "{made} passes in {:?}; the periodic rate allows {allowed}", started.elapsed());
+    let queued: Vec<Value> = serde_json::from_str(&d.ok(&["queue", "--all", "--json"])).unwrap();
+    assert_eq!(queued.iter().filter(|j| j["state"] == "queued").count(), 30_000, "the GPU jobs still wait");
 }
 
 /// `valid` made bad in one of four ways (by `kind`), and what the refusal must say.
