@@ -257,8 +257,10 @@ pub struct State {
     /// freed, so it is not kept.
     pub released: u64,
     /// What the last pass left neither placed nor reserved, for placing a newly eligible job at
-    /// once (`policy::place_fast`). Gone when anything else changes: a job ends, a job enters
-    /// the queue without being placed, the inventory changes.
+    /// once (`policy::place_fast`). Gone when anything else changes: a job ends and its end
+    /// cannot be credited (`policy::credit_end`), a job enters or leaves the queue without being
+    /// placed, the inventory or the limits change. While it stands, a pass would start no
+    /// waiting job (`scheduler::pass` relies on it).
     pub leftover: Option<Leftover>,
     /// The state's node index of each node of the leftover (the pass saw schedulable nodes only).
     pub leftover_nodes: Vec<usize>,
@@ -379,7 +381,14 @@ impl State {
     /// Takes a job out of wherever it waits (eligible queue or parked).
     pub fn forget_waiting(&mut self, id: JobId) -> Option<QueuedJob> {
         self.job_rules.remove(&id);
-        self.dequeue(id).or_else(|| self.unpark(id).map(|p| p.job))
+        if let Some(q) = self.dequeue(id) {
+            // It may have held resources for itself, or been in the way of a job that waits for
+            // them: a pass may now start jobs the leftover knows nothing of.
+            self.leftover = None;
+            self.dirty = true;
+            return Some(q);
+        }
+        self.unpark(id).map(|p| p.job)
     }
 
     /// Marks resources as held by `id` (a placement, or an attempt re-adopted at start).
@@ -789,6 +798,31 @@ mod tests {
         let ended = release_during_pass(&mut st, &[2]);
         st.limited_users.insert(0);
         assert!(!st.credit_ended_during_pass(ended, &mut leftover, &ids, released));
+    }
+
+    #[test]
+    fn a_job_leaving_the_queue_unplaced_drops_the_leftover() {
+        // Job 10 holds the node's spare CPU for itself; canceled or held, it frees it for others.
+        let mut st = busy_node();
+        st.leftover = Some(pass(&st).0);
+        st.dirty = false;
+        assert!(st.forget_waiting(10).is_some());
+        assert!(st.leftover.is_none() && st.dirty);
+        // A parked job was in no one's way.
+        let mut st = busy_node();
+        let parked = job(12, 1);
+        st.park(Parked {
+            job: parked,
+            after: Vec::new(),
+            after_any: Vec::new(),
+            held: true,
+            not_before: None,
+            reason: PendingReason::Held,
+        });
+        st.leftover = Some(pass(&st).0);
+        st.dirty = false;
+        assert!(st.forget_waiting(12).is_some());
+        assert!(st.leftover.is_some() && !st.dirty);
     }
 
     #[test]
