@@ -8,14 +8,15 @@ Three phases against one daemon in a temp RAVEL_HOME, one GPU, 8 CPU slots:
             stopped: running a million jobs through it would take the whole benchmark);
   queued    + M waiting GPU jobs behind a job that holds the only GPU.
 In each: `ravel run -- true` round trip, submit -> the job's first instruction (CPU jobs, which
-run beside the waiting GPU jobs), `ravel queue`, and the daemon's RSS. Prints one JSON object.
+run beside the waiting GPU jobs), the daemon's CPU per job and full passes during those, `ravel
+queue`, and the daemon's RSS. Prints one JSON object.
 
     bench/history.py --ravel target/release/ravel --finished 1000000 --queued 100000
 """
 import argparse, json, os, sqlite3, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from local import Daemon, api, pct, rss_mib, round_trips, submit_to_start  # noqa: E402
+from local import Daemon, UnixHTTP, api, pct, rss_mib, round_trips, submit_to_start  # noqa: E402
 
 
 def add_history(db, n):
@@ -42,13 +43,35 @@ def add_history(db, n):
     os.sync()
 
 
+def daemon_cpu_ms(pid):
+    """The daemon's CPU so far (all threads, user + system), in ms."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def passes(home):
+    """Full scheduling passes so far (the pass histogram's count in /metrics)."""
+    c = UnixHTTP(os.path.join(home, "ravel.sock"))
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    return int(float(next(l for l in text.splitlines() if l.startswith("ravel_scheduler_pass_seconds_count")).split()[-1]))
+
+
 def measure(d, samples):
     time.sleep(0.5)
     out = {"rss_mib": rss_mib(d.pid)}
+    cpu0, passes0, t0 = daemon_cpu_ms(d.pid), passes(d.home), time.time()
     rt = round_trips(d, samples)
     out["run_round_trip_ms"] = {"p50": pct(rt, 50), "p99": pct(rt, 99)}
     st = submit_to_start(d, samples)
     out["submit_to_start_ms"] = {"p50": pct(st, 50), "p99": pct(st, 99)}
+    # What each of those 2 x samples jobs cost the daemon, and the full passes it made meanwhile:
+    # with a long queue waiting, a job that starts at once should need no pass.
+    out["daemon_cpu_ms_per_job"] = round((daemon_cpu_ms(d.pid) - cpu0) / (2 * samples), 2)
+    out["passes"] = passes(d.home) - passes0
+    out["seconds"] = round(time.time() - t0, 1)
     qs = []
     for _ in range(10):
         t0 = time.perf_counter()
