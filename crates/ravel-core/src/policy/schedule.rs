@@ -74,6 +74,9 @@ struct Pass<'s> {
     /// once the nodes are full nothing changes any more: each shape is explained once. Its keys
     /// are the shapes of all jobs left waiting for resources.
     explained: HashMap<Need, Shape>,
+    /// The shape `block` last explained or looked up, at which generation, and its explanation:
+    /// a long queue of one shape is explained without hashing it for every job.
+    last_explained: Option<(Need, u64, Explained)>,
     /// Jobs left waiting behind a reservation, per array.
     behind_arrays: HashMap<JobId, u32>,
     /// Per array, the highest limit of the elements left waiting on that limit.
@@ -124,6 +127,7 @@ impl<'s> Pass<'s> {
             arrays,
             misfits: Misfits::default(),
             explained: HashMap::new(),
+            last_explained: None,
             behind_arrays: HashMap::new(),
             limited_arrays: HashMap::new(),
             generation: 0,
@@ -142,7 +146,9 @@ impl<'s> Pass<'s> {
                 return None;
             }
         }
+        // An array without a limit (`u32::MAX`) is never at it: no lookup for each of its jobs.
         if let Some((array, limit)) = job.array
+            && limit != u32::MAX
             && self.arrays.get(&array).copied().unwrap_or(0) >= limit
         {
             // Waiting on its own siblings, not on resources: it reserves nothing.
@@ -240,13 +246,21 @@ impl<'s> Pass<'s> {
     /// Records why a job that fits nowhere waits, and lets it reserve if it is the first to
     /// choose its node.
     fn block(&mut self, job: &QueuedJob, need: Need) {
-        let ex = match self.explained.get(&need) {
-            Some(s) if s.generation == self.generation => s.ex.clone(),
-            _ => {
-                let ex = self.explain(need);
-                let behind =
-                    matches!(ex.why, Why::Behind { .. }) || self.explained.get(&need).is_some_and(|s| s.behind);
-                self.explained.insert(need, Shape { generation: self.generation, ex: ex.clone(), behind });
+        let last = self.last_explained.as_ref().filter(|(n, g, _)| *n == need && *g == self.generation);
+        let ex = match last {
+            Some((_, _, ex)) => ex.clone(),
+            None => {
+                let ex = match self.explained.get(&need) {
+                    Some(s) if s.generation == self.generation => s.ex.clone(),
+                    _ => {
+                        let ex = self.explain(need);
+                        let behind =
+                            matches!(ex.why, Why::Behind { .. }) || self.explained.get(&need).is_some_and(|s| s.behind);
+                        self.explained.insert(need, Shape { generation: self.generation, ex: ex.clone(), behind });
+                        ex
+                    }
+                };
+                self.last_explained = Some((need, self.generation, ex.clone()));
                 ex
             }
         };

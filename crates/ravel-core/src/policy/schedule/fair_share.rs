@@ -83,7 +83,16 @@ impl<'a> FairOrder<'a> {
     pub fn next(&mut self) -> Option<usize> {
         if let Some(u) = self.last.take() {
             self.cursor[u as usize] += 1;
-            self.push(u);
+            if self.heap.is_empty() {
+                // No one else waits in this level: the user would be alone in the heap and
+                // popped straight back (a single user's queue, or the level's last user).
+                if let Some(qi) = self.head(u).filter(|&qi| qi < self.level_end) {
+                    self.last = Some(u);
+                    return Some(qi);
+                }
+            } else {
+                self.push(u);
+            }
         }
         loop {
             if let Some(Reverse(e)) = self.heap.pop() {

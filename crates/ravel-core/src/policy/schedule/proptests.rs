@@ -191,6 +191,55 @@ impl World {
     }
 }
 
+/// The order fair share defines (`fair_share.rs`), worked out the slow way: priority levels one
+/// after the other; within one, of the users with a job left there, the one holding the fewest
+/// GPUs for their weight (running, plus what the jobs considered so far took: `took`), then the
+/// lowest decayed usage for the weight, then the older head job, then the lower id; a user's
+/// jobs in queue order.
+fn fair_order_by_definition(snap: &Snapshot, took: impl Fn(JobId) -> f64) -> Vec<JobId> {
+    let queue = snap.queue;
+    let weight = |u: u32| {
+        let w = snap.users.get(u as usize).map_or(1.0, |s| s.weight);
+        if w > 0.0 { w } else { 1.0 }
+    };
+    let usage = |u: u32| snap.users.get(u as usize).map_or(0.0, |s| if s.usage.is_nan() { 0.0 } else { s.usage });
+    let mut gpus: BTreeMap<u32, f64> = BTreeMap::new();
+    for r in snap.nodes.iter().flat_map(|n| &n.running) {
+        *gpus.entry(r.user).or_default() += r.gpus.len() as f64;
+    }
+    let mut out = Vec::new();
+    let mut lo = 0;
+    while lo < queue.len() {
+        let hi = lo + queue[lo..].iter().take_while(|j| j.priority == queue[lo].priority).count();
+        let mut left: Vec<usize> = (lo..hi).collect();
+        while !left.is_empty() {
+            // Each user's head: their first job left in the level.
+            let mut heads: BTreeMap<u32, usize> = BTreeMap::new();
+            for &qi in &left {
+                heads.entry(queue[qi].user).or_insert(qi);
+            }
+            let (_, qi) = heads
+                .iter()
+                .map(|(&u, &qi)| (u, qi))
+                .min_by(|&(a, qa), &(b, qb)| {
+                    let share = |u: u32| gpus.get(&u).copied().unwrap_or(0.0) / weight(u);
+                    share(a)
+                        .total_cmp(&share(b))
+                        .then((usage(a) / weight(a)).total_cmp(&(usage(b) / weight(b))))
+                        .then(queue[qa].submitted_at.cmp(&queue[qb].submitted_at))
+                        .then(queue[qa].id.cmp(&queue[qb].id))
+                        .then(a.cmp(&b))
+                })
+                .expect("a user with a job left");
+            left.retain(|&k| k != qi);
+            out.push(queue[qi].id);
+            *gpus.entry(queue[qi].user).or_default() += took(queue[qi].id);
+        }
+        lo = hi;
+    }
+    out
+}
+
 /// Applies placements to a copy of the nodes, checking each against what was free.
 fn apply(
     nodes: &[NodeView],
@@ -547,6 +596,13 @@ proptest! {
     #[test]
     fn passes_are_safe_complete_deterministic_and_honest(w in arb_world()) {
         check(&w)?;
+    }
+
+    #[test]
+    fn fair_order_is_the_one_defined(w in arb_world()) {
+        let d = schedule(&w.snapshot());
+        let took = |id: JobId| d.placements.iter().filter(|p| p.job == id).map(|p| p.gpus.len() as f64).sum();
+        prop_assert_eq!(w.considered(&d), fair_order_by_definition(&w.snapshot(), took));
     }
 
     #[test]

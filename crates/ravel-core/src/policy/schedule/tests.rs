@@ -910,3 +910,22 @@ fn per_node_job_limits_and_spreading() {
     let d = run(&nodes, vec![job(1, 1, 1), job(2, 1, 1)]);
     assert_eq!(d.placements.iter().map(|p| p.node).collect::<Vec<_>>(), vec![0, 0], "pack by default");
 }
+
+/// Jobs of one shape share an explanation only while nothing changed in between: after the first
+/// reserves the free GPUs, the next of the same shape is told they are not free to it.
+#[test]
+fn a_shape_is_explained_again_after_a_reservation() {
+    let mut n = node(4, 8);
+    run_on(&mut n, 1, 0, &[0, 1], None, None);
+    let d = run(&[n], vec![job(10, 3, 1), job(11, 3, 1)]);
+    assert!(
+        matches!(reason(&d, 10), PendingReason::Resources { need_gpus: 3, free_gpus: 2, .. }),
+        "{:?}",
+        reason(&d, 10)
+    );
+    assert!(
+        matches!(reason(&d, 11), PendingReason::Resources { need_gpus: 3, free_gpus: 0, .. }),
+        "{:?}",
+        reason(&d, 11)
+    );
+}
