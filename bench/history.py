@@ -17,6 +17,7 @@ import argparse, json, os, sqlite3, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from local import Daemon, UnixHTTP, api, pct, rss_mib, round_trips, submit_to_start  # noqa: E402
+from cpu import stat  # noqa: E402
 
 
 def add_history(db, n):
@@ -45,9 +46,7 @@ def add_history(db, n):
 
 def daemon_cpu_ms(pid):
     """The daemon's CPU so far (all threads, user + system), in ms."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+    return stat(pid)[2] * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def passes(home):

@@ -165,13 +165,10 @@ fn queue_answers_with_the_right_rows_over_a_long_history() {
 }
 
 /// How many full scheduling passes the daemon has made (the pass histogram's count).
-fn passes(d: &TestDaemon) -> u64 {
-    let sock = d.home().join("ravel.sock");
-    let out = std::process::Command::new("curl")
-        .args(["-sf", "--unix-socket", sock.to_str().unwrap(), "http://ravel/metrics"])
-        .output()
-        .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout);
+fn passes(client: &Client) -> u64 {
+    let metrics = client.raw("GET", "/metrics", None).expect("GET /metrics");
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8_lossy(&metrics.body);
     let count = text.lines().find_map(|l| l.strip_prefix("ravel_scheduler_pass_seconds_count "));
     count.expect("the pass histogram's count").trim().parse().expect("a count")
 }
@@ -195,10 +192,10 @@ fn jobs_placed_beside_a_long_waiting_queue_do_not_keep_passes_running() {
         let _: Value = client.post("/v1/jobs", &waiting).expect("queue 10,000 GPU jobs");
     }
     // The passes the queue itself needed are over once the count stops moving.
-    let mut settled = passes(&d);
+    let mut settled = passes(&client);
     loop {
         std::thread::sleep(Duration::from_millis(1500));
-        let now = passes(&d);
+        let now = passes(&client);
         if now == settled {
             break;
         }
@@ -212,7 +209,7 @@ fn jobs_placed_beside_a_long_waiting_queue_do_not_keep_passes_running() {
         std::thread::sleep(Duration::from_millis(2));
     }
     d.wait_state(last, "succeeded");
-    let made = passes(&d) - settled;
+    let made = passes(&client) - settled;
     let allowed = started.elapsed().as_secs() + 2;
     assert!(made <= allowed, "{made} passes in {:?}; the periodic rate allows {allowed}", started.elapsed());
     let queued: Vec<Value> = serde_json::from_str(&d.ok(&["queue", "--all", "--json"])).unwrap();
