@@ -122,6 +122,13 @@ fn api_errors_are_json_with_a_code() {
         Err(ravel_client::ClientError::Api { status: 400, body }) => assert!(body.error.contains("bad request body")),
         other => panic!("{other:?}"),
     }
+    // A body that does not fit the type names where, through the path inside the document.
+    match client.raw("POST", "/v1/jobs", Some(br#"{"spec": {"command": "true", "cwd": "/"}}"#)) {
+        Err(ravel_client::ClientError::Api { status: 400, body }) => {
+            assert!(body.error.contains("spec.command: invalid type"), "{}", body.error)
+        }
+        other => panic!("{other:?}"),
+    }
     let big = vec![b' '; 5 << 20];
     match client.raw("POST", "/v1/jobs", Some(&big)) {
         Err(ravel_client::ClientError::Api { status: 413, body }) => assert_eq!(body.code, "too_large"),
