@@ -406,11 +406,11 @@ impl State {
         // A job of a user with jobs waiting on that user's limit: those may start now.
         self.job_rules.remove(&id);
         // A gang's ranks are not credited: the next pass looks again.
-        let seen_as = self.leftover_nodes.iter().position(|n| *n == a.node).filter(|_| a.ranks.is_empty());
-        let credited = !self.limited_users.contains(&a.user)
-            && seen_as.is_some_and(|i| {
-                self.leftover.as_mut().is_some_and(|l| ravel_core::policy::credit_end(l, &a.running(id), i))
-            });
+        let credited = a.ranks.is_empty()
+            && self
+                .leftover
+                .as_mut()
+                .is_some_and(|l| credit(l, &self.leftover_nodes, &self.limited_users, a.node, &a.running(id)));
         if let Some(log) = self.ended_during_pass.as_mut().filter(|l| l.len() < ENDED_DURING_PASS) {
             log.push(a.ranks.is_empty().then(|| (a.node, a.running(id))));
         }
@@ -645,15 +645,8 @@ impl State {
         if log.len() as u64 != self.released - released {
             return false;
         }
-        log.into_iter().all(|ended| {
-            ended.is_some_and(|(node, job)| {
-                !self.limited_users.contains(&job.user)
-                    && ids
-                        .iter()
-                        .position(|n| *n == node)
-                        .is_some_and(|i| ravel_core::policy::credit_end(leftover, &job, i))
-            })
-        })
+        log.into_iter()
+            .all(|ended| ended.is_some_and(|(node, job)| credit(leftover, ids, &self.limited_users, node, &job)))
     }
 
     /// Records a pass's reasons.
@@ -669,6 +662,21 @@ impl State {
         self.pending_list = list;
         self.pending_index = std::sync::OnceLock::new();
     }
+}
+
+/// Credits to `leftover` (whose nodes are the state's `nodes`) what `job`, ended on the state's
+/// node `node`, freed: false, crediting nothing, for a user with jobs waiting on their limit
+/// (those may start now) or a node the leftover does not cover (`policy::credit_end` decides
+/// the rest).
+fn credit(
+    leftover: &mut Leftover,
+    nodes: &[usize],
+    limited: &std::collections::HashSet<UserId>,
+    node: usize,
+    job: &RunningJob,
+) -> bool {
+    !limited.contains(&job.user)
+        && nodes.iter().position(|n| *n == node).is_some_and(|i| ravel_core::policy::credit_end(leftover, job, i))
 }
 
 /// The scheduler's view of a job record.

@@ -246,20 +246,10 @@ impl<'s> Pass<'s> {
     /// Records why a job that fits nowhere waits, and lets it reserve if it is the first to
     /// choose its node.
     fn block(&mut self, job: &QueuedJob, need: Need) {
-        let last = self.last_explained.as_ref().filter(|(n, g, _)| *n == need && *g == self.generation);
-        let ex = match last {
-            Some((_, _, ex)) => ex.clone(),
-            None => {
-                let ex = match self.explained.get(&need) {
-                    Some(s) if s.generation == self.generation => s.ex.clone(),
-                    _ => {
-                        let ex = self.explain(need);
-                        let behind =
-                            matches!(ex.why, Why::Behind { .. }) || self.explained.get(&need).is_some_and(|s| s.behind);
-                        self.explained.insert(need, Shape { generation: self.generation, ex: ex.clone(), behind });
-                        ex
-                    }
-                };
+        let ex = match &self.last_explained {
+            Some((n, g, ex)) if *n == need && *g == self.generation => ex.clone(),
+            _ => {
+                let ex = self.explanation(need);
                 self.last_explained = Some((need, self.generation, ex.clone()));
                 ex
             }
@@ -283,6 +273,17 @@ impl<'s> Pass<'s> {
         {
             self.reserve(c, job, need);
         }
+    }
+
+    /// `need`'s explanation at this generation, from `explained` or worked out (and kept).
+    fn explanation(&mut self, need: Need) -> Explained {
+        if let Some(s) = self.explained.get(&need).filter(|s| s.generation == self.generation) {
+            return s.ex.clone();
+        }
+        let ex = self.explain(need);
+        let behind = matches!(ex.why, Why::Behind { .. }) || self.explained.get(&need).is_some_and(|s| s.behind);
+        self.explained.insert(need, Shape { generation: self.generation, ex: ex.clone(), behind });
+        ex
     }
 
     fn explain(&self, need: Need) -> Explained {
