@@ -60,6 +60,30 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
     read_stat(pid).map(|s| s.start_time)
 }
 
+/// CLOCK_BOOTTIME now, in nanoseconds: the clock the kernel stamps a new process with.
+pub(crate) fn boot_clock_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The start time of `pid`, a process created between two readings of [`boot_clock_ns`],
+/// `before` and `after`. The kernel stamps a new process with CLOCK_BOOTTIME and `/proc`
+/// shows that rounded down to clock ticks: when both readings fall in the same tick, so does
+/// the start, and it is known without reading `/proc` (a read that, right after a spawn,
+/// waits on the new process's exec). Otherwise it is read from `/proc`.
+pub(crate) fn start_time_between(pid: i32, before: u64, after: u64) -> Option<u64> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    match u64::try_from(hz).ok().filter(|hz| *hz > 0 && 1_000_000_000 % hz == 0) {
+        Some(hz) if before / (1_000_000_000 / hz) == after / (1_000_000_000 / hz) => {
+            Some(before / (1_000_000_000 / hz))
+        }
+        _ => process_start_time(pid),
+    }
+}
+
 /// True if `pid` is alive (not a zombie) and is the process that started at `start_time`.
 pub fn is_same_process(pid: i32, start_time: u64) -> bool {
     read_stat(pid).is_some_and(|s| !s.is_zombie() && s.start_time == start_time)
@@ -120,6 +144,23 @@ mod tests {
         let mut line = b"123 (\xff\xfe)".to_vec();
         line.extend_from_slice(STAT_TAIL.as_bytes());
         assert_eq!(parse_stat(123, &line).unwrap().start_time, 987654);
+    }
+
+    #[test]
+    fn start_time_between_two_clock_readings_is_the_one_proc_shows() {
+        let mut known = 0;
+        for _ in 0..50 {
+            let before = boot_clock_ns();
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            let after = boot_clock_ns();
+            let start = start_time_between(child.id() as i32, before, after);
+            assert_eq!(start, process_start_time(child.id() as i32), "before {before} after {after}");
+            child.wait().unwrap();
+            known += usize::from(start.is_some());
+        }
+        assert_eq!(known, 50);
+        // Readings a tick apart: the answer comes from /proc, and a process that is gone has none.
+        assert_eq!(start_time_between(i32::MAX, 0, 1_000_000_000), None);
     }
 
     #[test]

@@ -105,11 +105,11 @@ fn run(run_dir: &Path, spec: LaunchSpec, watched: &libc::sigset_t) -> Served {
     // Read once per process: a supervisor may serve many attempts.
     static OWN_START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let own_start = *OWN_START.get_or_init(|| procfs::process_start_time(me).unwrap_or(0));
-    let identity = |job_pid: Option<i32>, started_at_ms| SupervisorRecord {
+    let identity = |job: Option<(i32, Option<u64>)>, started_at_ms| SupervisorRecord {
         supervisor_pid: me,
         supervisor_start: own_start,
-        job_pid,
-        job_start: job_pid.and_then(procfs::process_start_time),
+        job_pid: job.map(|(pid, _)| pid),
+        job_start: job.and_then(|(_, start)| start),
         started_at_ms,
     };
 
@@ -129,6 +129,7 @@ fn run(run_dir: &Path, spec: LaunchSpec, watched: &libc::sigset_t) -> Served {
         }
     };
     let cgroup_fds = cgroup.as_ref().map(Cgroup::procs_fds).unwrap_or_default();
+    let spawning = procfs::boot_clock_ns();
     let job_pid = match job::spawn(&spec, run_dir, &cgroup_fds) {
         Ok(pid) => pid,
         Err(e) => {
@@ -143,10 +144,15 @@ fn run(run_dir: &Path, spec: LaunchSpec, watched: &libc::sigset_t) -> Served {
     // must neither cut a job short nor extend it. A limit too large to represent is none.
     let spawned = Instant::now();
     let deadline = spec.timeout_ms.and_then(|ms| spawned.checked_add(Duration::from_millis(ms)));
+    let job_start = procfs::start_time_between(job_pid, spawning, procfs::boot_clock_ns());
     let started_at_ms = now_ms();
     // Without this record a restarted daemon cannot re-adopt the attempt, but the job is
     // already running and still gets supervised and recorded, so carry on.
-    let _ = atomic::write_json(&run_dir.join(SUPERVISOR_FILE), &identity(Some(job_pid), started_at_ms), durability);
+    let _ = atomic::write_json(
+        &run_dir.join(SUPERVISOR_FILE),
+        &identity(Some((job_pid, job_start)), started_at_ms),
+        durability,
+    );
 
     let grace = Duration::from_millis(spec.kill_grace_ms);
     let lease = spec.lease_file.as_deref().map(Path::new);
