@@ -102,6 +102,7 @@ pub async fn record_end(ctl: &Arc<Controller>, id: JobId, n: u32, outcome: Outco
             }
             drop(st);
             ended = Some(job.clone());
+            crate::scheduler::failpoint(ctl, "before_run_json");
             runjson::write(job, attempt, ctl.cfg.durable);
         }
         Err(e) => {

@@ -232,6 +232,9 @@ impl Store for FeedStore {
     fn usage_since(&self, since: Millis) -> StoreFuture<'_, Vec<UsageRecord>> {
         self.inner.usage_since(since)
     }
+    fn last_ended(&self, limit: u32) -> StoreFuture<'_, Vec<(JobId, u32, String)>> {
+        self.inner.last_ended(limit)
+    }
     fn register_node(&self, node: NodeRecord, now: Millis) -> StoreFuture<'_, ()> {
         self.inner.register_node(node, now)
     }

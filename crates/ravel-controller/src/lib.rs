@@ -295,9 +295,16 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = api::router(ctl);
-    axum::serve(listener, app.into_make_service_with_connect_info::<auth::Peer>())
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<auth::Peer>())
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    flush_behind().await;
+    served
+}
+
+/// What the daemon writes behind (run.json) is written before it exits.
+async fn flush_behind() {
+    let _ = tokio::task::spawn_blocking(runjson::flush).await;
 }
 
 /// Serves the API over HTTPS (cluster mode): every request needs a bearer token; bodies are
@@ -308,7 +315,9 @@ pub async fn serve_tls(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = api::tls_router(ctl);
-    axum::serve(listener, app.into_make_service_with_connect_info::<tls::RemoteAddr>())
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<tls::RemoteAddr>())
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    flush_behind().await;
+    served
 }

@@ -3,7 +3,7 @@
 //! watched are recorded from their exit files; placements never launched go back to the queue.
 
 use crate::state::Active;
-use crate::{Controller, admission, now_ms};
+use crate::{Controller, admission, now_ms, runjson};
 use ravel_agent::Adoption;
 use ravel_core::JobState;
 use std::path::PathBuf;
@@ -107,7 +107,33 @@ pub async fn recover(ctl: &Arc<Controller>) -> Result<(), String> {
         admission::admit(ctl, job).await;
     }
     tracing::info!(queued, adopted, requeued, "recovered state from the store");
+    write_missing_run_json(ctl).await;
     Ok(())
+}
+
+/// run.json of the attempts that ended last, where it is missing: a daemon killed with SIGKILL
+/// may have left them queued for its writer (see [`runjson`]), which never holds more than
+/// [`runjson::BACKLOG`] of them.
+async fn write_missing_run_json(ctl: &Arc<Controller>) {
+    let ends = match ctl.store.last_ended(2 * runjson::BACKLOG as u32).await {
+        Ok(ends) => ends,
+        Err(e) => return tracing::warn!(error = %e, "cannot read the last ended attempts; not checking their run.json"),
+    };
+    let mut written = 0;
+    for (id, n, run_dir) in ends {
+        let dir = std::path::Path::new(&run_dir);
+        if !dir.is_dir() || dir.join("run.json").exists() {
+            continue;
+        }
+        let (Ok(Some(job)), Ok(attempts)) = (ctl.store.job(id).await, ctl.store.attempts(id).await) else { continue };
+        if let Some(attempt) = attempts.into_iter().find(|a| a.n == n) {
+            runjson::write(job, attempt, ctl.cfg.durable);
+            written += 1;
+        }
+    }
+    if written > 0 {
+        tracing::info!(written, "wrote the run.json a stopped daemon left unwritten");
+    }
 }
 
 /// Fair-share usage from the attempts that finished within a few half-lives.

@@ -353,7 +353,7 @@ pub(crate) async fn launch_placed(ctl: &Arc<Controller>, job: Job, attempt: Atte
 }
 
 /// Dies here if the daemon was started with `RAVEL_FAILPOINT=<name>` (crash tests only).
-fn failpoint(ctl: &Controller, name: &str) {
+pub(crate) fn failpoint(ctl: &Controller, name: &str) {
     if ctl.cfg.failpoint.as_deref() == Some(name) {
         tracing::error!(failpoint = name, "failpoint reached: aborting");
         std::process::abort();

@@ -223,6 +223,8 @@ pub trait Store: Send + Sync + 'static {
     fn dependents(&self, id: JobId) -> StoreFuture<'_, Vec<JobId>>;
     /// Attempts that held GPUs and finished at or after `since`.
     fn usage_since(&self, since: Millis) -> StoreFuture<'_, Vec<UsageRecord>>;
+    /// The `limit` attempts that finished last, latest first: (job, attempt number, run dir).
+    fn last_ended(&self, limit: u32) -> StoreFuture<'_, Vec<(JobId, u32, String)>>;
     /// Records a node's resources (replacing its GPU list) and when it was seen.
     fn register_node(&self, node: NodeRecord, now: Millis) -> StoreFuture<'_, ()>;
     /// Nodes as recorded, with their GPUs.

@@ -1058,6 +1058,20 @@ impl Store for SqliteStore {
         })
     }
 
+    fn last_ended(&self, limit: u32) -> StoreFuture<'_, Vec<(JobId, u32, String)>> {
+        self.read(move |conn| {
+            // attempts_finished (finished_at, partial on ended attempts) read backwards.
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT job_id, n, run_dir FROM attempts WHERE finished_at IS NOT NULL \
+                     ORDER BY finished_at DESC LIMIT ?1",
+                )
+                .map_err(db)?;
+            let rows = stmt.query_map([limit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
+        })
+    }
+
     fn register_node(&self, node: NodeRecord, now: Millis) -> StoreFuture<'_, ()> {
         self.write(move |conn| {
             let tags = serde_json::to_string(&node.tags).map_err(|e| StoreError::Db(e.to_string()))?;

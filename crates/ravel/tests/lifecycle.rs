@@ -182,3 +182,27 @@ fn a_crash_right_after_launch_adopts_the_running_job() {
     let attempts = d.show(id)["attempts"].as_array().unwrap().clone();
     assert_eq!(attempts.len(), 1, "the launched attempt is adopted, not run again: {attempts:?}");
 }
+
+#[test]
+fn run_json_a_crash_left_unwritten_is_written_after_restart() {
+    let d = TestDaemon::builder(BIN).prepare();
+    d.start_daemon_with_env(&[("RAVEL_FAILPOINT", "before_run_json")]);
+    let pid = d.daemon_pid().unwrap();
+    let id = d.submit(&["--", "true"]);
+    // The daemon aborts once the end is recorded, before its run.json is written or queued.
+    assert!(
+        eventually(Duration::from_secs(10), || d.daemon_pid().is_none()),
+        "daemon {pid} did not reach the failpoint"
+    );
+    let run_json =
+        d.home().join("runs").join(format!("{}k", id / 1000)).join(id.to_string()).join("1").join("run.json");
+    assert!(run_json.parent().unwrap().join("exit.json").exists());
+    assert!(!run_json.exists(), "written before the failpoint");
+    d.start_daemon();
+    let shown = d.wait_state(id, "succeeded");
+    assert_eq!(shown["run_dir"].as_str().map(std::path::Path::new), run_json.parent());
+    assert!(eventually(Duration::from_secs(5), || run_json.exists()), "recovery did not write {}", run_json.display());
+    let run: serde_json::Value = serde_json::from_slice(&std::fs::read(&run_json).unwrap()).unwrap();
+    assert_eq!(run["job"]["id"], id);
+    assert_eq!(run["attempt"]["state"], "succeeded");
+}
