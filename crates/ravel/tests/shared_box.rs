@@ -180,6 +180,12 @@ fn symlinks_planted_in_a_run_dir_are_never_followed() {
     let id = d.submit(&alice, &["--", "sh", "-c", &script]);
     let v = d.wait_state(id, "succeeded");
     let run_dir = v["run_dir"].as_str().unwrap().to_string();
+    // run.json is written behind: once it is a file, every record has been written.
+    let run_json = format!("{run_dir}/run.json");
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::symlink_metadata(&run_json).is_ok_and(|m| m.is_file())),
+        "run.json replaced, not followed"
+    );
     let after = std::fs::metadata(&target).unwrap();
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "root-only-secret\n", "target untouched");
     assert_eq!((after.mtime(), after.mtime_nsec(), after.len()), (before.mtime(), before.mtime_nsec(), before.len()));
