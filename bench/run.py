@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """One benchmark run: Ravel's local figures (bench/local.py), the shared peer harness
-(../shared/bench/peers/measure.py) for Ravel and task-spooler, back to back on this machine, and
-the launch side's CPU per job (bench/cpu.py).
+(../shared/bench/peers/measure.py) for Ravel and task-spooler, back to back on this machine, the
+drain of both measured in pairs (bench/paired.py), and the launch side's CPU per job
+(bench/cpu.py).
 Prints one JSON object and rewrites the table between the markers in bench/README.md.
 
 The harness runs in rounds, task-spooler then Ravel, each round with fresh homes; each figure
@@ -48,6 +49,10 @@ def main():
         if "tsp" in result["harness"]:
             result["ratio_ravel_over_tsp"] = ratios(result["harness"]["tsp"], result["harness"]["ravel"])
             result["ratio_rounds"] = [ratios(r["tsp"], r["ravel"]) for r in rounds]
+        if "tsp" in result["harness"]:
+            paired = subprocess.run([sys.executable, os.path.join(HERE, "paired.py"), "--ravel", a.ravel, "--dir", tmp],
+                                    check=True, capture_output=True, text=True).stdout
+            result["paired_drain"] = json.loads(paired.strip().splitlines()[-1])
         cpu = subprocess.run([sys.executable, os.path.join(HERE, "cpu.py"), "--ravel", a.ravel, "--dir", tmp],
                              check=True, capture_output=True, text=True).stdout
         result["cpu_per_job"] = json.loads(cpu.strip().splitlines()[-1])
@@ -107,8 +112,15 @@ def write_readme(r):
         q = r["ratio_ravel_over_tsp"]
         rows.append(f"| ratio Ravel / tsp | {q['submit_p50']} | {q['dispatch_p50']} | {q['drain_jobs_per_s']} |")
     rounds = r["harness"]["ravel"]["rounds"]
+    paired = []
+    if "paired_drain" in r:
+        p = r["paired_drain"]
+        paired = [f"Drain in pairs (`bench/paired.py`, {p['rounds']} rounds of {p['chunk']} submits on each system): "
+                  f"task-spooler {p['tsp']['ms_per_submit_mean']} ms per submit, Ravel {p['ravel']['ms_per_submit_mean']}: "
+                  f"Ravel's speed {p['ravel']['speed_vs_tsp']}× task-spooler's (per-round ratios, quartiles: "
+                  f"{' / '.join(str(q) for q in p['ravel']['round_ratio_quartiles'])}).", ""]
     text = "\n".join([START, f"Run of {r['date']} on {r['cores']} cores (`bench/run.sh`), medians of {rounds} "
-                      "alternating rounds of the harness:", "", *rows, "",
+                      "alternating rounds of the harness:", "", *rows, "", *paired,
                       "```json", json.dumps(r), "```", END])
     path = os.path.join(HERE, "README.md")
     readme = open(path).read()
