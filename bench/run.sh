@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the release binary, installs task-spooler if missing, and runs bench/run.py:
-# Ravel's local figures plus the shared peer harness for Ravel and task-spooler in one run.
+# Ravel's local figures plus the shared peer harness for Ravel and task-spooler, and their drains
+# measured in pairs (bench/paired.py), in one run.
 # Prints one JSON object and updates the table in bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
