@@ -20,6 +20,9 @@ Usage: bench/paired.py --ravel [NAME=]PATH [--ravel ...] [--rounds 40] [--chunk 
 """
 import argparse, json, os, random, shutil, statistics, subprocess, sys, tempfile, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from drain_latency import TSP_WAIT  # noqa: E402  (the harness's wait for task-spooler)
+
 
 def system(name, ravel, home):
     """(environment, submit command, wait command) of a system started in `home`."""
@@ -27,8 +30,7 @@ def system(name, ravel, home):
     env.pop("RAVEL_NO_GPU", None)
     if name == "tsp":
         subprocess.run(["tsp", "-S", "8"], env=env, check=True, capture_output=True)
-        # As the harness waits for task-spooler (../shared/bench/peers/measure.py).
-        return env, "tsp sh -c true", "while tsp | grep -qE ' (running|queued|allocating) '; do sleep 0.01; done"
+        return env, "tsp sh -c true", TSP_WAIT
     env["PATH"] = os.path.dirname(os.path.abspath(ravel)) + os.pathsep + env["PATH"]
     subprocess.run([ravel, "daemon", "start", "--cpus", "8"], env=env, check=True, capture_output=True)
     return env, "ravel run --gpus 0 -- sh -c true", "ravel wait --all"

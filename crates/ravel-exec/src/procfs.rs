@@ -76,10 +76,10 @@ pub(crate) fn boot_clock_ns() -> u64 {
 pub(crate) fn start_time_between(pid: i32, before: u64, after: u64) -> Option<u64> {
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    match u64::try_from(hz).ok().filter(|hz| *hz > 0 && 1_000_000_000 % hz == 0) {
-        Some(hz) if before / (1_000_000_000 / hz) == after / (1_000_000_000 / hz) => {
-            Some(before / (1_000_000_000 / hz))
-        }
+    // Nanoseconds per tick, when a second holds a whole number of them (as /proc converts).
+    let tick = u64::try_from(hz).ok().filter(|hz| *hz > 0 && 1_000_000_000 % hz == 0).map(|hz| 1_000_000_000 / hz);
+    match tick {
+        Some(tick) if before / tick == after / tick => Some(before / tick),
         _ => process_start_time(pid),
     }
 }
