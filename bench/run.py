@@ -9,13 +9,16 @@ The harness runs in rounds, task-spooler then Ravel, each round with fresh homes
 reported is its median over the rounds, and the ratios are those of the medians (each round's
 ratios are listed too). On this machine kind the CPU's own speed swings by half within seconds
 (a fixed Python loop takes 0.62 to 0.97 s from one run to the next), so one pass of each system,
-minutes apart, gives a ratio that is mostly the machine's mood.
+minutes apart, gives a ratio that is mostly the machine's mood. Before anything, it waits (up to
+eight minutes) until a new file costs what it costs on a settled filesystem (bench/settle.py).
 
 Usage: bench/run.py --ravel PATH [--jobs 300] [--submits 30] [--rounds 5] [--queued 10000] [--no-readme]
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import settle  # noqa: E402  (waits for the filesystem to settle first)
 PEERS = os.path.join(HERE, "..", "..", "shared", "bench", "peers", "measure.py")
 START, END = "<!-- bench/run.py: start -->", "<!-- bench/run.py: end -->"
 
@@ -43,6 +46,11 @@ def main():
     # created in their block group (ARCHITECTURE.md, "Run dirs and the filesystem").
     tmp = tempfile.mkdtemp(prefix="ravel-bench-")
     try:
+        # A mass deletion in the last minutes (a CI run, a build, the last benchmark's homes) makes
+        # new files cost several times their price where it happened (bench/settle.py).
+        result["fs_settle"] = settle.wait_settled(tmp)
+        if not result["fs_settle"]["settled"]:
+            print(f"the filesystem did not settle: {result['fs_settle']}", file=sys.stderr)
         rounds = [peers(a, os.path.join(tmp, f"round{i}")) for i in range(a.rounds)]
         result["harness"] = {name: medians([r[name] for r in rounds]) for name in rounds[0]}
         result["harness_rounds"] = rounds
