@@ -3,11 +3,17 @@
 and each round runs a chunk of harness-style submits (`subprocess.run(cmd, shell=True)` of
 `... sh -c true`, one after another, each job running while the next is submitted) on each
 system, in a random order, then waits for both queues to empty (not timed). A round takes
-about a tenth of a second per system, so a swing of the machine's speed (on this machine kind
-the CPU's own speed moves by a third from one second to the next, see bench/README.md) falls
-on both systems of a round alike; the ratio of the two chunk times in a round is one sample of
+about half a second per system, so a swing of the machine's speed (on this machine kind the
+CPU's own speed moves by a third from one second to the next, see bench/README.md) falls on
+both systems of a round alike; the ratio of the two chunk times in a round is one sample of
 the speed ratio. The harness (bench/run.py) times one drain of each system per round, seconds
 apart, which that swing can tip either way.
+
+A chunk is as long as the harness's drain (300 submits) by default. Shorter chunks flatter a
+system that does part of its work later: Ravel writes `run.json` at idle priority and
+checkpoints its WAL on a thread, and the untimed waits between short chunks give that work
+idle CPU it does not get in a drain (chunks of 50 gave Ravel 4 to 8 % more than chunks of 300
+in the same session, bench/README.md).
 
 Several Ravel builds can run in the same rounds (`--ravel NAME=PATH`, repeated): the way to
 tell whether a change makes the drain faster, when one harness run cannot.
@@ -16,7 +22,7 @@ Prints one JSON object: per system the mean and median time per submit (ms), and
 build its `speed_vs_tsp`: task-spooler's mean over the build's (above 1: Ravel drains faster),
 with the quartiles of the per-round ratios.
 
-Usage: bench/paired.py --ravel [NAME=]PATH [--ravel ...] [--rounds 40] [--chunk 50] [--dir DIR]
+Usage: bench/paired.py --ravel [NAME=]PATH [--ravel ...] [--rounds 16] [--chunk 300] [--dir DIR]
 """
 import argparse, json, os, random, shutil, statistics, subprocess, sys, tempfile, time
 
@@ -57,8 +63,8 @@ def quartiles(xs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ravel", action="append", required=True, help="[NAME=]PATH of a ravel binary")
-    ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--chunk", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=16)
+    ap.add_argument("--chunk", type=int, default=300)
     ap.add_argument("--dir", help="where the homes go (left for the caller to delete)")
     a = ap.parse_args()
     if shutil.which("tsp") is None:
