@@ -5,12 +5,13 @@ drain of both measured in pairs (bench/paired.py), and the launch side's CPU per
 (bench/cpu.py).
 Prints one JSON object and rewrites the table between the markers in bench/README.md.
 
-The harness runs in rounds, task-spooler then Ravel, each round with fresh homes; each figure
-reported is its median over the rounds, and the ratios are those of the medians (each round's
-ratios are listed too). On this machine kind the CPU's own speed swings by half within seconds
-(a fixed Python loop takes 0.62 to 0.97 s from one run to the next), so one pass of each system,
-minutes apart, gives a ratio that is mostly the machine's mood. Before anything, it waits (up to
-eight minutes) until a new file costs what it costs on a settled filesystem (bench/settle.py).
+The harness runs in rounds, task-spooler then Ravel and Ravel then task-spooler in turn, each
+round with fresh homes; each figure reported is its median over the rounds, and the ratios are
+those of the medians (each round's ratios are listed too). On this machine kind the CPU's own
+speed swings by half within seconds (a fixed Python loop takes 0.62 to 0.97 s from one run to the
+next), so one pass of each system, minutes apart, gives a ratio that is mostly the machine's mood.
+Before anything, it waits (up to eight minutes) until a new file costs what it costs on a settled
+filesystem (bench/settle.py).
 
 Usage: bench/run.py --ravel PATH [--jobs 300] [--submits 30] [--rounds 5] [--queued 10000] [--no-readme]
 """
@@ -51,7 +52,7 @@ def main():
         result["fs_settle"] = settle.wait_settled(tmp)
         if not result["fs_settle"]["settled"]:
             print(f"the filesystem did not settle: {result['fs_settle']}", file=sys.stderr)
-        rounds = [peers(a, os.path.join(tmp, f"round{i}")) for i in range(a.rounds)]
+        rounds = [peers(a, os.path.join(tmp, f"round{i}"), i % 2 == 1) for i in range(a.rounds)]
         result["harness"] = {name: medians([r[name] for r in rounds]) for name in rounds[0]}
         result["harness_rounds"] = rounds
         if "tsp" in result["harness"]:
@@ -92,23 +93,32 @@ def ratios(t, r):
     }
 
 
-def peers(a, tmp):
-    """One round of the shared harness: task-spooler (when installed), then Ravel, homes in `tmp`."""
+def peers(a, tmp, ravel_first):
+    """One round of the shared harness, task-spooler (when installed) and Ravel, in the order given,
+    homes in `tmp`. What one system leaves behind (dirty pages being written back, processes
+    exiting) falls on the next: rounds alternate the order so that it falls on both alike."""
     os.makedirs(tmp)
     out = {}
-    if shutil.which("tsp"):
-        env = dict(os.environ, TS_SOCKET=os.path.join(tmp, "ts.sock"))
-        out["tsp"] = harness("tsp", a.jobs, a.submits, env)
-        subprocess.run(["tsp", "-K"], env=env, capture_output=True)
-    env = dict(os.environ, RAVEL_HOME=os.path.join(tmp, "ravel"),
-               PATH=os.path.dirname(os.path.abspath(a.ravel)) + os.pathsep + os.environ["PATH"])
-    env.pop("RAVEL_NO_GPU", None)
-    subprocess.run([a.ravel, "daemon", "start", "--cpus", "8"], env=env, check=True, capture_output=True)
-    try:
-        out["ravel"] = harness("ravel", a.jobs, a.submits, env)
-    finally:
-        subprocess.run([a.ravel, "daemon", "stop", "--kill-jobs"], env=env, capture_output=True)
-    return out
+
+    def tsp():
+        if shutil.which("tsp"):
+            env = dict(os.environ, TS_SOCKET=os.path.join(tmp, "ts.sock"))
+            out["tsp"] = harness("tsp", a.jobs, a.submits, env)
+            subprocess.run(["tsp", "-K"], env=env, capture_output=True)
+
+    def ravel():
+        env = dict(os.environ, RAVEL_HOME=os.path.join(tmp, "ravel"),
+                   PATH=os.path.dirname(os.path.abspath(a.ravel)) + os.pathsep + os.environ["PATH"])
+        env.pop("RAVEL_NO_GPU", None)
+        subprocess.run([a.ravel, "daemon", "start", "--cpus", "8"], env=env, check=True, capture_output=True)
+        try:
+            out["ravel"] = harness("ravel", a.jobs, a.submits, env)
+        finally:
+            subprocess.run([a.ravel, "daemon", "stop", "--kill-jobs"], env=env, capture_output=True)
+
+    for run in ((ravel, tsp) if ravel_first else (tsp, ravel)):
+        run()
+    return {name: out[name] for name in ("tsp", "ravel") if name in out}
 
 
 def write_readme(r):
