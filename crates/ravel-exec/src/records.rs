@@ -122,13 +122,21 @@ pub struct ExitRecord {
 const MAX_RECORD_BYTES: u64 = 1 << 20;
 
 /// Reads a file of a run dir without following a symlink in its place, up to the size limit.
+/// Opened without blocking (a FIFO planted there must not hang the open), and refused unless a
+/// regular file, which reads the same either way: so no switch back to blocking reads. Read
+/// into a buffer of the size it has, in one read and the one that finds its end.
 fn read_record(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let f = open_nofollow(path)?;
-    if !f.metadata()?.is_file() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
-    let mut bytes = Vec::new();
+    let mut bytes = Vec::with_capacity(meta.len().min(MAX_RECORD_BYTES) as usize + 1);
     f.take(MAX_RECORD_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_RECORD_BYTES {
         return Err(std::io::Error::other("larger than any record"));
@@ -263,4 +271,56 @@ fn read_optional<T: DeserializeOwned>(path: &Path) -> Option<T> {
 /// Wall-clock milliseconds since the Unix epoch, the unit of every timestamp in the records.
 pub(crate) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `read_exit` on another thread, so that a read that blocks fails the test instead of
+    /// hanging it.
+    fn read_exit_soon(dir: &Path) -> Option<ExitRecord> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = dir.to_owned();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_exit(&dir));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5)).expect("read_exit blocked")
+    }
+
+    #[test]
+    fn records_are_read_whole_and_nothing_but_a_regular_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = ExitRecord {
+            exit_code: Some(3),
+            signal: None,
+            canceled: false,
+            timed_out: false,
+            error: Some("x".repeat(5000)),
+            started_at_ms: Some(1),
+            finished_at_ms: 2,
+            oom_killed: false,
+            fenced: false,
+        };
+        fs::write(dir.path().join(EXIT_FILE), serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+        let back = read_exit_soon(dir.path()).expect("a regular exit.json");
+        assert_eq!((back.exit_code, back.error.map(|e| e.len())), (Some(3), Some(5000)));
+
+        // A FIFO in its place (a shared box's user owns the run dir): refused, not waited on.
+        fs::remove_file(dir.path().join(EXIT_FILE)).unwrap();
+        let c = std::ffi::CString::new(dir.path().join(EXIT_FILE).as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(read_exit_soon(dir.path()).is_none());
+
+        // A symlink to a good record is not followed; a file over the limit is not read.
+        fs::remove_file(dir.path().join(EXIT_FILE)).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        fs::write(elsewhere.path().join("exit.json"), serde_json::to_vec(&record).unwrap()).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("exit.json"), dir.path().join(EXIT_FILE)).unwrap();
+        assert!(read_exit_soon(dir.path()).is_none());
+        fs::remove_file(dir.path().join(EXIT_FILE)).unwrap();
+        fs::write(dir.path().join(EXIT_FILE), vec![b' '; MAX_RECORD_BYTES as usize + 1]).unwrap();
+        assert!(read_record(&dir.path().join(EXIT_FILE)).is_err());
+    }
 }
