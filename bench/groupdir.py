@@ -35,7 +35,7 @@ def home(base, name):
 def group(runs, renamed):
     g = os.path.join(runs, "0k")
     if renamed:
-        temp = os.path.join(runs, f".0k.{os.getpid()}.{random.getrandbits(32):08x}.new")
+        temp = os.path.join(runs, f".0k.{os.getpid()}.{random.getrandbits(32):08x}.tmp")
         os.mkdir(temp)
         os.rename(temp, g)
     else:

@@ -95,7 +95,9 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-fn temp_path(path: &Path, dir: &Path) -> io::Result<PathBuf> {
+/// A fresh name in `dir` for a temp file (or directory) that will become `path`:
+/// `.<name>.<pid>.<seq>.<nanos>.tmp`.
+pub(crate) fn temp_path(path: &Path, dir: &Path) -> io::Result<PathBuf> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{} has no file name", path.display())))?;

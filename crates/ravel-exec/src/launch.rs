@@ -190,19 +190,19 @@ const SLOW_GROUP_DIR: std::time::Duration = std::time::Duration::from_micros(100
 const GROUP_DIR_TRIES: usize = 4;
 
 fn make_group_dir_within(dir: &Path, slow: std::time::Duration) -> std::io::Result<()> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+    let Some(parent) = dir.parent() else {
         return fs::create_dir(dir);
     };
     let mut made: Vec<(PathBuf, std::time::Duration)> = Vec::with_capacity(GROUP_DIR_TRIES);
     let mut error = None;
     while made.len() < GROUP_DIR_TRIES && made.last().is_none_or(|(_, took)| *took >= slow) {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(format!(".{}.{}.{nanos:08x}.new", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
-        let temp = parent.join(temp_name);
+        let temp = match crate::atomic::temp_path(dir, parent) {
+            Ok(temp) => temp,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        };
         match fs::create_dir(&temp) {
             Ok(()) => {
                 let took = new_inode_cost(&temp);
