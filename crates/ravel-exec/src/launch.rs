@@ -196,15 +196,8 @@ fn make_group_dir_within(dir: &Path, slow: std::time::Duration) -> std::io::Resu
     let mut made: Vec<(PathBuf, std::time::Duration)> = Vec::with_capacity(GROUP_DIR_TRIES);
     let mut error = None;
     while made.len() < GROUP_DIR_TRIES && made.last().is_none_or(|(_, took)| *took >= slow) {
-        let temp = match crate::atomic::temp_path(dir, parent) {
-            Ok(temp) => temp,
-            Err(e) => {
-                error = Some(e);
-                break;
-            }
-        };
-        match fs::create_dir(&temp) {
-            Ok(()) => {
+        match crate::atomic::temp_path(dir, parent).and_then(|temp| fs::create_dir(&temp).map(|()| temp)) {
+            Ok(temp) => {
                 let took = new_inode_cost(&temp);
                 made.push((temp, took));
             }

@@ -127,11 +127,7 @@ const MAX_RECORD_BYTES: u64 = 1 << 20;
 /// into a buffer of the size it has, in one read and the one that finds its end.
 fn read_record(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
+    let f = open_nofollow_nonblocking(path)?;
     let meta = f.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
@@ -144,13 +140,16 @@ fn read_record(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Opens for reading without following a symlink, and without blocking on a FIFO: reads of
+/// anything but a regular file do not block either.
+fn open_nofollow_nonblocking(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)
+}
+
 /// Opens for reading without following a symlink, and without blocking on a FIFO.
 fn open_nofollow(path: &Path) -> std::io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
+    let f = open_nofollow_nonblocking(path)?;
     // Back to blocking reads (O_NONBLOCK only kept a FIFO from hanging the open); callers refuse
     // anything but a regular file anyway.
     crate::fds::set_blocking(&f)?;
