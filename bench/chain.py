@@ -23,23 +23,20 @@ and the CPU per job of each process name (`sched_stat_runtime`; the job's `sh` a
 
 Usage: bench/chain.py --ravel PATH [--jobs 300] [--warm 100] [--dir DIR]
 """
-import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from drain_latency import drain  # noqa: E402  (the harness's drain: submits one by one, then the wait)
 from paired import stop, system  # noqa: E402  (a system started in a home, and stopped)
 
 STAGES = ["python_to_sh_fork", "sh_fork_to_client", "client", "request_to_answer", "sh_exit", "to_next", "total"]
 
 
 def loop(cmd, n, wait):
-    """The harness's drain: `n` submits, then the wait (run under perf by `record`)."""
-    t = time.perf_counter()
-    for _ in range(n):
-        subprocess.run(cmd, shell=True, check=True, capture_output=True)
-    if wait:
-        subprocess.run(wait, shell=True, check=True, capture_output=True)
-    print(json.dumps({"wall_ms_per_job": (time.perf_counter() - t) * 1000 / n}))
+    """The drain run under perf by `record`: prints its wall time per job."""
+    _, jobs_per_s = drain(cmd, wait, os.environ, n)
+    print(json.dumps({"wall_ms_per_job": 1000 / jobs_per_s}))
 
 
 def record(out, cmd, n, wait, env):
@@ -118,7 +115,7 @@ def main():
     ap.add_argument("--warm", type=int, default=100)
     ap.add_argument("--dir", help="where the homes go (left for the caller to delete)")
     ap.add_argument("--loop", help=argparse.SUPPRESS)
-    ap.add_argument("--wait", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--wait", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.loop:
         return loop(a.loop, a.jobs, a.wait)
@@ -130,19 +127,18 @@ def main():
         for name in (["tsp"] if shutil.which("tsp") else []) + ["ravel", "ravel_held"]:
             home = os.path.join(tmp, name)
             os.makedirs(home)
-            env, submit, wait = system("tsp" if name == "tsp" else "ravel", a.ravel, home)
+            kind = "tsp" if name == "tsp" else "ravel"
+            env, submit, wait = system(kind, a.ravel, home)
             if name == "ravel_held":
-                submit, wait = submit.replace("ravel run ", "ravel run --hold "), ""
+                # Held jobs never end: nothing to wait for.
+                submit, wait = submit.replace("ravel run ", "ravel run --hold "), "true"
             try:
-                for _ in range(a.warm):
-                    subprocess.run(submit, shell=True, env=env, check=True, capture_output=True)
-                if wait:
-                    subprocess.run(wait, shell=True, env=env, check=True, capture_output=True)
+                drain(submit, wait, env, a.warm)
                 data = os.path.join(home, "sched.data")
                 wall = record(data, submit, a.jobs, wait, env)
-                out[name] = {"wall_ms_per_job": round(wall, 3), **analyse(data, "tsp" if name == "tsp" else "ravel", a.jobs)}
+                out[name] = {"wall_ms_per_job": round(wall, 3), **analyse(data, kind, a.jobs)}
             finally:
-                stop("tsp" if name == "tsp" else "ravel", env)
+                stop(kind, env)
     finally:
         if not a.dir:
             shutil.rmtree(tmp, ignore_errors=True)
