@@ -23,11 +23,11 @@ and the CPU per job of each process name (`sched_stat_runtime`; the job's `sh` a
 
 Usage: bench/chain.py --ravel PATH [--jobs 300] [--warm 100] [--dir DIR]
 """
-import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile
+import argparse, json, os, re, shutil, statistics, subprocess, sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from drain_latency import drain  # noqa: E402  (the harness's drain: submits one by one, then the wait)
+from drain_latency import drain, homes  # noqa: E402  (the harness's drain: submits one by one, then the wait)
 from paired import stop, system  # noqa: E402  (a system started in a home, and stopped)
 
 STAGES = ["python_to_sh_fork", "sh_fork_to_client", "client", "request_to_answer", "sh_exit", "to_next", "total"]
@@ -121,9 +121,8 @@ def main():
         return loop(a.loop, a.jobs, a.wait)
     if not a.ravel:
         ap.error("--ravel is required")
-    tmp = tempfile.mkdtemp(prefix="ravel-chain-", dir=a.dir)
     out = {"jobs": a.jobs}
-    try:
+    with homes("ravel-chain-", a.dir) as tmp:
         for name in (["tsp"] if shutil.which("tsp") else []) + ["ravel", "ravel_held"]:
             home = os.path.join(tmp, name)
             os.makedirs(home)
@@ -139,9 +138,6 @@ def main():
                 out[name] = {"wall_ms_per_job": round(wall, 3), **analyse(data, kind, a.jobs)}
             finally:
                 stop(kind, env)
-    finally:
-        if not a.dir:
-            shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out))
 
 

@@ -10,7 +10,10 @@ Prints one JSON object. Usage: bench/cpu.py --ravel PATH [--jobs 300] [--dir DIR
 (with --dir the daemons' homes go there and are left for the caller to delete: deleting run
 dirs slows every file created in the minutes after, see bench/README.md)
 """
-import argparse, json, os, shutil, subprocess, tempfile, time
+import argparse, json, os, subprocess, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from drain_latency import homes  # noqa: E402  (a temp dir for the homes, kept with --dir)
 
 
 def stat(pid):
@@ -66,13 +69,9 @@ def main():
     ap.add_argument("--jobs", type=int, default=300)
     ap.add_argument("--dir")
     a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="ravel-cpu-", dir=a.dir)
-    try:
+    with homes("ravel-cpu-", a.dir) as tmp:
         run = measure(a.ravel, os.path.join(tmp, "run"), a.jobs, False)
         held = measure(a.ravel, os.path.join(tmp, "hold"), a.jobs, True)
-    finally:
-        if a.dir is None:
-            shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps({"jobs": a.jobs, "cores": os.cpu_count(), "run": run,
                       "submit_only_daemon_ms": held["daemon_ms"],
                       "launch_and_end_daemon_ms": round(run["daemon_ms"] - held["daemon_ms"], 3)}))

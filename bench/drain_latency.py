@@ -12,9 +12,23 @@ Usage: bench/drain_latency.py --ravel PATH [--rounds 3] [--jobs 300] [--dir DIR]
 (with --dir the homes go there and are left for the caller to delete: deleting run dirs slows
 every file created in the minutes after, see bench/README.md)
 """
-import argparse, json, os, shutil, statistics, subprocess, tempfile, time
+import argparse, contextlib, json, os, shutil, statistics, subprocess, tempfile, time
 
 TSP_WAIT = "while tsp | grep -qE ' (running|queued|allocating) '; do sleep 0.01; done"
+
+
+@contextlib.contextmanager
+def homes(prefix, keep_in):
+    """A temp dir for a run's homes. With `keep_in` (a script's --dir) it is made there and left
+    for the caller to delete: deleting run dirs slows every file created in the minutes after
+    (bench/README.md), so a caller running benchmarks back to back deletes them later; without
+    it, it is removed when the run ends."""
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=keep_in)
+    try:
+        yield tmp
+    finally:
+        if not keep_in:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def drain(submit, wait, env, jobs):
@@ -42,10 +56,9 @@ def main():
     ap.add_argument("--jobs", type=int, default=300)
     ap.add_argument("--dir")
     a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="ravel-drain-", dir=a.dir)
     bin_dir = os.path.dirname(os.path.abspath(a.ravel))
     out = {"jobs": a.jobs, "rounds": []}
-    try:
+    with homes("ravel-drain-", a.dir) as tmp:
         for i in range(a.rounds):
             home = os.path.join(tmp, f"round{i}")
             os.makedirs(home)
@@ -65,9 +78,6 @@ def main():
             finally:
                 subprocess.run([a.ravel, "daemon", "stop", "--kill-jobs"], env=env, capture_output=True)
             out["rounds"].append(r)
-    finally:
-        if not a.dir:
-            shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(out))
 
 

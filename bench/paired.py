@@ -24,10 +24,10 @@ with the quartiles of the per-round ratios.
 
 Usage: bench/paired.py --ravel [NAME=]PATH [--ravel ...] [--rounds 16] [--chunk 300] [--dir DIR]
 """
-import argparse, json, os, random, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, random, shutil, statistics, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from drain_latency import TSP_WAIT  # noqa: E402  (the harness's wait for task-spooler)
+from drain_latency import TSP_WAIT, homes  # noqa: E402  (the harness's wait for task-spooler; the homes' temp dir)
 
 
 def system(name, ravel, home):
@@ -69,37 +69,35 @@ def main():
     a = ap.parse_args()
     if shutil.which("tsp") is None:
         sys.exit("task-spooler (tsp) is not installed")
-    tmp = tempfile.mkdtemp(prefix="ravel-paired-", dir=a.dir)
     systems = {}
-    try:
-        for i, (name, path) in enumerate([("tsp", "")] + [build(r) for r in a.ravel]):
-            if name in systems:
-                ap.error(f"two systems named {name}: name them, --ravel NAME=PATH")
-            home = os.path.join(tmp, f"{i}")
-            os.makedirs(home)
-            systems[name] = system(name, path, home)
-        for env, submit, wait in systems.values():  # warm-up: page cache, standbys
-            for _ in range(20):
-                subprocess.run(submit, shell=True, env=env, check=True, capture_output=True)
-            subprocess.run(wait, shell=True, env=env, check=True, capture_output=True)
-        ms = {name: [] for name in systems}
-        for _ in range(a.rounds):
-            order = list(systems)
-            random.shuffle(order)
-            for name in order:
-                env, submit, wait = systems[name]
-                t0 = time.perf_counter()
-                for _ in range(a.chunk):
+    with homes("ravel-paired-", a.dir) as tmp:
+        try:
+            for i, (name, path) in enumerate([("tsp", "")] + [build(r) for r in a.ravel]):
+                if name in systems:
+                    ap.error(f"two systems named {name}: name them, --ravel NAME=PATH")
+                home = os.path.join(tmp, f"{i}")
+                os.makedirs(home)
+                systems[name] = system(name, path, home)
+            for env, submit, wait in systems.values():  # warm-up: page cache, standbys
+                for _ in range(20):
                     subprocess.run(submit, shell=True, env=env, check=True, capture_output=True)
-                ms[name].append((time.perf_counter() - t0) * 1000 / a.chunk)
                 subprocess.run(wait, shell=True, env=env, check=True, capture_output=True)
-                if name == "tsp":
-                    subprocess.run(["tsp", "-C"], env=env, check=True, capture_output=True)
-    finally:
-        for name, (env, _, _) in systems.items():
-            stop(name, env)
-        if a.dir is None:
-            shutil.rmtree(tmp, ignore_errors=True)
+            ms = {name: [] for name in systems}
+            for _ in range(a.rounds):
+                order = list(systems)
+                random.shuffle(order)
+                for name in order:
+                    env, submit, wait = systems[name]
+                    t0 = time.perf_counter()
+                    for _ in range(a.chunk):
+                        subprocess.run(submit, shell=True, env=env, check=True, capture_output=True)
+                    ms[name].append((time.perf_counter() - t0) * 1000 / a.chunk)
+                    subprocess.run(wait, shell=True, env=env, check=True, capture_output=True)
+                    if name == "tsp":
+                        subprocess.run(["tsp", "-C"], env=env, check=True, capture_output=True)
+        finally:
+            for name, (env, _, _) in systems.items():
+                stop(name, env)
     out = {"rounds": a.rounds, "chunk": a.chunk}
     for name, xs in ms.items():
         out[name] = {"ms_per_submit_mean": round(statistics.mean(xs), 3), "ms_per_submit_median": round(statistics.median(xs), 3)}
