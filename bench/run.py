@@ -30,6 +30,19 @@ def harness(system, jobs, submits, env):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def cpu_model():
+    """The CPU as /proc/cpuinfo names it, with its family and model numbers (guests of one name
+    differ: the README's rounds tell them apart by these)."""
+    fields = {}
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "an unknown CPU"
+    return f"{fields.get('model name', 'an unknown CPU')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ravel", required=True)
@@ -41,7 +54,8 @@ def main():
     a = ap.parse_args()
     if a.rounds < 1:
         ap.error("--rounds must be at least 1")
-    result = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count()}
+    result = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "cpu": cpu_model(),
+              "kernel": os.uname().release}
     # The peers first, then the launch side's CPU, then local.py; every home is deleted at the
     # very end: on ext4 without a journal, inodes deleted in the last minutes slow down every file
     # created in their block group (ARCHITECTURE.md, "Run dirs and the filesystem").
@@ -137,7 +151,8 @@ def write_readme(r):
                   f"task-spooler {p['tsp']['ms_per_submit_mean']} ms per submit, Ravel {p['ravel']['ms_per_submit_mean']}: "
                   f"Ravel's speed {p['ravel']['speed_vs_tsp']}× task-spooler's (per-round ratios, quartiles: "
                   f"{' / '.join(str(q) for q in p['ravel']['round_ratio_quartiles'])}).", ""]
-    text = "\n".join([START, f"Run of {r['date']} on {r['cores']} cores (`bench/run.sh`), medians of {rounds} "
+    machine = f"{r['cores']} cores of {r['cpu']}, Linux {r['kernel']}" if "cpu" in r else f"{r['cores']} cores"
+    text = "\n".join([START, f"Run of {r['date']} on {machine} (`bench/run.sh`), medians of {rounds} "
                       "alternating rounds of the harness:", "", *rows, "", *paired,
                       "```json", json.dumps(r), "```", END])
     path = os.path.join(HERE, "README.md")
