@@ -151,8 +151,8 @@ def write_readme(r):
                   f"task-spooler {p['tsp']['ms_per_submit_mean']} ms per submit, Ravel {p['ravel']['ms_per_submit_mean']}: "
                   f"Ravel's speed {p['ravel']['speed_vs_tsp']}× task-spooler's (per-round ratios, quartiles: "
                   f"{' / '.join(str(q) for q in p['ravel']['round_ratio_quartiles'])}).", ""]
-    machine = f"{r['cores']} cores of {r['cpu']}, Linux {r['kernel']}" if "cpu" in r else f"{r['cores']} cores"
-    text = "\n".join([START, f"Run of {r['date']} on {machine} (`bench/run.sh`), medians of {rounds} "
+    text = "\n".join([START, f"Run of {r['date']} on {r['cores']} cores of {r['cpu']}, Linux {r['kernel']} "
+                      f"(`bench/run.sh`), medians of {rounds} "
                       "alternating rounds of the harness:", "", *rows, "", *paired,
                       "```json", json.dumps(r), "```", END])
     path = os.path.join(HERE, "README.md")
