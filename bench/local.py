@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Local benchmark of Ravel: round trip, submit->start, drain, daemon RSS. Prints one JSON object.
 
-Usage: bench/local.py [--ravel PATH] [--samples N] [--queued N] [--drain N]
+Usage: bench/local.py [--ravel PATH] [--samples N] [--queued N] [--deep N] [--drain N]
 Each figure drives the real CLI (a fresh process per call) against a daemon in a temp RAVEL_HOME
 with fake GPUs. Filling the queue uses the API directly (it is setup, not a measured figure).
 """
@@ -94,12 +94,37 @@ def submit_to_start(d, n):
     return lat
 
 
+def queued_figures(d, a):
+    """The figures of a daemon with a long queue: its size and RSS, `ravel run` round trip, submit
+    -> start of CPU jobs (they start beside the waiting GPU jobs), `ravel queue`, and `ravel
+    queue --all --json` (every job ever, streamed by the daemon a batch at a time)."""
+    time.sleep(0.5)
+    out = {"queued": api(d.home, "GET", "/v1/status")["queued"], "rss_queued_mib": rss_mib(d.pid)}
+    rtq = round_trips(d, a.samples)
+    out["run_round_trip_queued_ms"] = {"p50": pct(rtq, 50), "p99": pct(rtq, 99)}
+    stq = submit_to_start(d, a.samples)
+    out["submit_to_start_queued_ms"] = {"p50": pct(stq, 50), "p99": pct(stq, 99)}
+    if not a.skip_queue:
+        t0 = time.perf_counter()
+        d.run("queue")
+        out["queue_cmd_queued_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        t0 = time.perf_counter()
+        listed = subprocess.run([d.ravel, "queue", "--all", "--json"], env=d.env, check=True,
+                                stdout=subprocess.PIPE).stdout
+        out["queue_all_json_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        out["queue_all_json_jobs"] = len(json.loads(listed))
+        out["rss_after_queue_all_mib"] = rss_mib(d.pid)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ravel", default=shutil.which("ravel") or "target/release/ravel")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--queued", type=int, default=10000)
     ap.add_argument("--drain", type=int, default=1000)
+    ap.add_argument("--deep", type=int, default=0,
+                    help="after the figures at --queued, fill the queue up to this many and measure again ('deep')")
     ap.add_argument("--skip-queue", action="store_true", help="do not time `ravel queue` (it lists every queued job)")
     a = ap.parse_args()
     out = {"ravel": a.ravel, "machine": {"cores": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}}
@@ -119,25 +144,11 @@ def main():
         t0 = time.time()
         d.fill(a.queued, gpus=1)
         out["fill_jobs_per_s"] = round(a.queued / (time.time() - t0), 1)
-        time.sleep(0.5)
-        out["queued"] = api(d.home, "GET", "/v1/status")["queued"]
-        out["rss_queued_mib"] = rss_mib(d.pid)
-        rtq = round_trips(d, a.samples)
-        out["run_round_trip_queued_ms"] = {"p50": pct(rtq, 50), "p99": pct(rtq, 99)}
-        # CPU jobs still start beside the waiting GPU jobs; how fast, with the long queue?
-        stq = submit_to_start(d, a.samples)
-        out["submit_to_start_queued_ms"] = {"p50": pct(stq, 50), "p99": pct(stq, 99)}
-        if not a.skip_queue:
-            t0 = time.perf_counter()
-            d.run("queue")
-            out["queue_cmd_queued_ms"] = round((time.perf_counter() - t0) * 1000, 2)
-            # Every job ever, streamed by the daemon a batch at a time.
-            t0 = time.perf_counter()
-            listed = subprocess.run([d.ravel, "queue", "--all", "--json"], env=d.env, check=True,
-                                    stdout=subprocess.PIPE).stdout
-            out["queue_all_json_ms"] = round((time.perf_counter() - t0) * 1000, 2)
-            out["queue_all_json_jobs"] = len(json.loads(listed))
-            out["rss_after_queue_all_mib"] = rss_mib(d.pid)
+        out.update(queued_figures(d, a))
+        # 2b. The same with the queue filled up to --deep.
+        if a.deep > a.queued:
+            d.fill(a.deep - a.queued, gpus=1)
+            out["deep"] = queued_figures(d, a)
     finally:
         d.stop()
 

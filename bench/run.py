@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""One benchmark run: Ravel's local figures (bench/local.py), the shared peer harness
-(../shared/bench/peers/measure.py) for Ravel and task-spooler, back to back on this machine, the
-drain of both measured in pairs (bench/paired.py), and the launch side's CPU per job
-(bench/cpu.py).
-Prints one JSON object and rewrites the table between the markers in bench/README.md.
+"""One benchmark run: the shared peer harness (../shared/bench/peers/measure.py) for Ravel and
+task-spooler, back to back on this machine, the drain of both measured in pairs
+(bench/paired.py), the launch side's CPU per job (bench/cpu.py), 1,000 concurrent submitters
+under each durability mode (bench/storm.py), Ravel's local figures with 10,000 and 100,000 queued
+(bench/local.py) and with 1,000,000 finished jobs in the store (bench/history.py).
+Prints one JSON object and rewrites the tables between the markers in bench/README.md: the
+harness's figures beside task-spooler's, and Ravel's figures beside issue 8's targets.
 
 The harness runs in rounds, task-spooler then Ravel and Ravel then task-spooler in turn, each
 round with fresh homes; each figure reported is its median over the rounds, and the ratios are
@@ -13,7 +15,8 @@ next), so one pass of each system, minutes apart, gives a ratio that is mostly t
 Before anything, it waits (up to eight minutes) until a new file costs what it costs on a settled
 filesystem (bench/settle.py).
 
-Usage: bench/run.py --ravel PATH [--jobs 300] [--submits 30] [--rounds 5] [--queued 10000] [--no-readme]
+Usage: bench/run.py --ravel PATH [--jobs 300] [--submits 30] [--rounds 5] [--queued 10000] [--deep 100000]
+                   [--finished 1000000] [--no-readme]
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
@@ -50,6 +53,8 @@ def main():
     ap.add_argument("--submits", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--queued", type=int, default=10000)
+    ap.add_argument("--deep", type=int, default=100000, help="the long queue's length (local.py --deep, history.py)")
+    ap.add_argument("--finished", type=int, default=1000000, help="finished jobs in the store (history.py)")
     ap.add_argument("--no-readme", action="store_true")
     a = ap.parse_args()
     if a.rounds < 1:
@@ -73,20 +78,24 @@ def main():
             result["ratio_ravel_over_tsp"] = ratios(result["harness"]["tsp"], result["harness"]["ravel"])
             result["ratio_rounds"] = [ratios(r["tsp"], r["ravel"]) for r in rounds]
         if "tsp" in result["harness"]:
-            paired = subprocess.run([sys.executable, os.path.join(HERE, "paired.py"), "--ravel", a.ravel, "--dir", tmp],
-                                    check=True, capture_output=True, text=True).stdout
-            result["paired_drain"] = json.loads(paired.strip().splitlines()[-1])
-        cpu = subprocess.run([sys.executable, os.path.join(HERE, "cpu.py"), "--ravel", a.ravel, "--dir", tmp],
-                             check=True, capture_output=True, text=True).stdout
-        result["cpu_per_job"] = json.loads(cpu.strip().splitlines()[-1])
-        local = subprocess.run([sys.executable, os.path.join(HERE, "local.py"), "--ravel", a.ravel,
-                                "--queued", str(a.queued)], check=True, capture_output=True, text=True).stdout
-        result["ravel_local"] = json.loads(local.strip().splitlines()[-1])
+            result["paired_drain"] = script("paired.py", a.ravel, "--dir", tmp)
+        result["cpu_per_job"] = script("cpu.py", a.ravel, "--dir", tmp)
+        result["storm"] = script("storm.py", a.ravel, "--dir", tmp)
+        # These two delete their own homes as they go (a few hundred run dirs each), so they come last.
+        result["ravel_local"] = script("local.py", a.ravel, "--queued", str(a.queued), "--deep", str(a.deep))
+        result["history"] = script("history.py", a.ravel, "--finished", str(a.finished), "--queued", str(a.deep))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result))
     if not a.no_readme:
         write_readme(result)
+
+
+def script(name, ravel, *args):
+    """Runs one of this directory's benchmarks and returns the JSON object it prints last."""
+    out = subprocess.run([sys.executable, os.path.join(HERE, name), "--ravel", ravel, *args],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def medians(runs):
@@ -135,6 +144,40 @@ def peers(a, tmp, ravel_first):
     return {name: out[name] for name in ("tsp", "ravel") if name in out}
 
 
+def targets(r):
+    """Ravel's figures of the run beside issue 8's targets, as table rows."""
+    loc, deep, hist, storm = r["ravel_local"], r["ravel_local"].get("deep", {}), r["history"], r["storm"]
+    both = hist["history_and_queued"]
+
+    def ms(x):
+        return f"{x['p50']} / {x['p99']} ms"
+
+    def per_s(mode):
+        s = storm[mode]["storm"]
+        return (f"{s['submits_per_s']:,.0f} submits/s ({storm['clients']:,} clients × {storm['each']}; "
+                f"{s['errors']} errors, {s['ran_once']:,} of {s['submits']:,} ran once, all ended in {s['all_ended_s']} s)")
+
+    rows = [
+        ("`ravel run` round trip p50 / p99, empty queue", "≤ 3 / ≤ 10 ms", ms(loc["run_round_trip_ms"])),
+        (f"same, {hist['queued']:,} queued and {hist['finished']:,} finished", "within 1.5× of empty",
+         f"{ms(both['run_round_trip_ms'])} ({both['round_trip_p50_vs_empty']}× its empty phase's p50)"),
+        ("submit → job's first instruction p50 / p99", "≤ 5 / ≤ 15 ms", ms(loc["submit_to_start_ms"])),
+        (f"drain of {loc['drain']['jobs']:,} queued `true` jobs, 8 slots", "≥ 500 jobs/s",
+         f"{loc['drain']['jobs_per_s']:,} jobs/s"),
+        ("1,000 concurrent submitters", "≥ 1,000 submits/s", per_s("normal")),
+        ("same, `--durability full`", "(benchmarked)", per_s("full")),
+        ("`ravel run` round trip p50 / p99, `--durability full`", "(benchmarked)",
+         ms(storm["full"]["run_round_trip_ms"]) + f" (normal {ms(storm['normal']['run_round_trip_ms'])})"),
+        (f"`ravel queue`, {deep.get('queued', 0):,} queued", "≤ 20 ms", f"{deep.get('queue_cmd_queued_ms')} ms"),
+        (f"`ravel queue --all --json`, {deep.get('queue_all_json_jobs', 0):,} jobs", "≤ 1 s",
+         f"{deep.get('queue_all_json_ms')} ms"),
+        ("daemon RSS idle", "≤ 20 MiB", f"{loc['rss_idle_mib']} MiB"),
+        (f"daemon RSS, {loc['queued']:,} queued", "≤ 60 MiB", f"{loc['rss_queued_mib']} MiB"),
+        (f"daemon RSS, {deep.get('queued', 0):,} queued", "≤ 200 MiB", f"{deep.get('rss_queued_mib')} MiB"),
+    ]
+    return ["| figure | target | this run |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+
+
 def write_readme(r):
     rows = ["| system | submit p50 / p99 ms | submit → running p50 / p99 ms | drain jobs/s |", "|---|---|---|---|"]
     for name, m in r["harness"].items():
@@ -154,6 +197,7 @@ def write_readme(r):
     text = "\n".join([START, f"Run of {r['date']} on {r['cores']} cores of {r['cpu']}, Linux {r['kernel']} "
                       f"(`bench/run.sh`), medians of {rounds} "
                       "alternating rounds of the harness:", "", *rows, "", *paired,
+                      "Ravel's own figures in the same run, beside issue 8's targets:", "", *targets(r), "",
                       "```json", json.dumps(r), "```", END])
     path = os.path.join(HERE, "README.md")
     readme = open(path).read()
