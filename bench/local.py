@@ -43,13 +43,18 @@ def rss_mib(pid):
 
 
 class Daemon:
-    def __init__(self, ravel, gpus, cpus):
-        self.ravel = ravel
-        self.home = tempfile.mkdtemp(prefix="ravel-bench-")
+    """A daemon with fake GPUs in a temp home, or in `home` (made, and left at stop for the caller
+    to delete); `start_args` go to `ravel daemon start`."""
+
+    def __init__(self, ravel, gpus, cpus, *start_args, home=None):
+        self.ravel, self.keep = ravel, home is not None
+        if home is not None:
+            os.makedirs(home)
+        self.home = home if home is not None else tempfile.mkdtemp(prefix="ravel-bench-")
         self.env = dict(os.environ, RAVEL_HOME=self.home, RAVEL_FAKE_GPUS=str(gpus))
         self.env.pop("RAVEL_NO_GPU", None)
         self.env.pop("RAVEL_DB_PATH", None)
-        self.run("daemon", "start", "--cpus", str(cpus))
+        self.run("daemon", "start", "--cpus", str(cpus), *start_args)
         self.pid = api(self.home, "GET", "/v1/status")["pid"]
 
     def run(self, *args):
@@ -67,7 +72,8 @@ class Daemon:
 
     def stop(self):
         subprocess.run([self.ravel, "daemon", "stop", "--kill-jobs"], env=self.env, capture_output=True)
-        shutil.rmtree(self.home, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.home, ignore_errors=True)
 
 
 def round_trips(d, n):

@@ -15,11 +15,11 @@ Prints one JSON object. Usage:
 (with --dir the homes go there and are left for the caller to delete: deleting run dirs slows
 every file created in the minutes after, see bench/README.md)
 """
-import argparse, asyncio, json, os, subprocess, sys, time
+import argparse, asyncio, json, os, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from drain_latency import homes  # noqa: E402  (a temp dir for the homes, kept with --dir)
-from local import pct, round_trips  # noqa: E402
+from local import Daemon, pct, round_trips  # noqa: E402
 
 
 async def submit(sock, request):
@@ -61,25 +61,14 @@ async def storm(sock, request, clients, each):
 
 
 def measure(ravel, home, durability, a):
-    env = dict(os.environ, RAVEL_HOME=home)
-    env.pop("RAVEL_NO_GPU", None)
-    env.pop("RAVEL_DB_PATH", None)
-    subprocess.run([ravel, "daemon", "start", "--cpus", "8", "--durability", durability], env=env, check=True,
-                   capture_output=True)
-
-    class D:  # what local.round_trips needs of a daemon
-        pass
-    d = D()
-    d.ravel, d.env, d.run = ravel, env, lambda *args: subprocess.run([ravel, *args], env=env, check=True,
-                                                                      capture_output=True, text=True).stdout
+    d = Daemon(ravel, 0, 8, "--durability", durability, home=home)
     try:
         for _ in range(20):  # warm-up: standbys, page cache
             d.run("run", "--", "true")
         d.run("wait", "--all")
         rt = round_trips(d, a.samples)
         d.run("wait", "--all")
-        body = json.dumps({"spec": {"command": ["true"], "cwd": home, "env": [["PATH", "/usr/bin:/bin"]],
-                                    "gpus": 0, "cpus": 1}}).encode()
+        body = json.dumps(d.spec(["true"])).encode()
         request = (b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                    b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
         t0 = time.perf_counter()
@@ -90,7 +79,7 @@ def measure(ravel, home, durability, a):
         ran_once = sum(1 for i in set(ids) if jobs.get(i, {}).get("state") == "succeeded"
                        and jobs[i].get("attempt") == 1)
     finally:
-        subprocess.run([ravel, "daemon", "stop", "--kill-jobs"], env=env, capture_output=True)
+        d.stop()
     n = a.clients * a.each
     return {
         "run_round_trip_ms": {"p50": pct(rt, 50), "p99": pct(rt, 99)},
