@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """One benchmark run: the shared peer harness (../shared/bench/peers/measure.py) for Ravel and
-task-spooler, back to back on this machine, the drain of both measured in pairs
-(bench/paired.py), the launch side's CPU per job (bench/cpu.py), 1,000 concurrent submitters
-under each durability mode (bench/storm.py), Ravel's local figures with 10,000 and 100,000 queued
-(bench/local.py) and with 1,000,000 finished jobs in the store (bench/history.py).
+task-spooler, back to back on this machine (and one pass for pueue when it is installed), the
+drain of both measured in pairs (bench/paired.py), the launch side's CPU per job
+(bench/cpu.py), 1,000 concurrent submitters under each durability mode (bench/storm.py),
+Ravel's local figures with 10,000 and 100,000 queued (bench/local.py) and with 1,000,000
+finished jobs in the store (bench/history.py).
 Prints one JSON object and rewrites the tables between the markers in bench/README.md: the
 harness's figures beside task-spooler's, and Ravel's figures beside issue 8's targets.
 
@@ -80,6 +81,8 @@ def main():
             result["ratio_rounds"] = [ratios(r["tsp"], r["ravel"]) for r in rounds]
         if "tsp" in result["harness"]:
             result["paired_drain"] = script("paired.py", a.ravel, "--dir", tmp)
+        if shutil.which("pueue") and shutil.which("pueued"):
+            result["pueue"] = pueue(a, os.path.join(tmp, "pueue"))
         result["cpu_per_job"] = script("cpu.py", a.ravel, "--dir", tmp)
         result["storm"] = script("storm.py", a.ravel, "--dir", tmp)
         result["ravel_local"] = script("local.py", a.ravel, "--queued", str(a.queued), "--deep", str(a.deep))
@@ -144,6 +147,26 @@ def peers(a, tmp, ravel_first):
     return {name: out[name] for name in ("tsp", "ravel") if name in out}
 
 
+def pueue(a, home):
+    """One pass of the shared harness for pueue (optional: measured when installed, e.g. by `cargo
+    install pueue --locked`), its daemon's config, state and socket in `home`. It is about twenty
+    times slower than the others, so one pass tells where it stands."""
+    env = dict(os.environ, HOME=home, XDG_CONFIG_HOME=os.path.join(home, "config"),
+               XDG_DATA_HOME=os.path.join(home, "data"), XDG_RUNTIME_DIR=os.path.join(home, "run"))
+    os.makedirs(env["XDG_RUNTIME_DIR"])
+    # Not captured: the daemon it leaves behind would hold the pipes open.
+    subprocess.run(["pueued", "-d"], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while subprocess.run(["pueue", "status"], env=env, capture_output=True).returncode != 0:
+            if time.time() > deadline:
+                raise RuntimeError("pueued did not answer within 10 s")
+            time.sleep(0.05)
+        return harness("pueue", a.jobs, a.submits, env)
+    finally:
+        subprocess.run(["pueue", "shutdown"], env=env, capture_output=True)
+
+
 def targets(r):
     """Ravel's figures of the run beside issue 8's targets, as table rows."""
     loc, deep, hist, storm = r["ravel_local"], r["ravel_local"].get("deep", {}), r["history"], r["storm"]
@@ -189,6 +212,10 @@ def write_readme(r):
     if "ratio_ravel_over_tsp" in r:
         q = r["ratio_ravel_over_tsp"]
         rows.append(f"| ratio Ravel / tsp | {q['submit_p50']} | {q['dispatch_p50']} | {q['drain_jobs_per_s']} |")
+    if "pueue" in r:
+        m = r["pueue"]
+        rows.append(f"| pueue (one pass) | {m['submit_ms_p50']} / {m['submit_ms_p99']} | {m['dispatch_ms_p50']} / "
+                    f"{m['dispatch_ms_p99']} | {m['jobs_per_s']} |")
     rounds = r["harness"]["ravel"]["rounds"]
     paired = []
     if "paired_drain" in r:
