@@ -16,7 +16,7 @@ queue`, and the daemon's RSS. Prints one JSON object.
 import argparse, json, os, sqlite3, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from local import Daemon, UnixHTTP, api, pct, rss_mib, round_trips, submit_to_start  # noqa: E402
+from local import Daemon, UnixHTTP, api, p50_p99, pct, rss_mib, round_trips, submit_to_start  # noqa: E402
 from cpu import stat  # noqa: E402
 
 
@@ -63,9 +63,9 @@ def measure(d, samples):
     out = {"rss_mib": rss_mib(d.pid)}
     cpu0, passes0, t0 = daemon_cpu_ms(d.pid), passes(d.home), time.time()
     rt = round_trips(d, samples)
-    out["run_round_trip_ms"] = {"p50": pct(rt, 50), "p99": pct(rt, 99)}
+    out["run_round_trip_ms"] = p50_p99(rt)
     st = submit_to_start(d, samples)
-    out["submit_to_start_ms"] = {"p50": pct(st, 50), "p99": pct(st, 99)}
+    out["submit_to_start_ms"] = p50_p99(st)
     # What each of those 2 x samples jobs cost the daemon, and the full passes it made meanwhile:
     # with a long queue waiting, a job that starts at once should need no pass.
     out["daemon_cpu_ms_per_job"] = round((daemon_cpu_ms(d.pid) - cpu0) / (2 * samples), 2)

@@ -35,6 +35,10 @@ def pct(xs, p):
     return round(xs[min(len(xs) - 1, int(p / 100 * len(xs)))], 2)
 
 
+def p50_p99(xs):
+    return {"p50": pct(xs, 50), "p99": pct(xs, 99)}
+
+
 def rss_mib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -107,9 +111,9 @@ def queued_figures(d, a):
     time.sleep(0.5)
     out = {"queued": api(d.home, "GET", "/v1/status")["queued"], "rss_queued_mib": rss_mib(d.pid)}
     rtq = round_trips(d, a.samples)
-    out["run_round_trip_queued_ms"] = {"p50": pct(rtq, 50), "p99": pct(rtq, 99)}
+    out["run_round_trip_queued_ms"] = p50_p99(rtq)
     stq = submit_to_start(d, a.samples)
-    out["submit_to_start_queued_ms"] = {"p50": pct(stq, 50), "p99": pct(stq, 99)}
+    out["submit_to_start_queued_ms"] = p50_p99(stq)
     if not a.skip_queue:
         t0 = time.perf_counter()
         d.run("queue")
@@ -141,9 +145,9 @@ def main():
         time.sleep(0.5)
         out["rss_idle_mib"] = rss_mib(d.pid)
         rt = round_trips(d, a.samples)
-        out["run_round_trip_ms"] = {"p50": pct(rt, 50), "p99": pct(rt, 99)}
+        out["run_round_trip_ms"] = p50_p99(rt)
         st = submit_to_start(d, a.samples)
-        out["submit_to_start_ms"] = {"p50": pct(st, 50), "p99": pct(st, 99)}
+        out["submit_to_start_ms"] = p50_p99(st)
 
         # 2. With N queued: a holder keeps the only GPU; N GPU jobs wait behind it.
         api(d.home, "POST", "/v1/jobs", d.spec(["sleep", "3600"], gpus=1))

@@ -28,10 +28,14 @@ PEERS = os.path.join(HERE, "..", "..", "shared", "bench", "peers", "measure.py")
 START, END = "<!-- bench/run.py: start -->", "<!-- bench/run.py: end -->"
 
 
-def harness(system, jobs, submits, env):
-    out = subprocess.run([sys.executable, PEERS, system, "--jobs", str(jobs), "--submits", str(submits)],
-                         env=env, check=True, capture_output=True, text=True).stdout
+def last_json(script, *args, env=None):
+    """Runs a Python benchmark script and returns the JSON object it prints last."""
+    out = subprocess.run([sys.executable, script, *args], env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def harness(system, jobs, submits, env):
+    return last_json(PEERS, system, "--jobs", str(jobs), "--submits", str(submits), env=env)
 
 
 def cpu_model():
@@ -95,10 +99,8 @@ def main():
 
 
 def script(name, ravel, *args):
-    """Runs one of this directory's benchmarks and returns the JSON object it prints last."""
-    out = subprocess.run([sys.executable, os.path.join(HERE, name), "--ravel", ravel, *args],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    """Runs one of this directory's benchmarks against `ravel`."""
+    return last_json(os.path.join(HERE, name), "--ravel", ravel, *args)
 
 
 def medians(runs):

@@ -19,7 +19,7 @@ import argparse, asyncio, json, os, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from drain_latency import homes  # noqa: E402  (a temp dir for the homes, kept with --dir)
-from local import Daemon, pct, round_trips  # noqa: E402
+from local import Daemon, p50_p99, pct, round_trips  # noqa: E402
 
 
 async def submit(sock, request):
@@ -33,7 +33,7 @@ async def submit(sock, request):
         writer.close()
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
-    if status != 201 and status != 200:
+    if status not in (200, 201):
         raise RuntimeError(f"status {status}: {body[:200]!r}")
     return json.loads(body)["id"]
 
@@ -82,9 +82,9 @@ def measure(ravel, home, durability, a):
         d.stop()
     n = a.clients * a.each
     return {
-        "run_round_trip_ms": {"p50": pct(rt, 50), "p99": pct(rt, 99)},
+        "run_round_trip_ms": p50_p99(rt),
         "storm": {"submits": n, "seconds": round(secs, 3), "submits_per_s": round(n / secs, 1),
-                  "latency_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99), "max": pct(lat, 100)} if lat else None,
+                  "latency_ms": {**p50_p99(lat), "max": pct(lat, 100)} if lat else None,
                   "errors": len(errors), "first_errors": errors[:3], "distinct_ids": len(set(ids)),
                   "ran_once": ran_once, "all_ended_s": round(all_ended, 3),
                   "jobs_per_s": round(n / all_ended, 1)},
